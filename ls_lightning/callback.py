@@ -1,0 +1,286 @@
+"""The ``LabelSmoothing`` callback: schedules ε over training and sets it on the module before each training batch."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Literal, get_args
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from ls_lightning.schedules import Constant, Schedule
+
+__all__ = ["LabelSmoothing"]
+
+_INTERVAL = Literal["step", "epoch"]
+
+
+def _optional_class(module: str, name: str) -> type | None:
+    """Import ``module.name`` lazily; ``None`` when ``module`` itself does not exist (errors inside it propagate)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return None
+
+
+def _smoothing_targets(pl_module: pl.LightningModule) -> list[Any]:
+    """Return the objects whose float attribute ``label_smoothing`` the callback sets.
+
+    These are the module itself when it is a ``LabelSmoothingMixin``, and every submodule that is a
+    ``torch.nn.CrossEntropyLoss`` or an ``ls_lightning.losses.LabelSmoothedCrossEntropy``.
+    """
+    loss_types: tuple[type, ...] = (nn.CrossEntropyLoss,)
+    wrapper = _optional_class("ls_lightning.losses", "LabelSmoothedCrossEntropy")
+    if wrapper is not None:
+        loss_types += (wrapper,)
+    targets: list[Any] = [m for m in pl_module.modules() if isinstance(m, loss_types)]
+    mixin = _optional_class("ls_lightning.mixin", "LabelSmoothingMixin")
+    if mixin is not None and isinstance(pl_module, mixin):
+        targets.insert(0, pl_module)
+    return targets
+
+
+class LabelSmoothing(Callback):
+    r"""Schedule the label-smoothing factor ε over training and set it before each training batch.
+
+    .. math:: \varepsilon_k = \text{schedule}\big(\min(1,\ k / K)\big)
+
+    with k the trainer's ``global_step`` and K the total number of optimizer steps (``interval="step"``), or k the
+    ``current_epoch`` and K ``max_epochs`` (``interval="epoch"``). After the planned end, t stays at 1.
+
+    ε is written to the ``label_smoothing`` attribute of the LightningModule when it is a ``LabelSmoothingMixin``, and
+    of every ``torch.nn.CrossEntropyLoss`` and ``LabelSmoothedCrossEntropy`` submodule, so a plain LightningModule
+    that holds an ``nn.CrossEntropyLoss`` is scheduled too. It is logged as ``train/epsilon`` on every step.
+
+    ε depends only on the trainer's counters, which are equal on all processes and restored on resume, so every DDP
+    rank uses the same ε and a resumed run follows the curve of an uninterrupted one.
+
+    Args:
+        schedule: a float for a constant ε, or a :class:`~ls_lightning.schedules.Schedule`. Arbitrary callables are
+            refused: a schedule must pickle (``ddp_spawn``) and have a stable ``repr`` (checkpoint state); subclass
+            ``Schedule`` to wrap your own function.
+        interval: ``"step"`` measures progress in optimizer steps, ``"epoch"`` in whole epochs.
+        total_steps: the number of optimizer steps that maps to t = 1 (``interval="step"`` only). Defaults to the
+            trainer's ``estimated_stepping_batches``.
+
+    Raises:
+        TypeError: if ``schedule`` is neither a float nor a ``Schedule``, or ``total_steps`` is not an int.
+        ValueError: if a float ``schedule`` lies outside [0, 1], ``interval`` is unknown, ``total_steps`` is not
+            positive or is given with ``interval="epoch"``.
+
+    ``Trainer.fit`` raises ``ValueError`` (in ``setup`` or ``on_fit_start``) when the module holds nothing to set ε
+    on, or when the schedule is not :class:`~ls_lightning.schedules.Constant` and the length of training is unknown
+    (no ``max_steps``/``max_epochs``, or a train dataloader without length); the message says what to set. Resuming
+    from a checkpoint without this callback's state warns; ε still follows the restored counters.
+
+    Example:
+        >>> from ls_lightning.schedules import Cosine
+        >>> LabelSmoothing(Cosine(start=0.2, end=0.0), interval="epoch")
+        LabelSmoothing(schedule=Cosine(start=0.2, end=0.0), interval='epoch', total_steps=None)
+    """
+
+    def __init__(
+        self,
+        schedule: float | Schedule = 0.1,
+        interval: Literal["step", "epoch"] = "step",
+        total_steps: int | None = None,
+    ) -> None:
+        self.schedule = self._check_schedule(schedule)
+        if interval not in get_args(_INTERVAL):
+            raise ValueError(f"Expected argument `interval` to be one of {get_args(_INTERVAL)}, but got {interval!r}")
+        self.interval = interval
+        self.total_steps = self._check_total_steps(total_steps, interval)
+        self.epsilon: float | None = None  # the ε last set, for logs, checkpoints and resumed validation
+        self._targets: list[Any] = []
+        self._total: float = math.inf
+        self._restored_epsilon: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(schedule={self.schedule!r}, interval={self.interval!r},"
+            f" total_steps={self.total_steps!r})"
+        )
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(schedule=repr(self.schedule), interval=self.interval)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == TrainerFn.FITTING:  # validate/test/predict do not schedule ε
+            self._check_run_is_finite(trainer)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # collected here, not in `setup`: `LightningModule.setup` and `configure_model` run after `Callback.setup`
+        # and may still create the loss modules
+        self._targets = self._collect_targets(pl_module)
+        self._total = self._resolve_total(trainer)
+        # on resume the trainer counters are restored only after this hook: use the checkpoint's ε meanwhile, so that
+        # the sanity-check validation sees the ε the run stopped with
+        restored, self._restored_epsilon = self._restored_epsilon, None
+        self._apply(restored if restored is not None else self._epsilon_at(trainer))
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        epsilon = self._epsilon_at(trainer)
+        self._apply(epsilon)
+        self._log(trainer, pl_module, epsilon)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._targets = []  # do not keep the model alive through the callback
+        self._restored_epsilon = None  # unused when the strategy restores after `on_fit_start`: not for the next fit
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epsilon": self.epsilon,
+            "schedule": repr(self.schedule),
+            "interval": self.interval,
+            "total_steps": self.total_steps,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epsilon = self._restored_epsilon = state_dict.get("epsilon")
+        saved = {key: state_dict.get(key) for key in ("schedule", "interval", "total_steps")}
+        current = {"schedule": repr(self.schedule), "interval": self.interval, "total_steps": self.total_steps}
+        changed = {key: (saved[key], current[key]) for key in saved if key in state_dict and saved[key] != current[key]}
+        if changed:
+            rank_zero_warn(
+                f"`LabelSmoothing` resumes with settings that differ from the checkpoint's ({changed}, as"
+                " (checkpoint, now)); ε follows the new settings from the restored global step."
+            )
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._warn_if_state_missing(checkpoint)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the collected modules belong to the current fit; pickling them would copy the model (ddp_spawn, deepcopy)
+        return {**self.__dict__, "_targets": []}
+
+    @staticmethod
+    def _check_schedule(schedule: Any) -> Schedule:
+        if isinstance(schedule, Schedule):
+            return schedule
+        if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
+            try:
+                return Constant(schedule)
+            except ValueError:
+                raise ValueError(
+                    f"Expected argument `schedule` to be a float in [0, 1], but got {schedule!r}"
+                ) from None
+        raise TypeError(
+            "Expected argument `schedule` to be a float or an `ls_lightning.schedules.Schedule` (subclass it to wrap"
+            f" your own function), but got {schedule!r}"
+        )
+
+    @staticmethod
+    def _check_total_steps(total_steps: Any, interval: str) -> int | None:
+        if total_steps is None:
+            return None
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int):
+            raise TypeError(f"Expected argument `total_steps` to be a positive int or None, but got {total_steps!r}")
+        if total_steps <= 0:
+            raise ValueError(f"Expected argument `total_steps` to be a positive int or None, but got {total_steps!r}")
+        if interval != "step":
+            raise ValueError(
+                f"Expected argument `total_steps` to be None with interval={interval!r} (it counts optimizer steps),"
+                f" but got {total_steps!r}"
+            )
+        return total_steps
+
+    def _check_run_is_finite(self, trainer: pl.Trainer) -> None:
+        """Refuse a run whose length is unknown when ε must change along it."""
+        if isinstance(self.schedule, Constant):
+            return
+        endless_epochs = trainer.max_epochs is None or trainer.max_epochs < 0
+        if self.interval == "epoch" and endless_epochs:
+            raise ValueError(
+                f"`LabelSmoothing(interval='epoch')` with the non-constant schedule {self.schedule!r} needs the number"
+                f" of epochs, but the trainer has max_epochs={trainer.max_epochs}. Set `Trainer(max_epochs=...)`, or"
+                " use `interval='step'` with `max_steps` or the callback's `total_steps`."
+            )
+        if self.interval == "step" and self.total_steps is None and endless_epochs and trainer.max_steps < 0:
+            raise ValueError(
+                f"`LabelSmoothing` with the non-constant schedule {self.schedule!r} needs the length of training, but"
+                " the trainer runs without end (max_steps=-1, max_epochs=-1). Set `Trainer(max_steps=...)` or"
+                " `Trainer(max_epochs=...)`, or give the callback `LabelSmoothing(..., total_steps=...)`."
+            )
+
+    def _collect_targets(self, pl_module: pl.LightningModule) -> list[Any]:
+        targets = _smoothing_targets(pl_module)
+        if not targets:
+            raise ValueError(
+                f"`LabelSmoothing` found nothing to set ε on in {type(pl_module).__name__}. Either derive it from"
+                " `ls_lightning.LabelSmoothingMixin` (and compute the loss with `self.label_smoothed_loss`), or hold"
+                " the loss as a module attribute, e.g. `self.criterion = torch.nn.CrossEntropyLoss()` or"
+                " `ls_lightning.LabelSmoothedCrossEntropy()`, and call it in `training_step`."
+            )
+        return targets
+
+    def _resolve_total(self, trainer: pl.Trainer) -> float:
+        """Return the count that maps to t = 1 (optimizer steps or epochs); ``inf`` for an endless constant run."""
+        if self.interval == "epoch":
+            max_epochs = trainer.max_epochs
+            return math.inf if max_epochs is None or max_epochs < 0 else max(float(max_epochs), 1.0)
+        if self.total_steps is not None:
+            return float(self.total_steps)
+        total = float(trainer.estimated_stepping_batches)
+        if total < 0:  # Lightning returns max_steps (-1) for a train dataloader without `len`
+            total = math.inf
+        if math.isinf(total) and not isinstance(self.schedule, Constant):
+            raise ValueError(
+                f"`LabelSmoothing` with the non-constant schedule {self.schedule!r} could not estimate the number of"
+                " training steps (the train dataloader may have no length and max_steps is not set)."
+                " Set `Trainer(max_steps=...)` or `LabelSmoothing(..., total_steps=...)`."
+            )
+        return max(total, 1.0)  # a run of 0 steps never evaluates t, but must not divide by 0
+
+    def _epsilon_at(self, trainer: pl.Trainer) -> float:
+        count = trainer.global_step if self.interval == "step" else trainer.current_epoch
+        t = min(count / self._total, 1.0)  # past the planned end (e.g. extended resume) ε stays at schedule(1)
+        epsilon = self.schedule(t)
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(
+                f"Expected the schedule {self.schedule!r} to return ε in [0, 1], but got {epsilon!r} at t={t}"
+            )
+        return float(epsilon)
+
+    def _apply(self, epsilon: float) -> None:
+        for target in self._targets:
+            target.label_smoothing = epsilon
+        self.epsilon = epsilon
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epsilon: float) -> None:
+        if trainer.barebones:  # Lightning warns on every `log` call in barebones mode
+            return
+        # the same value on every rank, so no sync; batch_size given since it cannot be inferred from a float
+        pl_module.log("train/epsilon", epsilon, on_step=True, on_epoch=False, batch_size=1)
+
+    def _warn_if_state_missing(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        similar = [key for key in states if str(key).startswith(type(self).__qualname__)]
+        hint = f" It holds {similar}: the schedule or interval differ from this run's." if similar else ""
+        rank_zero_warn(
+            f"The checkpoint has no state for `{self.state_key}`.{hint} ε is recomputed from the restored trainer"
+            " counters (global_step, current_epoch), so the curve continues where the step count says; check that"
+            " the schedule is the one the run started with."
+        )
