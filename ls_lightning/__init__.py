@@ -20,7 +20,15 @@ _EXPORTS = {
     "BinnedCalibrationError": "ls_lightning.metrics",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "BinnedCalibrationError",
+    "LabelSmoothedCE",
+    "LabelSmoothedCrossEntropy",
+    "LabelSmoothing",
+    "LabelSmoothingMixin",
+    "__version__",
+    "label_smoothed_cross_entropy",
+]
 
 if TYPE_CHECKING:
     from ls_lightning.callback import LabelSmoothing

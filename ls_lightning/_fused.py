@@ -1,0 +1,352 @@
+r"""One-pass, chunked label-smoothed cross-entropy for class-index targets, as a ``torch.autograd.Function``.
+
+The logits are read in row chunks small enough to stay in cache. Each chunk yields the row statistics (top
+probability, argmax, v·z, ‖q‖) and, only when a gradient is needed, the gradient of the smoothed loss written into
+one buffer of the logits' size, which backward hands to autograd (scaled in place unless grad_output is 1).
+
+Notation, per row i with label y, class weights w (ones without ``weight``) and prior u_i (u or row y of u):
+
+.. math::
+    v_i = w \odot u_i, \quad V_i = \textstyle\sum_c v_{ic}, \quad
+    H(p,q)_i = w_y (\mathrm{lse}_i - z_{iy}), \quad H(u,q)_i = V_i\,\mathrm{lse}_i - v_i \cdot z_i,
+
+    \partial_z [\alpha H(p,q)_i + \beta H(u,q)_i]
+    = (\alpha w_y + \beta V_i)\,q_i - \alpha w_y\,\delta_y - \beta v_i.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+# Elements per chunk: the chunk of logits and its gradient rows (2 × 4 MiB in float32) stay in the 32 MiB L3 of the
+# 2-core benchmark machine between the passes of one chunk. Smaller, L2-sized chunks measured slower there: each
+# chunk costs about five op calls and as many OpenMP fork/joins, which outweigh L2 over L3 hits
+# (sweep with `python benchmarks/loss.py --chunk N`).
+CHUNK_ELEMENTS = 1 << 20
+# From this many classes on, PyTorch's fused softmax kernel beats max/sub/exp/sum ops (measured crossover ≈ 50).
+SOFTMAX_MIN_CLASSES = 64
+
+
+class RowStats(NamedTuple):
+    """Per-row results of one pass over the logits (rows: positions, flattened)."""
+
+    qmax: Tensor  # max softmax probability, ≥ 1/C so its log never underflows
+    argmax: Tensor  # index of the max logit
+    vz: Tensor  # v_i · z_i (before the 1/C factor when v is uniform)
+    sqnorm: Tensor | None  # ‖q‖, for Σ q² (Brier); None when stats are not needed
+
+
+class Smoothing(NamedTuple):
+    """The prior term folded with the class weights: ``v`` is a Python scalar, a (C,) row or a (C, C) matrix."""
+
+    v: float | Tensor
+    total: float | Tensor  # V: Σ_c v_c, scalar, 0-d, or (C,) per label for a (C, C) prior
+
+
+def make_smoothing(num_classes: int, weight: Tensor | None, prior: Tensor | None, dtype: torch.dtype) -> Smoothing:
+    """Fold the prior u (uniform when None) with the class weights into ``v = w ⊙ u`` and ``V = Σ v``."""
+    if prior is None:
+        if weight is None:
+            return Smoothing(1.0 / num_classes, 1.0)
+        v = weight.to(dtype) / num_classes
+        return Smoothing(v, v.sum())
+    u = prior.to(dtype)
+    v = u if weight is None else u * weight.to(dtype)
+    return Smoothing(v, v.sum(-1))
+
+
+def _rows(x: Tensor) -> tuple[Tensor, int]:
+    """(N, C, d1, …) -> (N, C, D) view and D; rows of the flattened problem are (n, d) pairs in that order."""
+    inner = x[0, 0].numel() if x.dim() > 2 else 1
+    return x.reshape(x.shape[0], x.shape[1], inner), inner
+
+
+def _chunk_view(x3: Tensor, n0: int, n1: int) -> Tensor:
+    """Rows of samples n0:n1 as a (rows, C) tensor: a view for (N, C) input, a chunk-sized copy otherwise."""
+    chunk = x3[n0:n1]
+    if chunk.shape[2] == 1:
+        return chunk.squeeze(2)
+    return chunk.transpose(1, 2).reshape(-1, chunk.shape[1])
+
+
+def row_pass(
+    x: Tensor,
+    y: Tensor,
+    smoothing: Smoothing,
+    coefs: tuple[Tensor, Tensor, Tensor] | None,
+    grad: Tensor | None,
+    with_stats: bool,
+) -> RowStats:
+    """Read ``x`` once in row chunks; return the row statistics and, given ``grad`` and ``coefs``, fill ``grad``.
+
+    ``coefs`` are the per-row (a, −b, −c) of the gradient ``a·q − b·v − c·δ_y``. ``y`` holds the flattened labels,
+    ignored rows set to a valid class. Rows are (n, d) pairs in that order, as ``target.reshape(-1)``.
+    """
+    x3, inner = _rows(x)
+    n, num_classes = x3.shape[0], x3.shape[1]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = RowStats(
+        x.new_empty(y.numel(), dtype=acc),
+        torch.empty(y.numel(), dtype=torch.long, device=x.device),
+        x.new_empty(y.numel(), dtype=acc),
+        x.new_empty(y.numel(), dtype=acc) if with_stats else None,
+    )
+    per_chunk = max(1, CHUNK_ELEMENTS // (num_classes * inner))
+    direct = grad is not None and inner == 1 and grad.dtype == acc  # the gradient rows serve as workspace
+    ws = None if direct else x.new_empty(min(n, per_chunk) * inner, num_classes, dtype=acc)
+    grad3 = None if grad is None else grad.view(x3.shape)
+    for n0 in range(0, n, per_chunk):
+        n1 = min(n, n0 + per_chunk)
+        r = slice(n0 * inner, n1 * inner)
+        work = grad3[n0:n1].squeeze(2) if direct else ws[: (n1 - n0) * inner]  # type: ignore[index]
+        normalised = _chunk(_chunk_view(x3, n0, n1), work, y[r], smoothing, out, r)
+        if grad3 is not None and coefs is not None:
+            a = coefs[0][r] if normalised else coefs[0][r] * out.qmax[r]  # exp(z − max)·qmax = softmax(z)
+            _chunk_grad(work, y[r], smoothing, (a, coefs[1][r], coefs[2][r]))
+            if not direct:
+                grad3[n0:n1].copy_(work.view(n1 - n0, inner, num_classes).transpose(1, 2))
+    return out
+
+
+def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowStats, r: slice) -> bool:
+    """Statistics of one chunk; leaves softmax(z) in ``work`` (returns True) or exp(z − max) (returns False)."""
+    v = smoothing.v
+    if isinstance(v, float):
+        torch.sum(xc, 1, dtype=work.dtype, out=out.vz[r])
+    elif v.dim() == 1:
+        torch.mv(xc.to(work.dtype), v, out=out.vz[r])
+    else:
+        torch.sum(xc * v.index_select(0, yc), 1, dtype=work.dtype, out=out.vz[r])
+    if xc.dtype != work.dtype:  # half precision: a float32 copy of the chunk only, never of the whole input
+        xc = work.copy_(xc)
+    qmax, norm = out.qmax[r], None if out.sqnorm is None else out.sqnorm[r]
+    if xc.shape[1] >= SOFTMAX_MIN_CLASSES:
+        # One fused kernel (max, exp and sum, scale); lse then comes from the top probability, which cannot underflow.
+        torch._softmax(xc, 1, False, out=work)
+        torch.max(work, 1, out=(qmax, out.argmax[r]))
+        if norm is not None:
+            torch.linalg.vector_norm(work, dim=1, out=norm)
+        return True
+    # Few classes: that kernel's per-row overhead dominates, separate ops are several times faster.
+    torch.max(xc, 1, out=(qmax, out.argmax[r]))
+    torch.sub(xc, qmax.unsqueeze(1), out=work).exp_()
+    torch.sum(work, 1, out=qmax)
+    qmax.reciprocal_()  # the top probability is exp(0) / Σ exp(z − max)
+    if norm is not None:
+        torch.linalg.vector_norm(work, dim=1, out=norm).mul_(qmax)
+    return False
+
+
+def _chunk_grad(work: Tensor, yc: Tensor, smoothing: Smoothing, coefs: tuple[Tensor, Tensor, Tensor]) -> None:
+    """Turn ``work`` into the gradient ``a·q − b·v − c·δ_y`` in place (coefs: a, −b, −c; ``a·work`` = ``a·q``)."""
+    a, neg_b, neg_c = coefs
+    v = smoothing.v
+    if isinstance(v, float):  # one pass: work = −b·v + a·work
+        torch.addcmul((neg_b * v).unsqueeze(1), work, a.unsqueeze(1), out=work)
+    elif v.dim() == 1:
+        work.mul_(a.unsqueeze(1)).addr_(neg_b, v)
+    else:
+        work.mul_(a.unsqueeze(1)).addcmul_(neg_b.unsqueeze(1), v.index_select(0, yc))
+    work.scatter_add_(1, yc.unsqueeze(1), neg_c.unsqueeze(1))
+
+
+class Prepared(NamedTuple):
+    """Per-row quantities that depend on the labels only, not on the logits."""
+
+    y: Tensor  # (M,) labels, ignored rows set to 0
+    valid: Tensor  # (M,) 1.0 where not ignored, else 0.0 (accumulation dtype)
+    wy: Tensor  # (M,) w[y] · valid
+    total: Tensor  # (M,) V_i · valid
+    smoothing: Smoothing
+
+
+def prepare(x: Tensor, target: Tensor, weight: Tensor | None, prior: Tensor | None, ignore_index: int) -> Prepared:
+    """Labels, validity, label weights and prior totals per row; no host synchronisation."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    keep = target.reshape(-1) != ignore_index
+    y = torch.where(keep, target.reshape(-1), 0)
+    valid = keep.to(acc)
+    wy = valid if weight is None else weight.to(acc)[y] * valid
+    smoothing = make_smoothing(x.shape[1], weight, prior, acc)
+    total = smoothing.total
+    if isinstance(total, Tensor) and total.dim() == 1:  # (C, C) prior: V depends on the label
+        total = total[y]
+    return Prepared(y, valid, wy, valid if weight is None and prior is None else valid * total, smoothing)
+
+
+def coefficients(prep: Prepared, alpha: float | Tensor, beta: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(a, −b, −c) of the gradient of ``α·H(p,q) + β·H(u,q)`` per row (α, β scalars or per-row)."""
+    alpha_wy = alpha * prep.wy
+    return alpha_wy + beta * prep.total, -beta * prep.valid, -alpha_wy
+
+
+def forward_coefficients(prep: Prepared, eps: float | Tensor, scale: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`coefficients` of the loss, α = (1 − ε)·s and β = ε·s, in few ops (they count when C is small)."""
+    if prep.total is not prep.wy:
+        alpha, beta = ((1 - eps), eps) if scale is None else ((1 - eps) * scale, eps * scale)
+        return coefficients(prep, alpha, beta)
+    base = prep.wy if scale is None else prep.wy * scale  # uniform prior, no weights: V_i = w_y = valid
+    return base, base * -eps, base * (eps - 1)
+
+
+class Terms(NamedTuple):
+    """Both cross-entropies per row and the row statistics they came from."""
+
+    h_pq: Tensor
+    h_uq: Tensor
+    lse: Tensor
+    z_y: Tensor
+    rows: RowStats
+
+
+def row_terms(x: Tensor, prep: Prepared, rows: RowStats) -> Terms:
+    """H(p,q) and H(u,q) per row from the pass's statistics (vectorised over rows, O(M))."""
+    index_shape = (x.shape[0], 1, *x.shape[2:])
+    top = x.gather(1, rows.argmax.view(index_shape)).reshape(-1).to(rows.qmax.dtype)
+    lse = top - rows.qmax.log()
+    z_y = x.gather(1, prep.y.view(index_shape)).reshape(-1).to(lse.dtype)
+    h_pq = prep.wy * (lse - z_y)
+    v = prep.smoothing.v
+    if isinstance(v, float):  # v = 1/C: no weights, uniform prior, V_i = valid
+        return Terms(h_pq, prep.valid * torch.add(lse, rows.vz, alpha=-v), lse, z_y, rows)
+    return Terms(h_pq, prep.total * lse - prep.valid * rows.vz, lse, z_y, rows)
+
+
+class Outputs(NamedTuple):
+    """Reduced terms, the mean's denominator and the per-row stats of one fused forward."""
+
+    loss: Tensor
+    h_pq: Tensor
+    h_uq: Tensor
+    weight_sum: Tensor
+    denominator: Tensor | None  # of reduction="mean"; None for the others
+    terms: Terms
+
+
+def reduce(rows: Tensor, reduction: str, denominator: Tensor | None, shape: torch.Size) -> Tensor:
+    """PyTorch's reductions; ``mean`` divides by ``denominator`` (see :func:`mean_denominator`)."""
+    if reduction == "none":
+        return rows.view(shape)
+    if reduction == "sum" or denominator is None:
+        return rows.sum()
+    return rows.sum() / denominator
+
+
+def mean_denominator(weight_sum: Tensor, reduction: str) -> Tensor | None:
+    """Σ w[y] over valid rows with 0 replaced by 1 (every row is then 0: the mean is 0, not NaN); None unless mean."""
+    if reduction != "mean":
+        return None
+    return torch.where(weight_sum > 0, weight_sum, torch.ones_like(weight_sum))
+
+
+def fused_forward(
+    x: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    prep: Prepared,
+    reduction: str,
+    with_stats: bool,
+    grad: Tensor | None,
+) -> Outputs:
+    """Loss, both terms and row stats from one pass; writes d loss / dx into ``grad`` when given.
+
+    The mean's denominator depends on the labels only, so it is folded into the gradient here: backward then has
+    nothing to do for the usual ``loss.backward()`` (grad_output 1).
+    """
+    weight_sum = prep.wy.sum()
+    denominator = mean_denominator(weight_sum, reduction)
+    coefs = None
+    if grad is not None:
+        coefs = forward_coefficients(prep, eps, None if denominator is None else denominator.reciprocal())
+    rows = row_pass(x, prep.y, prep.smoothing, coefs, grad, with_stats)
+    terms = row_terms(x, prep, rows)
+    h_pq = reduce(terms.h_pq, reduction, denominator, target.shape)
+    h_uq = reduce(terms.h_uq, reduction, denominator, target.shape)
+    return Outputs(combine(h_pq, h_uq, eps), h_pq, h_uq, weight_sum, denominator, terms)
+
+
+def combine(h_pq: Tensor, h_uq: Tensor, eps: float | Tensor) -> Tensor:
+    """(1 − ε)·h_pq + ε·h_uq, as one ``lerp`` for a float ε."""
+    return torch.lerp(h_pq, h_uq, eps) if isinstance(eps, float) else (1 - eps) * h_pq + eps * h_uq
+
+
+class FusedLabelSmoothedCE(torch.autograd.Function):
+    """Autograd wrapper of :func:`fused_forward`: one gradient buffer, scaled in place by backward.
+
+    Outputs: loss, h_pq, h_uq, then the non-differentiable stats (confidence, correct, valid, brier, weight_sum).
+    A gradient through ``h_pq`` or ``h_uq`` (rare: they are usually logged) recomputes the buffer from the logits.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        target: Tensor,
+        eps: float | Tensor,
+        weight: Tensor | None,
+        prior: Tensor | None,
+        ignore_index: int,
+        reduction: str,
+        with_stats: bool,
+    ) -> tuple[Tensor, ...]:
+        prep = prepare(x, target, weight, prior, ignore_index)
+        grad = torch.empty(x.shape, dtype=x.dtype, device=x.device) if ctx.needs_input_grad[0] else None
+        out = fused_forward(x, target, eps, prep, reduction, with_stats, grad)
+        stats = row_stats(out, target, prep, with_stats)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(*stats)
+        ctx.save_for_backward(x)
+        ctx.grad, ctx.prep, ctx.eps, ctx.reduction = grad, prep, eps, reduction
+        ctx.norm = out.denominator
+        return (out.loss, out.h_pq, out.h_uq, *stats)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: Tensor | None, *_: Any) -> tuple:
+        if not ctx.needs_input_grad[0] or (g_loss is None and g_pq is None and g_uq is None):
+            return (None,) * 8
+        grad, ctx.grad = ctx.grad, None  # hand the buffer out once; a second backward (retain_graph) recomputes
+        if grad is not None and g_pq is None and g_uq is None and g_loss is not None:
+            if not _is_cpu_one(g_loss):  # reading a CPU scalar costs no device synchronisation
+                grad.mul_(g_loss.unsqueeze(1) if g_loss.dim() > 0 else g_loss)
+        else:
+            if grad is None:
+                grad = torch.empty_like(ctx.saved_tensors[0], memory_format=torch.contiguous_format)
+            _recompute_grad(ctx, g_loss, g_pq, g_uq, grad)
+        return (grad, *(None,) * 7)
+
+
+def _is_cpu_one(g: Tensor) -> bool:
+    """True for a 0-d CPU gradient equal to 1, the grad_output of ``loss.backward()`` on a reduced loss."""
+    return g.dim() == 0 and g.device.type == "cpu" and not torch.compiler.is_compiling() and bool(g == 1)
+
+
+def _recompute_grad(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: Tensor | None, grad: Tensor) -> None:
+    """Gradient of g·loss + g_pq·h_pq + g_uq·h_uq = α·H(p,q) + β·H(u,q), from a second pass over the logits."""
+    (x,) = ctx.saved_tensors
+    eps = ctx.eps
+    zero = torch.zeros((), dtype=ctx.prep.wy.dtype, device=x.device)
+    g_loss = zero if g_loss is None else g_loss
+    alpha = g_loss * (1 - eps) + (zero if g_pq is None else g_pq)
+    beta = g_loss * eps + (zero if g_uq is None else g_uq)
+    if ctx.norm is not None:
+        alpha, beta = alpha / ctx.norm, beta / ctx.norm
+    alpha, beta = alpha.reshape(-1).to(zero.dtype), beta.reshape(-1).to(zero.dtype)
+    row_pass(x, ctx.prep.y, ctx.prep.smoothing, coefficients(ctx.prep, alpha, beta), grad, with_stats=False)
+
+
+def row_stats(out: Outputs, target: Tensor, prep: Prepared, with_stats: bool) -> tuple[Tensor, ...]:
+    """confidence, correct, valid, brier and weight_sum, float32 where real-valued (all empty unless with_stats)."""
+    rows = out.terms.rows
+    if not with_stats or rows.sqnorm is None:
+        empty = [
+            rows.qmax.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)
+        ]
+        return (*empty, out.weight_sum.float())
+    q_y = (out.terms.z_y - out.terms.lse).exp()
+    brier = rows.sqnorm.square() - 2 * q_y + 1
+    correct = rows.argmax == target.reshape(-1)
+    return rows.qmax.float(), correct, prep.valid.bool(), brier.float(), out.weight_sum.float()

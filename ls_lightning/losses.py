@@ -1,0 +1,84 @@
+"""``nn.Module`` wrapper of :func:`ls_lightning.functional.label_smoothed_cross_entropy`."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ls_lightning.functional import (
+    LabelSmoothedCE,
+    Reduction,
+    check_label_smoothing,
+    check_prior,
+    label_smoothed_cross_entropy,
+)
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+class LabelSmoothedCrossEntropy(nn.Module):
+    r"""Label-smoothed cross-entropy returning the loss and both of its terms.
+
+    .. math::
+        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q)
+
+    ``label_smoothing`` is a plain float attribute, so a callback can change it between steps; ``weight`` and
+    ``prior`` are buffers (they follow ``.to(device)`` and are saved in the ``state_dict``).
+
+    Args:
+        label_smoothing: ε in [0, 1].
+        weight: Class weights, shape (C,).
+        ignore_index: Target value whose positions contribute nothing.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        prior: Smoothing distribution, shape (C,) or (C, C) (row y is u(·|y)); uniform when None.
+
+    Raises:
+        ValueError: If ε is outside [0, 1], ``reduction`` is unknown, or ``prior`` is not a distribution.
+
+    Shape:
+        As :func:`~ls_lightning.functional.label_smoothed_cross_entropy`.
+
+    Example:
+        >>> import torch
+        >>> criterion = LabelSmoothedCrossEntropy(0.1)
+        >>> out = criterion(torch.tensor([[2.0, 0.5, -1.0]]), torch.tensor([0]))
+        >>> torch.allclose(out.loss, 0.9 * out.h_pq + 0.1 * out.h_uq)
+        True
+    """
+
+    weight: Tensor | None
+    prior: Tensor | None
+
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        *,
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+        prior: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        check_label_smoothing(label_smoothing)
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
+        if prior is not None:
+            check_prior(prior)
+        self.label_smoothing = float(label_smoothing)
+        self.ignore_index = ignore_index
+        self.reduction: Reduction = reduction
+        self.register_buffer("weight", weight)
+        self.register_buffer("prior", prior)
+
+    def forward(self, input: Tensor, target: Tensor) -> LabelSmoothedCE:
+        return label_smoothed_cross_entropy(
+            input,
+            target,
+            self.label_smoothing,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            prior=self.prior,
+        )
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"

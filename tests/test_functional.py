@@ -1,0 +1,251 @@
+"""The functional loss and its module against PyTorch's ``F.cross_entropy`` and soft-target oracles."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ls_lightning import functional, losses
+from ls_lightning.functional import LabelSmoothedCE, label_smoothed_cross_entropy
+from ls_lightning.losses import LabelSmoothedCrossEntropy
+
+C = 5
+SHAPES = [(C,), (6, C), (3, C, 4), (2, C, 3, 2)]
+EPSILONS = [0.0, 0.1, 0.5, 1.0]
+REDUCTIONS = ["none", "sum", "mean"]
+
+
+def _data(shape: tuple[int, ...], ignored: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 logits of ``shape`` and class indices, with a few ignored positions when ``ignored``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+    target_shape = (shape[0], *shape[2:]) if len(shape) > 1 else ()
+    target = torch.randint(0, shape[1] if len(shape) > 1 else shape[0], target_shape, generator=gen)
+    if ignored and target.dim() > 0:
+        target.view(-1)[::3] = -100
+    return x.requires_grad_(), target
+
+
+def _grad(output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(output.sum(), x)
+    return grad
+
+
+def _soft(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """One-hot of class indices in the input's layout (N, C, d1, …)."""
+    return F.one_hot(target, x.shape[1]).movedim(-1, 1).to(x.dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("eps", EPSILONS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignored", [False, True])
+def test_index_targets_match_torch(shape, eps, reduction, weighted, ignored):
+    x, target = _data(shape, ignored)
+    weight = torch.rand(C, dtype=torch.float64) + 0.1 if weighted else None
+    kwargs = {"weight": weight, "reduction": reduction}
+    expected = F.cross_entropy(x, target, label_smoothing=eps, **kwargs)
+    expected_pq = F.cross_entropy(x, target, **kwargs)
+    out = label_smoothed_cross_entropy(x, target, eps, **kwargs)
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.h_pq, expected_pq)
+    torch.testing.assert_close((1 - eps) * out.h_pq + eps * out.h_uq, out.loss)
+    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x))
+    out = label_smoothed_cross_entropy(x, target, eps, **kwargs)  # fresh graph for the second gradient
+    torch.testing.assert_close(_grad(out.h_pq, x), _grad(expected_pq, x))
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_h_uq_is_torch_loss_at_epsilon_one(shape, reduction, weighted):
+    x, target = _data(shape, ignored=True, seed=1)
+    weight = torch.rand(C, dtype=torch.float64) + 0.1 if weighted else None
+    out = label_smoothed_cross_entropy(x, target, 0.3, weight=weight, reduction=reduction)
+    expected = F.cross_entropy(x, target, weight=weight, reduction=reduction, label_smoothing=1.0)
+    torch.testing.assert_close(out.h_uq, expected)
+    torch.testing.assert_close(_grad(out.h_uq, x), _grad(expected, x))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("eps", EPSILONS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_probability_targets_match_torch(shape, eps, reduction, weighted):
+    x, _ = _data(shape, ignored=False)
+    p = torch.softmax(torch.randn(shape, dtype=torch.float64), 1 if len(shape) > 1 else 0).requires_grad_()
+    weight = torch.rand(C, dtype=torch.float64) + 0.1 if weighted else None
+    out = label_smoothed_cross_entropy(x, p, eps, weight=weight, reduction=reduction)
+    expected = F.cross_entropy(x, p, weight=weight, reduction=reduction, label_smoothing=eps)
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.h_pq, F.cross_entropy(x, p, weight=weight, reduction=reduction))
+    got = torch.autograd.grad(out.loss.sum(), [x, p])
+    torch.testing.assert_close(got, torch.autograd.grad(expected.sum(), [x, p]))
+
+
+def _prior(kind: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.rand((C, C) if kind == "matrix" else (C,), generator=gen, dtype=torch.float64) + 0.05
+    return rows / rows.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("kind", ["vector", "matrix"])
+@pytest.mark.parametrize("eps", [0.1, 1.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_prior_matches_soft_target_oracle(shape, kind, eps, reduction):
+    x, target = _data(shape, ignored=False, seed=2)
+    prior = _prior(kind)
+    u = prior[target].movedim(-1, 1) if kind == "matrix" else prior.view(1, C, *[1] * (len(shape) - 2))
+    oracle = F.cross_entropy(x, (1 - eps) * _soft(x, target) + eps * u, reduction=reduction)
+    out = label_smoothed_cross_entropy(x, target, eps, reduction=reduction, prior=prior)
+    torch.testing.assert_close(out.loss, oracle)
+    torch.testing.assert_close(out.h_uq, F.cross_entropy(x, u.expand_as(x), reduction=reduction))
+    torch.testing.assert_close(_grad(out.loss, x), _grad(oracle, x))
+
+
+@pytest.mark.parametrize("kind", ["vector", "matrix"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_prior_with_weight_and_ignored(kind, reduction):
+    """none/sum equal the weighted soft-target oracle; mean divides by Σ w_y over valid positions (documented)."""
+    x, target = _data((7, C), ignored=True, seed=4)
+    prior, weight = _prior(kind), torch.rand(C, dtype=torch.float64) + 0.1
+    valid = target != -100
+    y = target.clamp(min=0)
+    u = prior[y] if kind == "matrix" else prior.expand(7, C)
+    soft = (0.8 * _soft(x, y) + 0.2 * u) * valid[:, None]
+    per_row = F.cross_entropy(x, soft, weight=weight, reduction="none")
+    expected = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / weight[y][valid].sum()}[reduction]
+    out = label_smoothed_cross_entropy(x, target, 0.2, weight=weight, reduction=reduction, prior=prior)
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x))
+
+
+@pytest.mark.parametrize("kind", ["vector", "matrix"])
+def test_prior_with_probability_targets(kind):
+    x, _ = _data((6, C, 2), ignored=False)
+    p = torch.softmax(torch.randn(6, C, 2, dtype=torch.float64), 1)
+    prior = _prior(kind)
+    u = torch.einsum("ncd,ck->nkd", p, prior) if kind == "matrix" else prior.view(1, C, 1)
+    oracle = F.cross_entropy(x, 0.7 * p + 0.3 * u)
+    out = label_smoothed_cross_entropy(x, p, 0.3, prior=prior)
+    torch.testing.assert_close(out.loss, oracle)
+    torch.testing.assert_close(_grad(out.loss, x), _grad(oracle, x))
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_ignored_mean_is_zero_with_zero_gradient(shape, weighted):
+    x, target = _data(shape, ignored=False)
+    target.fill_(-100)
+    weight = torch.rand(C, dtype=torch.float64) if weighted else None
+    assert torch.isnan(F.cross_entropy(x, target, weight=weight, label_smoothing=0.1))  # the difference we fix
+    out = label_smoothed_cross_entropy(x, target, 0.1, weight=weight)
+    assert out.loss.item() == out.h_pq.item() == out.h_uq.item() == 0.0
+    assert torch.count_nonzero(_grad(out.loss, x)) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(16, 40), (4, 40, 3)])
+def test_half_precision_against_float64(dtype, shape):
+    x64, target = _data(shape, ignored=True)
+    x = x64.detach().to(dtype).requires_grad_()
+    x_ref = x.detach().double().requires_grad_()
+    reference = F.cross_entropy(x_ref, target, label_smoothing=0.1)
+    out = label_smoothed_cross_entropy(x, target, 0.1)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss.double(), reference, rtol=1e-3, atol=1e-3)
+    grad = _grad(out.loss, x)
+    assert grad.dtype == dtype
+    torch.testing.assert_close(grad.double(), _grad(reference, x_ref), rtol=2e-2, atol=2e-3)
+
+
+def test_float16_large_vocabulary_does_not_overflow():
+    """PyTorch sums the log-probabilities in float16: −Σ log q over 32000 classes exceeds 65504."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 32000, generator=gen) * 3).half()
+    target = torch.randint(0, 32000, (4,), generator=gen)
+    torch_half = F.cross_entropy(x, target, label_smoothing=0.1)
+    reference = F.cross_entropy(x.double(), target, label_smoothing=0.1)
+    out = label_smoothed_cross_entropy(x, target, 0.1)
+    assert not torch.isfinite(torch_half)
+    assert torch.isfinite(out.loss) and torch.isfinite(out.h_uq)
+    torch.testing.assert_close(out.loss.double(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_tensor_epsilon_matches_float():
+    x, target = _data((6, C), ignored=True)
+    out = label_smoothed_cross_entropy(x, target, torch.tensor(0.25, dtype=torch.float64))
+    torch.testing.assert_close(out.loss, F.cross_entropy(x, target, label_smoothing=0.25))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"label_smoothing": -0.1}, r"`label_smoothing` to be in \[0, 1\], but got -0.1"),
+        ({"label_smoothing": 1.5}, r"`label_smoothing` to be in \[0, 1\], but got 1.5"),
+        ({"label_smoothing": math.nan}, r"`label_smoothing` to be in \[0, 1\], but got nan"),
+        ({"label_smoothing": torch.tensor(2.0)}, r"`label_smoothing` to be in \[0, 1\], but got 2.0"),
+        ({"label_smoothing": torch.tensor([0.1, 0.2])}, r"`label_smoothing` .* but got torch.float32 of shape \(2,\)"),
+        ({"label_smoothing": "0.1"}, r"`label_smoothing` to be a float in \[0, 1\], but got '0.1'"),
+        ({"reduction": "avg"}, r"`reduction` to be one of \('none', 'mean', 'sum'\), but got 'avg'"),
+        ({"weight": torch.ones(4)}, r"`weight` .* shape \(5,\), but got torch.float32 of shape \(4,\)"),
+        ({"prior": torch.ones(4) / 4}, r"`prior` .* shape \(5,\) or \(5, 5\), but got .* shape \(4,\)"),
+        ({"prior": torch.tensor([0.5, 0.6, -0.1, 0.0, 0.0])}, r"`prior` to hold distributions.*min -0.1"),
+        ({"prior": torch.full((5,), 0.3)}, r"`prior` to hold distributions.*row sums \[1.5"),
+        ({"prior": torch.full((5, 5), 0.1)}, r"`prior` to hold distributions.*row sums \[0.5"),
+        ({"target": torch.tensor([0, 5, 1])}, r"`target` to hold class indices in \[0, 5\).*but got 5"),
+        ({"target": torch.tensor([0, -3, 1])}, r"`target` to hold class indices in \[0, 5\).*but got -3"),
+        ({"target": torch.tensor([0, 1])}, r"`target` \(class-index\) to have shape \(3,\) .* but got \(2,\)"),
+        ({"target": torch.rand(3, 4)}, r"`target` \(probability\) to have shape \(3, 5\) .* but got \(3, 4\)"),
+        ({"target": torch.rand(3, 5), "ignore_index": 1}, r"`ignore_index` to be negative .* but got 1"),
+        ({"input": torch.ones(3, 5, dtype=torch.long)}, r"`input` to be a floating point tensor .* torch.int64"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    call = {"input": torch.randn(3, C), "target": torch.tensor([0, 1, 2]), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        label_smoothed_cross_entropy(**call)
+
+
+def test_ignore_index_inside_class_range_is_accepted():
+    x, target = _data((6, C), ignored=False)
+    out = label_smoothed_cross_entropy(x, target, 0.1, ignore_index=2)
+    torch.testing.assert_close(out.loss, F.cross_entropy(x, target, ignore_index=2, label_smoothing=0.1))
+
+
+def test_module_wraps_the_functional():
+    x, target = _data((6, C, 2), ignored=True)
+    weight = torch.rand(C, dtype=torch.float64) + 0.1
+    criterion = LabelSmoothedCrossEntropy(0.1, weight=weight, reduction="sum")
+    assert isinstance(criterion(x, target), LabelSmoothedCE)
+    criterion.label_smoothing = 0.4  # what the callback does between steps
+    expected = F.cross_entropy(x, target, weight=weight, reduction="sum", label_smoothing=0.4)
+    torch.testing.assert_close(criterion(x, target).loss, expected)
+    assert set(criterion.state_dict()) == {"weight"}
+    assert criterion.to(torch.float32).weight.dtype == torch.float32
+    assert "label_smoothing=0.4" in repr(criterion)
+
+
+def test_module_pickles_and_validates():
+    prior = _prior("vector").float()
+    criterion = pickle.loads(pickle.dumps(LabelSmoothedCrossEntropy(0.2, prior=prior, ignore_index=3)))
+    assert criterion.label_smoothing == 0.2 and criterion.ignore_index == 3
+    torch.testing.assert_close(criterion.prior, prior)
+    with pytest.raises(ValueError, match=r"`label_smoothing` to be in \[0, 1\], but got 2"):
+        LabelSmoothedCrossEntropy(2)
+    with pytest.raises(ValueError, match=r"`reduction` .* but got 'max'"):
+        LabelSmoothedCrossEntropy(reduction="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`prior` to hold distributions"):
+        LabelSmoothedCrossEntropy(prior=torch.ones(3))
+
+
+@pytest.mark.parametrize("module", [functional, losses])
+def test_docstring_examples(module):
+    assert doctest.testmod(module, raise_on_error=False).failed == 0
