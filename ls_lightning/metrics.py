@@ -662,6 +662,21 @@ class WeightedMean(Metric):
     def compute(self) -> Tensor:
         return _weighted_mean_compute(self.value_sum, self.weight_sum)
 
+    def forward(self, value: Tensor | float, weight: Tensor | float | None = None) -> Tensor:
+        """Add the batch and return its own weighted mean (the value Lightning logs on step).
+
+        The batch mean needs no state: this skips torchmetrics' generic forward, which copies, resets and merges
+        the states on every call (about 4× the cost of ``update`` on CPU).
+        """
+        if self.dist_sync_on_step:
+            return super().forward(value, weight)
+        self.update(value, weight)
+        value = torch.as_tensor(value, device=self.device)
+        w = None if weight is None else torch.as_tensor(weight, device=self.device)
+        batch_mean = _weighted_mean_compute(*_weighted_mean_update(value, w))
+        self._forward_cache = batch_mean  # type: ignore[assignment]  # torchmetrics declares it as None
+        return batch_mean
+
 
 class BrierScore(WeightedMean):
     r"""Multiclass Brier score with O(1) state: a weighted mean of per-position Brier values.

@@ -450,3 +450,12 @@ def test_logged_epoch_values_through_lightning() -> None:
     torch.testing.assert_close(logged["val/ece"], _reference(logits, target, 15, "l1"))
     torch.testing.assert_close(logged["val/acc"], (logits.argmax(1) == target).float().mean())
     torch.testing.assert_close(logged["val/brier"], _sklearn_brier(logits.softmax(-1), target))
+
+
+def test_weighted_mean_forward_returns_the_batch_mean_and_accumulates() -> None:
+    metric = WeightedMean()
+    first = metric(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 3.0]))  # batch: (1 + 9) / 4
+    second = metric(torch.tensor(5.0), torch.tensor(2.0))
+    assert first.item() == pytest.approx(2.5)
+    assert second.item() == pytest.approx(5.0)
+    assert metric.compute().item() == pytest.approx((1 + 9 + 10) / 6)

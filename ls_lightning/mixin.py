@@ -1,0 +1,268 @@
+"""`LabelSmoothingMixin`: the label-smoothed loss and its metrics for any LightningModule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
+from torchmetrics import Metric
+
+from ls_lightning.functional import LossStats, label_smoothed_cross_entropy_with_stats
+from ls_lightning.metrics import (
+    AdaptiveCalibrationError,
+    BinnedCalibrationError,
+    BinStats,
+    BrierScore,
+    Overconfidence,
+    WeightedMean,
+)
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
+Stage = Literal["train", "val", "test"]
+
+# Lightning's running stage (``trainer.state.stage``) -> our key prefix. Sanity checking and prediction log nothing.
+_STAGE_PREFIX: dict[str, Stage] = {"train": "train", "validate": "val", "test": "test"}
+_STAGES: tuple[Stage, ...] = ("train", "val", "test")
+_LOSS_TERMS = ("loss", "h_pq", "h_uq")
+# Calibration measures logged for val and test; training keeps to acc and ece so that a step stays cheap.
+_EVAL_MEASURES = ("mce", "rmsce", "ece_adaptive", "brier", "overconfidence")
+
+
+def _pads_samples(sampler: Any) -> bool:
+    """Whether ``sampler`` repeats samples to give every process the same length (torch's DistributedSampler does)."""
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    from ls_lightning.data import UnpaddedDistributedSampler
+
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return False
+    if isinstance(sampler, (UnpaddedDistributedSampler, UnrepeatedDistributedSampler)):
+        return False
+    return sampler.total_size > len(sampler.dataset)  # type: ignore[arg-type]
+
+
+def _check_epsilon(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Expected argument `label_smoothing` to be a float in [0, 1], but got {value!r}")
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(f"Expected argument `label_smoothing` to be a float in [0, 1], but got {value!r}")
+    return float(value)
+
+
+class LabelSmoothingMixin:
+    r"""Mix into a LightningModule to get the label-smoothed loss and its logged terms and calibration.
+
+    .. math::
+        L = (1 - \varepsilon)\, H(p, q) + \varepsilon\, H(u, q)
+
+    ``label_smoothed_loss`` returns the same value as ``F.cross_entropy(logits, target, label_smoothing=ε)`` and
+    logs, for the trainer's current stage, ``{stage}/loss``, ``{stage}/h_pq``, ``{stage}/h_uq`` (step and epoch
+    during training, epoch otherwise), ``{stage}/acc`` and ``{stage}/ece`` (epoch), and for val and test also
+    ``mce``, ``rmsce``, ``ece_adaptive``, ``brier`` and ``overconfidence`` (epoch). Epoch values are torchmetrics
+    states weighted by the number of counted positions, so they are exact over all samples of all processes.
+    Confidence and correctness come from the loss's own pass over the logits: no second softmax.
+
+    Put the mixin first among the bases. The user's ``__init__`` need not know about it: every argument has a
+    default, and a module whose ``__init__`` never reaches the mixin's (the mixin placed after LightningModule)
+    still works with the defaults.
+
+    Args:
+        label_smoothing: ε, the initial weight of the prior; the :class:`~ls_lightning.LabelSmoothing` callback
+            overwrites it on every training batch.
+        prior: u, a (C,) distribution or a (C, C) matrix whose row y is u(·|y); ``None`` is uniform.
+        ignore_index: target value whose positions count in neither the loss nor the metrics.
+        n_bins: number of equal-width confidence bins of the expected calibration error.
+
+    Example:
+        >>> import lightning as L
+        >>> class Model(LabelSmoothingMixin, L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = torch.nn.Linear(4, 3)
+        >>> model = Model()
+        >>> model.label_smoothing
+        0.1
+        >>> logits, target = torch.randn(8, 3), torch.randint(0, 3, (8,))
+        >>> loss = model.label_smoothed_loss(logits, target)  # not attached to a trainer: logs nothing
+        >>> torch.allclose(loss, torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1))
+        True
+    """
+
+    _label_smoothing: float = 0.1
+    ls_ignore_index: int = -100
+    ls_n_bins: int = 15
+
+    def __init__(
+        self,
+        *args: Any,
+        label_smoothing: float = 0.1,
+        prior: Tensor | None = None,
+        ignore_index: int = -100,
+        n_bins: int = 15,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_smoothing = label_smoothing
+        self.label_smoothing_prior = prior
+        self.ls_ignore_index = ignore_index
+        self.ls_n_bins = n_bins
+
+    @property
+    def label_smoothing(self) -> float:
+        """The current ε, a float in [0, 1]."""
+        return self._label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value: float) -> None:
+        self._label_smoothing = _check_epsilon(value)
+
+    @property
+    def label_smoothing_prior(self) -> Tensor | None:
+        """The prior u: ``None`` (uniform), a (C,) distribution or a (C, C) matrix; a buffer, so it follows
+        the module's device and is saved in checkpoints."""
+        return self._buffers.get("_ls_prior") if "_buffers" in self.__dict__ else None  # type: ignore[attr-defined]
+
+    @label_smoothing_prior.setter
+    def label_smoothing_prior(self, prior: Tensor | None) -> None:
+        if prior is not None and not isinstance(prior, Tensor):
+            raise TypeError(f"Expected argument `prior` to be a Tensor of shape (C,) or (C, C), but got {prior!r}")
+        self.register_buffer("_ls_prior", prior)  # type: ignore[attr-defined]
+
+    def label_smoothed_loss(self, logits: Tensor, target: Tensor, *, stage: Stage | None = None) -> Tensor:
+        """Return the label-smoothed cross-entropy of ``logits`` and log its terms and calibration.
+
+        Args:
+            logits: (N, C) or (N, C, d1, ...) logits (log-probabilities work as well: the loss is invariant to
+                a per-position shift of the logits).
+            target: (N,) or (N, d1, ...) class indices, or class probabilities of the logits' shape.
+            stage: ``"train"``, ``"val"`` or ``"test"``; taken from the trainer when ``None``. Nothing is logged
+                outside a trainer or during the sanity check.
+
+        Returns:
+            The scalar loss (``reduction="mean"``), with gradient.
+        """
+        loss, stats = label_smoothed_cross_entropy_with_stats(
+            logits,
+            target,
+            self.label_smoothing,
+            ignore_index=self.ls_ignore_index,
+            prior=self.label_smoothing_prior,
+        )
+        stage = stage if stage is not None else self._ls_stage()
+        if stage is not None:
+            self._ls_log(stage, (loss.loss, loss.h_pq, loss.h_uq), stats)
+        estimator = getattr(self, "ls_prior_estimator", None)
+        if stage == "train" and estimator is not None:
+            estimator.update(logits.detach(), target, stats.correct & stats.valid)
+        return loss.loss
+
+    def calibration_bins(self, stage: Stage, *, sync: bool = True) -> BinStats | None:
+        """Per-bin sums (count, confidence, correct) of ``stage``'s ECE state for the current epoch.
+
+        Args:
+            stage: ``"train"``, ``"val"`` or ``"test"``.
+            sync: sum the states over processes; a collective call, so every rank must make it.
+
+        Returns:
+            The :class:`~ls_lightning.metrics.BinStats`, or ``None`` before the stage's first logged batch.
+        """
+        metrics = self._modules.get(f"_ls_{stage}_metrics")  # type: ignore[attr-defined]
+        if metrics is None:
+            return None
+        return cast(BinnedCalibrationError, metrics["ece"]).bin_stats(sync=sync)
+
+    def _ls_stage(self) -> Stage | None:
+        trainer: Trainer | None = getattr(self, "_trainer", None)
+        if trainer is None or trainer.sanity_checking:
+            return None
+        stage = trainer.state.stage
+        return None if stage is None else _STAGE_PREFIX.get(stage.value)
+
+    def _ls_log(self, stage: Stage, terms: tuple[Tensor, Tensor, Tensor], stats: LossStats) -> None:
+        if stage not in _STAGES:
+            raise ValueError(f"Expected argument `stage` to be one of {_STAGES}, but got {stage!r}")
+        if getattr(self, "_trainer", None) is None:
+            return
+        if stage != "train":
+            self._ls_warn_if_padded(stage)
+        metrics = cast("Mapping[str, Metric]", self._ls_metrics_for(stage, terms[0].device))
+        on_step = stage == "train"
+        for name, value in zip(_LOSS_TERMS, terms, strict=True):
+            metric = metrics[name]
+            # forward() also caches the batch value that Lightning logs on step; update() suffices for epoch-only.
+            (metric if on_step else metric.update)(value.detach(), stats.weight_sum)
+            self._ls_log_metric(stage, name, metric, on_step=on_step, prog_bar=name == "loss" and on_step)
+        metrics["acc"].update(stats.correct, stats.valid)
+        metrics["ece"].update(stats.confidence, stats.correct, weight=stats.valid)
+        self._ls_log_metric(stage, "acc", metrics["acc"], on_step=False, prog_bar=stage == "val")
+        self._ls_log_metric(stage, "ece", metrics["ece"], on_step=False, prog_bar=False)
+        if stage != "train":
+            for name in ("mce", "rmsce", "ece_adaptive", "overconfidence"):
+                metrics[name].update(stats.confidence, stats.correct, weight=stats.valid)
+            metrics["brier"].update(stats.brier, weight=stats.valid)
+            for name in _EVAL_MEASURES:
+                self._ls_log_metric(stage, name, metrics[name], on_step=False, prog_bar=False)
+
+    def _ls_warn_if_padded(self, stage: Stage) -> None:
+        checked: set[str] = self.__dict__.setdefault("_ls_padding_checked", set())
+        if stage in checked:
+            return
+        checked.add(stage)
+        trainer = cast("Trainer", self._trainer)  # type: ignore[attr-defined]
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            if _pads_samples(getattr(loader, "sampler", None)):
+                rank_zero_warn(
+                    f"The {stage} dataloader's DistributedSampler pads the data with repeated samples, so `{stage}/...`"
+                    " metrics count them twice. Give the loader `ls_lightning.data.UnpaddedDistributedSampler(dataset)`"
+                    " (Lightning keeps a sampler that is already a DistributedSampler), or evaluate on one device."
+                )
+                return
+
+    def _ls_log_metric(self, stage: Stage, name: str, metric: Metric, *, on_step: bool, prog_bar: bool) -> None:
+        self.log(  # type: ignore[attr-defined]
+            f"{stage}/{name}",
+            metric,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=prog_bar,
+            metric_attribute=f"_ls_{stage}_metrics.{name}",
+        )
+
+    def _ls_metrics_for(self, stage: Stage, device: torch.device) -> nn.ModuleDict:
+        # Created on first use rather than in __init__, so a module whose __init__ never reached ours still works;
+        # the states are non-persistent, so checkpoints do not change.
+        modules: dict[str, nn.Module] = self._modules  # type: ignore[attr-defined]
+        name = f"_ls_{stage}_metrics"
+        if name not in modules:
+            modules[name] = self._ls_new_metrics(stage).to(device)
+        return cast(nn.ModuleDict, modules[name])
+
+    def _ls_new_metrics(self, stage: Stage) -> nn.ModuleDict:
+        n_bins = self.ls_n_bins
+        metrics: dict[str, nn.Module] = {name: WeightedMean() for name in (*_LOSS_TERMS, "acc")}
+        metrics["ece"] = BinnedCalibrationError(n_bins=n_bins, norm="l1")
+        if stage != "train":
+            metrics["mce"] = BinnedCalibrationError(n_bins=n_bins, norm="max")
+            metrics["rmsce"] = BinnedCalibrationError(n_bins=n_bins, norm="l2")
+            metrics["ece_adaptive"] = AdaptiveCalibrationError(n_bins=n_bins)
+            metrics["brier"] = BrierScore()
+            metrics["overconfidence"] = Overconfidence(n_bins=n_bins)
+        return nn.ModuleDict(metrics)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict, strict: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        # A prior set during training (class frequencies, online label smoothing) is a checkpointed buffer that a
+        # freshly built module does not have yet: adopt it, so that `load_state_dict` and resume restore it.
+        key = f"{prefix}_ls_prior"
+        if key in state_dict and self.label_smoothing_prior is None:
+            self.label_smoothing_prior = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)  # type: ignore[misc]

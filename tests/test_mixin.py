@@ -1,0 +1,312 @@
+"""LabelSmoothingMixin: the loss equals PyTorch's, and every logged epoch value equals a whole-data reference."""
+
+from __future__ import annotations
+
+import pickle
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassCalibrationError
+
+from ls_lightning import LabelSmoothing, LabelSmoothingMixin
+
+C = 5
+IGNORE = -100
+
+
+class Net(LabelSmoothingMixin, L.LightningModule):
+    """A user module: its __init__ knows nothing of the mixin."""
+
+    def __init__(self, n_features: int = 6, log_probs: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Linear(n_features, C)
+        self.log_probs = log_probs
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.layer(x)
+        if z.ndim == 3:  # (N, T, C) -> (N, C, T)
+            z = z.transpose(1, 2)
+        return F.log_softmax(z, dim=1) if self.log_probs else z
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _data(n: int = 53, seq: int | None = None, ignore_frac: float = 0.0, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    shape = (n,) if seq is None else (n, seq)
+    x = torch.randn(*shape, 6, generator=g)
+    y = torch.randint(0, C, shape, generator=g)
+    y[torch.rand(shape, generator=g) < ignore_frac] = IGNORE
+    return TensorDataset(x, y)
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def _reference(model: Net, data: TensorDataset, eps: float) -> dict[str, float]:
+    """Whole-data values from PyTorch and torchmetrics: what the epoch aggregates must equal."""
+    x, y = data.tensors
+    with torch.no_grad():
+        z = model(x)
+    z_flat = z.movedim(1, -1).reshape(-1, C) if z.ndim == 3 else z
+    y_flat = y.reshape(-1)
+    keep = y_flat != IGNORE
+    uniform = torch.full((int(keep.sum()), C), 1.0 / C)
+    q, labels = z_flat[keep].softmax(-1), y_flat[keep]
+    ref = {
+        "loss": F.cross_entropy(z, y, label_smoothing=eps, ignore_index=IGNORE).item(),
+        "h_pq": F.cross_entropy(z, y, ignore_index=IGNORE).item(),
+        "h_uq": F.cross_entropy(z_flat[keep], uniform).item(),
+        "acc": (q.argmax(-1) == labels).float().mean().item(),
+        "brier": ((q - F.one_hot(labels, C)) ** 2).sum(-1).mean().item(),
+        "overconfidence": (q.max(-1).values.mean() - (q.argmax(-1) == labels).float().mean()).item(),
+    }
+    for key, norm in (("ece", "l1"), ("mce", "max"), ("rmsce", "l2")):
+        ref[key] = MulticlassCalibrationError(num_classes=C, n_bins=15, norm=norm)(q, labels).item()
+    return ref
+
+
+def _exact_adaptive_ece(model: Net, data: TensorDataset, n_bins: int = 15) -> float:
+    """Equal-mass ECE (Nixon et al. 2019): sort by confidence, cut into n_bins groups of (nearly) equal size."""
+    x, y = data.tensors
+    with torch.no_grad():
+        z = model(x)
+    z_flat = z.movedim(1, -1).reshape(-1, C) if z.ndim == 3 else z
+    keep = y.reshape(-1) != IGNORE
+    conf, pred = z_flat[keep].softmax(-1).max(-1)
+    correct = (pred == y.reshape(-1)[keep]).float()
+    order = conf.argsort()
+    groups = torch.tensor_split(torch.arange(len(conf)), n_bins)
+    n = len(conf)
+    return sum(len(g) / n * abs(correct[order[g]].mean() - conf[order[g]].mean()).item() for g in groups if len(g))
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_loss_equals_pytorch_outside_a_trainer(eps: float) -> None:
+    model = Net()
+    model.label_smoothing = eps
+    x, y = _data(17).tensors
+    logits = model(x)
+    ours = model.label_smoothed_loss(logits, y)
+    ref = F.cross_entropy(logits, y, label_smoothing=eps)
+    torch.testing.assert_close(ours, ref)
+    (g_ours,) = torch.autograd.grad(ours, model.layer.weight, retain_graph=True)
+    (g_ref,) = torch.autograd.grad(ref, model.layer.weight)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+@pytest.mark.parametrize(
+    ("seq", "ignore_frac", "log_probs", "stage"),
+    [(None, 0.0, False, "validate"), (None, 0.2, True, "test"), (4, 0.3, False, "validate"), (3, 0.0, True, "test")],
+)
+def test_epoch_values_equal_whole_data_reference(tmp_path, seq, ignore_frac, log_probs, stage) -> None:
+    torch.manual_seed(0)
+    model = Net(log_probs=log_probs)
+    model.label_smoothing = 0.2
+    data = _data(53, seq=seq, ignore_frac=ignore_frac)
+    loader = DataLoader(data, batch_size=8)  # uneven: 6 batches of 8 and one of 5
+    prefix = "val" if stage == "validate" else "test"
+    trainer = _trainer(tmp_path)
+    (logged,) = getattr(trainer, stage)(model, loader, verbose=False)
+    expected = _reference(model, data, eps=0.2)
+    for name, value in expected.items():
+        assert logged[f"{prefix}/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_training_logs_every_key_and_epsilon(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    loader = DataLoader(_data(40), batch_size=8)
+    trainer = _trainer(
+        tmp_path,
+        logger=logger,
+        max_epochs=2,
+        log_every_n_steps=1,
+        callbacks=[LabelSmoothing(0.3)],
+    )
+    trainer.fit(model, loader, DataLoader(_data(21, seed=1), batch_size=8))
+    logger.save()
+    header = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for stage in ("train", "val"):
+        for name in ("loss", "h_pq", "h_uq", "acc", "ece"):
+            assert any(col.startswith(f"{stage}/{name}") for col in header), (stage, name, header)
+    assert {"train/loss_step", "train/loss_epoch", "train/epsilon"} <= set(header)
+    assert not any(col.startswith("val/epsilon") for col in header)
+    assert model.label_smoothing == 0.3
+
+
+def test_train_epoch_values_are_count_weighted(tmp_path) -> None:
+    """With lr=0 the weights never change, so the epoch aggregate must equal the whole-data value."""
+
+    class Frozen(Net):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    torch.manual_seed(0)
+    model = Frozen()
+    data = _data(45, ignore_frac=0.25)
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[LabelSmoothing(0.1)], num_sanity_val_steps=0)
+    trainer.fit(model, DataLoader(data, batch_size=8))
+    expected = _reference(model, data, eps=0.1)
+    for name in ("loss", "h_pq", "h_uq", "acc", "ece"):
+        assert trainer.callback_metrics[f"train/{name}"].item() == pytest.approx(expected[name], rel=1e-5, abs=1e-6)
+    assert "train/brier" not in trainer.callback_metrics  # eval-only: a training step stays cheap
+
+
+def test_sanity_check_logs_nothing(tmp_path) -> None:
+    """Sanity batches must not leak into the first validation epoch's aggregate."""
+
+    class Frozen(Net):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    torch.manual_seed(0)
+    model = Frozen()
+    val = _data(30, seed=3)
+    # Sanity batches come from the first 16 samples only; counted, they would shift every epoch value.
+    trainer = _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=2, limit_train_batches=1)
+    trainer.fit(model, DataLoader(_data(8), batch_size=8), DataLoader(val, batch_size=8))
+    expected = _reference(model, val, eps=0.1)
+    for name, value in expected.items():
+        assert trainer.callback_metrics[f"val/{name}"].item() == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_mixin_after_lightning_module_in_the_bases(tmp_path) -> None:
+    class Late(L.LightningModule, LabelSmoothingMixin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(6, C)
+
+        def validation_step(self, batch, batch_idx):
+            self.label_smoothed_loss(self.layer(batch[0]), batch[1])
+
+    model = Late()
+    data = _data(20)
+    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
+    x, y = data.tensors
+    with torch.no_grad():
+        ref = F.cross_entropy(model.layer(x), y, label_smoothing=0.1).item()
+    assert logged["val/loss"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_constructor_arguments_and_validation() -> None:
+    class WithArgs(LabelSmoothingMixin, L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__(label_smoothing=0.25, prior=torch.tensor([0.5, 0.25, 0.25]), n_bins=10)
+
+    model = WithArgs()
+    assert model.label_smoothing == 0.25
+    assert model.ls_n_bins == 10
+    assert "_ls_prior" in model.state_dict()
+    logits, y = torch.randn(7, 3, dtype=torch.float64), torch.randint(0, 3, (7,))
+    u = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    soft = 0.75 * F.one_hot(y, 3).double() + 0.25 * u
+    model.label_smoothing_prior = u
+    torch.testing.assert_close(model.label_smoothed_loss(logits, y), F.cross_entropy(logits, soft))
+    with pytest.raises(ValueError, match=r"`label_smoothing`.*1\.5"):
+        model.label_smoothing = 1.5
+    with pytest.raises(TypeError, match="`label_smoothing`"):
+        model.label_smoothing = "0.1"  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="`prior`"):
+        model.label_smoothing_prior = [0.5, 0.5]  # type: ignore[assignment]
+
+
+def test_module_pickles_before_and_after_use(tmp_path) -> None:
+    model = Net()
+    pickle.loads(pickle.dumps(model))
+    _trainer(tmp_path).validate(model, DataLoader(_data(10), batch_size=4), verbose=False)
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone.label_smoothing == model.label_smoothing
+
+
+def test_soft_targets_pass_through(tmp_path) -> None:
+    """Probability targets (mixup): the loss is PyTorch's soft-target loss with smoothing on top."""
+    model = Net()
+    model.label_smoothing = 0.2
+    x, _ = _data(12).tensors
+    p = torch.softmax(torch.randn(12, C), -1)
+    logits = model(x)
+    torch.testing.assert_close(model.label_smoothed_loss(logits, p), F.cross_entropy(logits, p, label_smoothing=0.2))
+
+
+def test_prior_set_in_training_is_restored_into_a_fresh_module() -> None:
+    trained = Net()
+    trained.label_smoothing_prior = torch.softmax(torch.randn(C, C), -1)  # e.g. an online-label-smoothing matrix
+    fresh = Net()
+    assert fresh.label_smoothing_prior is None
+    fresh.load_state_dict(trained.state_dict())  # strict: the prior must not be an unexpected key
+    torch.testing.assert_close(fresh.label_smoothing_prior, trained.label_smoothing_prior)
+
+
+def test_calibration_bins_match_the_logged_ece(tmp_path) -> None:
+    class Bins(Net):
+        def on_validation_epoch_end(self) -> None:
+            self.bins = self.calibration_bins("val")
+
+    model = Bins()
+    data = _data(40)
+    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=16), verbose=False)
+    assert model.bins.counts.sum().item() == 40
+    assert model.bins.calibration_error("l1").item() == pytest.approx(logged["val/ece"], abs=1e-6)
+    assert Net().calibration_bins("val") is None
+
+
+def test_adaptive_ece_equals_the_equal_mass_definition(tmp_path) -> None:
+    """600 positions in 15 groups of 40: the fine histogram splits exactly where the sorted samples do."""
+    torch.manual_seed(0)
+    model = Net()
+    data = _data(600, seed=5)
+    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=64), verbose=False)
+    assert logged["val/ece_adaptive"] == pytest.approx(_exact_adaptive_ece(model, data), abs=1e-5)
+
+
+def test_padding_sampler_detection() -> None:
+    from torch.utils.data import DistributedSampler
+
+    from ls_lightning.data import UnpaddedDistributedSampler
+    from ls_lightning.mixin import _pads_samples
+
+    data = list(range(7))
+    padded = DistributedSampler(data, num_replicas=2, rank=1, shuffle=False)
+    assert list(padded) == [1, 3, 5, 0]  # torch repeats sample 0 to even the ranks out: the case we warn about
+    assert _pads_samples(padded)
+    assert not _pads_samples(DistributedSampler(list(range(8)), num_replicas=2, rank=0))  # divisible: no padding
+    assert not _pads_samples(DistributedSampler(data, num_replicas=2, rank=0, drop_last=True))
+    assert not _pads_samples(UnpaddedDistributedSampler(data, num_replicas=2, rank=1))
+    assert not _pads_samples(None)
+
+
+def test_warns_once_for_a_padding_eval_sampler(tmp_path) -> None:
+    from torch.utils.data import DistributedSampler
+
+    data = _data(7)
+    loader = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, num_replicas=2, rank=0, shuffle=False))
+    with pytest.warns(UserWarning, match="pads the data with repeated samples"):
+        _trainer(tmp_path, use_distributed_sampler=False).validate(Net(), loader, verbose=False)
