@@ -1,0 +1,130 @@
+"""Shared parts of ``ls-train`` and ``ls-eval``: build the run's objects from a config, report errors and results.
+
+Lightning is imported only once a config has been composed and validated, so that a bad value is reported at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from ls_lightning.config import ConfigValueError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import lightning.pytorch as L
+
+    from ls_lightning.schedules import Schedule
+
+# shown in the final table, in this order
+SUMMARY_METRICS = ("acc", "ece", "h_pq", "loss")
+
+
+class Run(NamedTuple):
+    """The objects of one run, built from its config."""
+
+    datamodule: L.LightningDataModule
+    model: L.LightningModule
+    trainer: L.Trainer
+    schedule: Schedule
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Instantiate the data module, model, schedule, callbacks, loggers and trainer of a validated config.
+
+    Raises:
+        ConfigValueError: if an object refuses its arguments (the message names the config node).
+    """
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    from ls_lightning.callback import LabelSmoothing
+
+    datamodule = _make(cfg, "data")
+    schedule = _make(cfg, "label_smoothing.schedule")
+    prior = datamodule.class_prior() if cfg.label_smoothing.prior.name == "empirical" else None
+    model = _make(
+        cfg,
+        "model",
+        num_features=datamodule.num_features,
+        num_classes=datamodule.num_classes,
+        label_smoothing=schedule(0.0),
+        prior=prior,
+    )
+    callbacks = _make_all(cfg, "callbacks")
+    trainer = _make(cfg, "trainer", callbacks=callbacks, logger=_make_all(cfg, "logger") or False)
+    if not any(isinstance(c, LabelSmoothing) for c in callbacks):
+        rank_zero_warn("No `LabelSmoothing` callback is configured: ε stays at the schedule's start for the whole run.")
+    return Run(datamodule, model, trainer, schedule)
+
+
+def _make(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate the node at ``key``; an object refusing its arguments becomes a message naming the key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    node = OmegaConf.select(cfg, key)
+    try:
+        # plain lists and dicts: OmegaConf containers in hyper-parameters would make checkpoints fail to load with
+        # torch.load(weights_only=True)
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__ if error.__cause__ is not None else error
+        raise ConfigValueError([f"{key} ({node.get('_target_')}): {cause}"]) from None
+
+
+def _make_all(cfg: DictConfig, group: str) -> list[Any]:
+    """Instantiate each entry of a group such as ``callbacks`` (null entries are switched off)."""
+    node = cfg.get(group)
+    if not node:
+        return []
+    return [_make(cfg, f"{group}.{name}") for name, child in node.items() if isinstance(child, DictConfig)]
+
+
+def collect_metrics(trainer: L.Trainer, stage: str) -> dict[str, float]:
+    """Return the epoch values of ``{stage}/...`` in the trainer's callback metrics, as floats."""
+    prefix = f"{stage}/"
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix) and v.numel() == 1}
+
+
+def print_summary(metrics: Mapping[str, float], output_dir: str) -> None:
+    """Print the final val/test metrics as a small table and the run directory (on global rank 0 only)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    width = max(len(m) for m in SUMMARY_METRICS) + 6
+    lines = ["", "stage " + "".join(f"{m:>{width}}" for m in SUMMARY_METRICS)]
+    for stage in ("val", "test"):
+        values = [metrics.get(f"{stage}/{m}") for m in SUMMARY_METRICS]
+        cells = "".join(f"{v:>{width}.4f}" if v is not None else f"{'n/a':>{width}}" for v in values)
+        lines.append(f"{stage:<6}{cells}")
+    lines.append(f"run directory: {output_dir}")
+    print("\n".join(lines), flush=True)
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Errors that mean "the configuration is wrong": reported in one paragraph, without a traceback."""
+    if isinstance(error, (ConfigValueError, MissingDependencyError)):
+        return True
+    # Lightning's own refusals of a setting (strategy, devices, callbacks); only loaded if Lightning was
+    exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return exceptions is not None and isinstance(error, exceptions.MisconfigurationException)
+
+
+def run_main(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig, prog: str) -> float | None:
+    """Run ``task(cfg)`` for a ``@hydra.main`` entry point: configuration errors exit with code 2 and one paragraph.
+
+    Returns:
+        The value of ``cfg.optimized_metric`` when set (for hyper-parameter sweepers), else ``None``.
+    """
+    try:
+        metrics = task(cfg)
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    key = OmegaConf.select(cfg, "optimized_metric")
+    return metrics.get(key) if key else None

@@ -1,0 +1,414 @@
+"""Structured configs (schemas) of the Hydra app and the range checks run on a composed config before training.
+
+The YAML files in ``ls_lightning/conf`` extend these dataclasses through their defaults lists (``- cosine_schema``),
+so OmegaConf type-checks every value when the config is composed. Ranges (ε ∈ [0, 1], epochs ≥ 1, ...) are declared
+next to each field and checked by :func:`validate_config` once the config is complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+# OmegaConf 2.3 reads annotations at run time and does not understand ``X | None``: the dataclasses below use
+# ``Optional`` on purpose (hence the UP045 exemption).
+# ruff: noqa: UP045
+
+__all__ = [
+    "CNNConfig",
+    "ConfigValueError",
+    "DataConfig",
+    "DigitsDataConfig",
+    "LabelSmoothingConfig",
+    "MLPConfig",
+    "MissingDependencyError",
+    "ModelConfig",
+    "PathsConfig",
+    "PriorConfig",
+    "ScheduleConfig",
+    "SyntheticDataConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "register_configs",
+    "validate_config",
+]
+
+
+class MissingDependencyError(ModuleNotFoundError):
+    """An optional dependency is not installed; the message says which extra to install."""
+
+
+class ConfigValueError(ValueError):
+    """A composed config holds a value outside its allowed range; ``errors`` lists one message per key."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid configuration: " + "; ".join(errors))
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Allowed values of a numeric field (or of each element of a list field); ``None`` bounds are open-ended."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False  # null is allowed as well
+    hint: str = ""  # appended to the message, e.g. what to use instead
+
+    def contains(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            if self.low == self.high:
+                text = f"expected {self.low:g}"
+            else:
+                left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+                text = f"expected a value in {left}{self.low:g}, {self.high:g}{right}"
+        elif self.low is not None:
+            text = f"expected a value {'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = f"expected a value {'<' if self.high_open else '<='} {self.high:g}"
+        text += " or null" if self.optional else ""
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+@dataclass(frozen=True)
+class _Choices:
+    """Allowed values of a string field."""
+
+    values: tuple[Any, ...]
+
+    def contains(self, value: Any) -> bool:
+        return value in self.values
+
+    def describe(self) -> str:
+        return "expected one of " + ", ".join(repr(v) for v in self.values)
+
+
+def _ranged(default: Any, rule: _Range | _Choices) -> Any:
+    """A dataclass field with a scalar default and a rule checked by :func:`validate_config`."""
+    return field(default=default, metadata={"rule": rule})
+
+
+_UNIT = _Range(0.0, 1.0)
+_POSITIVE_UNIT = _Range(0.0, 1.0, low_open=True, hint="a geometric schedule never reaches 0")
+_FRACTION = _Range(0.0, 1.0, low_open=True, high_open=True)
+_POSITIVE_INT = _Range(1)
+_NON_NEGATIVE = _Range(0)
+
+
+# --- label smoothing ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScheduleConfig:
+    """Base of the ``label_smoothing/schedule`` options: ``_target_`` is a class of :mod:`ls_lightning.schedules`."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class NoneScheduleConfig(ScheduleConfig):
+    """No smoothing: ε = 0 throughout (the callback still logs ``train/epsilon``)."""
+
+    _target_: str = "ls_lightning.schedules.Constant"
+    epsilon: float = _ranged(0.0, _Range(0.0, 0.0, hint="schedule none means no smoothing; use constant"))
+
+
+@dataclass
+class ConstantScheduleConfig(ScheduleConfig):
+    _target_: str = "ls_lightning.schedules.Constant"
+    epsilon: float = _ranged(0.1, _UNIT)
+
+
+@dataclass
+class LinearScheduleConfig(ScheduleConfig):
+    _target_: str = "ls_lightning.schedules.Linear"
+    start: float = _ranged(0.1, _UNIT)
+    end: float = _ranged(0.0, _UNIT)
+
+
+@dataclass
+class CosineScheduleConfig(ScheduleConfig):
+    _target_: str = "ls_lightning.schedules.Cosine"
+    start: float = _ranged(0.1, _UNIT)
+    end: float = _ranged(0.0, _UNIT)
+
+
+@dataclass
+class ExponentialScheduleConfig(ScheduleConfig):
+    _target_: str = "ls_lightning.schedules.Exponential"
+    start: float = _ranged(0.1, _POSITIVE_UNIT)
+    end: float = _ranged(0.001, _POSITIVE_UNIT)
+
+
+@dataclass
+class StepScheduleConfig(ScheduleConfig):
+    _target_: str = "ls_lightning.schedules.Step"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75], metadata={"rule": _UNIT})
+    values: list[float] = field(default_factory=lambda: [0.1, 0.05, 0.0], metadata={"rule": _UNIT})
+
+
+@dataclass
+class TwoStageScheduleConfig(ScheduleConfig):
+    _target_: str = "ls_lightning.schedules.TwoStage"
+    epsilon: float = _ranged(0.1, _UNIT)
+    switch_at: float = _ranged(0.5, _UNIT)
+
+
+@dataclass
+class PriorConfig:
+    """The prior u of the smoothed target: ``uniform`` (1/C) or ``empirical`` (class frequencies of the train split)."""
+
+    name: str = _ranged("uniform", _Choices(("uniform", "empirical")))
+
+
+@dataclass
+class LabelSmoothingConfig:
+    schedule: ScheduleConfig = MISSING
+    prior: PriorConfig = MISSING
+    interval: str = _ranged("step", _Choices(("step", "epoch")))
+    total_steps: Optional[int] = _ranged(None, _Range(1, optional=True))
+
+
+# --- data and model ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    _target_: str = MISSING
+    batch_size: int = _ranged(64, _POSITIVE_INT)
+    num_workers: int = _ranged(0, _NON_NEGATIVE)
+
+
+@dataclass
+class DigitsDataConfig(DataConfig):
+    _target_: str = "ls_lightning.data.DigitsDataModule"
+    val_fraction: float = _ranged(0.2, _FRACTION)
+    test_fraction: float = _ranged(0.2, _FRACTION)
+    split_seed: int = 0
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    _target_: str = "ls_lightning.data.SyntheticDataModule"
+    num_classes: int = _ranged(10, _Range(2))
+    num_features: int = _ranged(20, _POSITIVE_INT)
+    num_train: int = _ranged(2000, _POSITIVE_INT)
+    num_val: int = _ranged(500, _POSITIVE_INT)
+    num_test: int = _ranged(500, _POSITIVE_INT)
+    class_sep: float = _ranged(1.0, _Range(0.0))
+    label_noise: float = _ranged(0.0, _UNIT)
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    lr: float = _ranged(1e-3, _Range(0.0, low_open=True))
+    weight_decay: float = _ranged(0.0, _Range(0.0))
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    _target_: str = "ls_lightning.models.MLP"
+    hidden_sizes: list[int] = field(default_factory=lambda: [128], metadata={"rule": _POSITIVE_INT})
+    dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    _target_: str = "ls_lightning.models.CNN"
+    image_size: int = _ranged(8, _POSITIVE_INT)
+    channels: list[int] = field(default_factory=lambda: [16, 32], metadata={"rule": _POSITIVE_INT})
+    hidden_size: int = _ranged(64, _POSITIVE_INT)
+    dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
+
+
+# --- trainer, paths, root ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    """Every scalar argument of ``lightning.pytorch.Trainer``; ``Any`` where Lightning takes a union."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    devices: Any = 1
+    num_nodes: int = _ranged(1, _POSITIVE_INT)
+    precision: Any = None
+    fast_dev_run: Any = False
+    max_epochs: Optional[int] = _ranged(None, _Range(1, optional=True))
+    min_epochs: Optional[int] = _ranged(None, _Range(0, optional=True))
+    max_steps: int = _ranged(-1, _Range(-1))
+    min_steps: Optional[int] = _ranged(None, _Range(0, optional=True))
+    max_time: Optional[str] = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = None
+    check_val_every_n_epoch: Optional[int] = _ranged(1, _Range(1, optional=True))
+    num_sanity_val_steps: Optional[int] = _ranged(None, _Range(-1, optional=True))
+    log_every_n_steps: Optional[int] = _ranged(None, _Range(1, optional=True))
+    enable_checkpointing: Optional[bool] = None
+    enable_progress_bar: Optional[bool] = None
+    enable_model_summary: Optional[bool] = None
+    accumulate_grad_batches: int = _ranged(1, _POSITIVE_INT)
+    gradient_clip_val: Optional[float] = _ranged(None, _Range(0.0, optional=True))
+    gradient_clip_algorithm: Optional[str] = None
+    deterministic: Any = None
+    benchmark: Optional[bool] = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    profiler: Optional[str] = None
+    detect_anomaly: bool = False
+    barebones: bool = False
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = _ranged(0, _NON_NEGATIVE)
+    default_root_dir: Optional[str] = None
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = MISSING
+    checkpoint_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    """The root of ``train.yaml`` and ``eval.yaml``."""
+
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    label_smoothing: LabelSmoothingConfig = field(default_factory=LabelSmoothingConfig)
+    trainer: TrainerConfig = MISSING
+    logger: Any = None
+    callbacks: Any = None
+    paths: PathsConfig = MISSING
+    task_name: str = "train"
+    seed: int = 0
+    ckpt_path: Optional[str] = None
+    optimized_metric: Optional[str] = None
+
+
+_SCHEMAS: dict[tuple[str | None, str], type] = {
+    (None, "train_schema"): TrainConfig,
+    ("data", "digits_schema"): DigitsDataConfig,
+    ("data", "synthetic_schema"): SyntheticDataConfig,
+    ("model", "mlp_schema"): MLPConfig,
+    ("model", "cnn_schema"): CNNConfig,
+    ("label_smoothing/schedule", "none_schema"): NoneScheduleConfig,
+    ("label_smoothing/schedule", "constant_schema"): ConstantScheduleConfig,
+    ("label_smoothing/schedule", "linear_schema"): LinearScheduleConfig,
+    ("label_smoothing/schedule", "cosine_schema"): CosineScheduleConfig,
+    ("label_smoothing/schedule", "exponential_schema"): ExponentialScheduleConfig,
+    ("label_smoothing/schedule", "step_schema"): StepScheduleConfig,
+    ("label_smoothing/schedule", "two_stage_schema"): TwoStageScheduleConfig,
+    ("label_smoothing/prior", "prior_schema"): PriorConfig,
+    ("trainer", "trainer_schema"): TrainerConfig,
+    ("paths", "paths_schema"): PathsConfig,
+}
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore under the names the YAML files extend (idempotent)."""
+    store = ConfigStore.instance()
+    for (group, name), node in _SCHEMAS.items():
+        store.store(group=group, name=name, node=node)
+
+
+# --- validation --------------------------------------------------------------------------------------------------
+
+
+def validate_config(cfg: DictConfig, *, require_ckpt: bool = False) -> None:
+    """Check every ranged field of a composed config, and the checkpoint path, before anything is built.
+
+    Args:
+        cfg: the composed config (``train.yaml`` or ``eval.yaml``).
+        require_ckpt: whether ``ckpt_path`` must be set (``ls-eval``).
+
+    Raises:
+        ConfigValueError: naming each key whose value is out of range, as ``key=value is out of range: expected ...``.
+    """
+    errors = [message for key in cfg if key != "hydra" for message in _check_root_item(cfg, str(key))]
+    if not errors:  # the schedule's own checks would repeat a range error
+        errors += _check_schedule(cfg)
+    errors += _check_ckpt(cfg, require_ckpt)
+    if errors:
+        raise ConfigValueError(errors)
+
+
+def _check_root_item(cfg: DictConfig, key: str) -> Iterator[str]:
+    if not OmegaConf.is_missing(cfg, key) and isinstance(cfg[key], DictConfig):
+        yield from _check(cfg[key], key)
+
+
+def _check(node: DictConfig, key: str) -> Iterator[str]:
+    """Yield a message for each ranged field of ``node`` and its children whose value breaks its rule."""
+    schema = OmegaConf.get_type(node)
+    rules = {f.name: f.metadata["rule"] for f in fields(schema) if "rule" in f.metadata} if is_dataclass(schema) else {}
+    for name in map(str, node):  # the keys of a composed config are strings
+        path, rule = f"{key}.{name}", rules.get(name)
+        if OmegaConf.is_missing(node, name):
+            continue
+        if rule is not None:
+            yield from _check_value(path, node[name], rule)
+        # interpolations are left alone: `${hydra:...}` needs a running app, and a node is checked where it lives
+        elif not OmegaConf.is_interpolation(node, name) and isinstance(node[name], DictConfig):
+            yield from _check(node[name], path)
+
+
+def _check_value(path: str, value: Any, rule: _Range | _Choices) -> Iterator[str]:
+    values = list(value) if isinstance(value, ListConfig) else [value]
+    if not all(rule.contains(v) for v in values):
+        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        yield f"{path}={_show(shown)} is out of range: {rule.describe()}"
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _check_schedule(cfg: DictConfig) -> list[str]:
+    """Let the schedule class check what ranges cannot (e.g. ``Step``'s lengths and ordering)."""
+    from hydra.utils import instantiate
+
+    schedule = OmegaConf.select(cfg, "label_smoothing.schedule")
+    if schedule is None:
+        return []
+    try:
+        instantiate(schedule)
+    except Exception as error:  # Hydra wraps the schedule's ValueError in an InstantiationException
+        cause = error.__cause__ or error
+        return [f"label_smoothing.schedule: {cause}"]
+    return []
+
+
+_LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # resolved by Lightning itself
+
+
+def _check_ckpt(cfg: DictConfig, require: bool) -> list[str]:
+    if OmegaConf.is_missing(cfg, "ckpt_path") or (require and cfg.ckpt_path is None):
+        return ["ckpt_path is required: pass ckpt_path=PATH/TO/checkpoint.ckpt"]
+    path = cfg.ckpt_path
+    if path is not None and path not in _LIGHTNING_CKPT_NAMES and not os.path.isfile(path):
+        return [f"ckpt_path={path} is not a file"]
+    return []

@@ -1,0 +1,52 @@
+"""``ls-train``: train a classifier with label smoothing from the Hydra config ``conf/train.yaml``, then test it."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ls_lightning._cli import build_run, collect_metrics, print_summary, run_main
+from ls_lightning.config import register_configs, validate_config
+
+__all__ = ["main", "train"]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured model (resuming from ``cfg.ckpt_path`` when set), then test it; return the final metrics.
+
+    Everything the run writes goes to ``cfg.paths.output_dir``.
+
+    Args:
+        cfg: a composed ``train.yaml`` config.
+
+    Returns:
+        The final epoch values of the ``val/...`` keys (after the fit) and the ``test/...`` keys.
+
+    Raises:
+        ConfigValueError: if a value is out of range or an object refuses its arguments, before training starts.
+    """
+    validate_config(cfg)
+    from lightning.pytorch import seed_everything  # after validation: a bad value is reported without the wait
+
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    run = build_run(cfg)
+    run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path)
+    # kept before testing: the test loop replaces the trainer's logged metrics
+    metrics = collect_metrics(run.trainer, "val")
+    run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
+    metrics.update(collect_metrics(run.trainer, "test"))
+    print_summary(metrics, cfg.paths.output_dir)
+    return metrics
+
+
+register_configs()  # the YAML files extend the schemas: they must be in the ConfigStore before composition
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ls_lightning.conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``ls-train`` (and ``python -m ls_lightning.train``)."""
+    return run_main(train, cfg, "ls-train")
+
+
+if __name__ == "__main__":
+    main()

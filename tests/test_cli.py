@@ -1,0 +1,149 @@
+"""The ``ls-train`` / ``ls-eval`` commands run as a user runs them: in a subprocess, from a temporary directory."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ls_lightning._cli import run_main
+from ls_lightning.data import MissingDependencyError
+
+BIN = Path(sys.executable).parent
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hydra_app" / "my_app.py"
+QUIET = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
+SMALL = [
+    *QUIET,
+    "data=synthetic",
+    "data.num_train=128",
+    "data.num_val=64",
+    "data.num_test=64",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+]
+DESIGN_KEYS = {"train/epsilon"} | {
+    f"{s}/{k}" for s in ("train", "val", "test") for k in ("loss", "h_pq", "h_uq", "acc", "ece")
+}
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def header(path: Path) -> set[str]:
+    with open(path, newline="") as file:
+        return set(next(csv.reader(file)))
+
+
+def logged_keys(path: Path) -> set[str]:
+    """The DESIGN.md key of each column: Lightning suffixes keys logged on step and epoch with _step / _epoch."""
+    return {key.removesuffix("_epoch").removesuffix("_step") for key in header(path)}
+
+
+def only_dir(path: Path) -> Path:
+    found = [p for p in path.rglob("metrics.csv")]
+    assert len(found) == 1, found
+    return found[0].parent
+
+
+@pytest.mark.slow
+def test_ls_train_then_ls_eval_write_only_into_their_run_directories(tmp_path: Path) -> None:
+    result = run([str(BIN / "ls-train"), "trainer.max_epochs=2", *QUIET], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs"]
+    run_dir = only_dir(tmp_path)
+    assert run_dir.parent.parent == tmp_path / "outputs" / "train"  # outputs/train/<date>/<time>
+    assert logged_keys(run_dir / "metrics.csv") >= DESIGN_KEYS
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    table = result.stdout[result.stdout.index("stage") :].splitlines()
+    assert table[0].split() == ["stage", "acc", "ece", "h_pq", "loss"]
+    assert table[1].split()[0] == "val" and table[2].split()[0] == "test" and "n/a" not in " ".join(table[1:3])
+    assert table[3] == f"run directory: {run_dir}"
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    result = run([str(BIN / "ls-eval"), f"ckpt_path={ckpt}", *QUIET], elsewhere)
+    assert result.returncode == 0, result.stderr
+    eval_dir = only_dir(elsewhere)
+    assert eval_dir.parent.parent == elsewhere / "outputs" / "eval"
+    assert {f"{s}/{k}" for s in ("val", "test") for k in ("acc", "ece", "h_pq", "h_uq", "loss")} <= header(
+        eval_dir / "metrics.csv"
+    )
+    assert "run directory: " + str(eval_dir) in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["label_smoothing.schedule.epsilon=1.5"],
+            "label_smoothing.schedule.epsilon=1.5 is out of range: expected a value in [0, 1]",
+        ),
+        (["trainer.max_epochs=-3"], "trainer.max_epochs=-3 is out of range"),
+    ],
+)
+def test_out_of_range_value_exits_2_with_one_paragraph(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run([sys.executable, "-m", "ls_lightning.train", *args], tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.startswith("ls-train: error:")
+    assert "Traceback" not in result.stderr + result.stdout and result.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["label_smoothing/schedule=warmup"], "Could not find 'label_smoothing/schedule/warmup'"),
+        (["trainer.max_epochs=many"], "full_key: trainer.max_epochs"),
+    ],
+)
+def test_composition_errors_exit_non_zero_without_traceback(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run([str(BIN / "ls-train"), *args], tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ls_eval_without_checkpoint_exits_2(tmp_path: Path) -> None:
+    result = run([str(BIN / "ls-eval")], tmp_path)
+    assert result.returncode == 2 and "ckpt_path is required" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_user_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    def task(cfg: object) -> dict[str, float]:
+        raise MissingDependencyError('The digits data set needs scikit-learn: pip install "ls-lightning[data]"')
+
+    with pytest.raises(SystemExit) as info:
+        run_main(task, None, "ls-train")  # type: ignore[arg-type]
+    assert info.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == 'ls-train: error: The digits data set needs scikit-learn: pip install "ls-lightning[data]"\n'
+    )
+
+
+@pytest.mark.slow
+def test_sweep_gives_each_job_its_own_directory(tmp_path: Path) -> None:
+    result = run([str(BIN / "ls-train"), "-m", "seed=0,1", *SMALL], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["multirun"]
+    (sweep_dir,) = {p.parent for p in tmp_path.rglob("multirun.yaml")}
+    jobs = sorted(p.parent for p in sweep_dir.rglob("metrics.csv"))
+    assert [p.name for p in jobs] == ["0", "1"] and all(p.parent == sweep_dir for p in jobs)
+    for job, seed in zip(jobs, ("0", "1"), strict=True):
+        assert (job / ".hydra" / "overrides.yaml").read_text().count(f"seed={seed}") == 1
+        assert logged_keys(job / "metrics.csv") >= DESIGN_KEYS
+
+
+@pytest.mark.slow
+def test_user_hydra_app_composes_our_groups(tmp_path: Path) -> None:
+    result = run([sys.executable, str(EXAMPLE), "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "val/acc=" in result.stdout
+    run_dir = only_dir(tmp_path)
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "_target_: ls_lightning.schedules.Cosine" in config

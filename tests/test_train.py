@@ -1,0 +1,124 @@
+"""``train(cfg)`` and ``evaluate(cfg)`` called in-process on composed configs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from ls_lightning.config import ConfigValueError
+from ls_lightning.eval import evaluate
+from ls_lightning.train import train
+
+SCHEDULES = ["none", "constant", "linear", "cosine", "exponential", "step", "two_stage"]
+# the epoch keys of DESIGN.md ("Logged keys"), per stage
+EPOCH_KEYS = ("loss", "h_pq", "h_uq", "acc", "ece")
+QUIET = [
+    "trainer.accelerator=cpu",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+SMALL = [*QUIET, "data=synthetic", "data.num_train=256", "data.num_val=100", "data.num_test=100", "data.batch_size=32"]
+
+
+def make_cfg(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_fast_dev_run_for_each_schedule(schedule: str, tmp_path: Path) -> None:
+    metrics = train(make_cfg([f"label_smoothing/schedule={schedule}", "trainer.fast_dev_run=true", *SMALL], tmp_path))
+    for stage in ("val", "test"):
+        assert {f"{stage}/{key}" for key in EPOCH_KEYS} <= set(metrics)
+        assert 0.0 <= metrics[f"{stage}/acc"] <= 1.0 and 0.0 <= metrics[f"{stage}/ece"] <= 1.0
+
+
+def test_fast_dev_run_with_the_cnn_on_digits(tmp_path: Path) -> None:
+    metrics = train(make_cfg(["model=cnn", "trainer.fast_dev_run=true", *QUIET], tmp_path))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def test_run_writes_metrics_and_checkpoint_into_the_output_dir(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = make_cfg(
+        ["label_smoothing/schedule=linear", "trainer.max_epochs=2", "label_smoothing.interval=epoch", *SMALL], out
+    )
+    metrics = train(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "hparams.yaml", "metrics.csv"]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]
+    rows = read_csv(out / "metrics.csv")
+    header = set(rows[0])
+    expected = {"train/epsilon"} | {f"{s}/{k}" for s in ("train", "val", "test") for k in EPOCH_KEYS}
+    expected |= {"train/loss_step", "train/h_pq_step", "train/h_uq_step"}  # step values of the train loss terms
+    assert expected <= {key.replace("_epoch", "") if key.endswith("_epoch") else key for key in header} | header
+    # ε of Linear(0.1, 0) per epoch (interval=epoch, 2 epochs): 0.1, then 0.05
+    epsilons = sorted({float(r["train/epsilon"]) for r in rows if r.get("train/epsilon")}, reverse=True)
+    assert epsilons == pytest.approx([0.1, 0.05])
+    # the returned metrics are the last logged epoch values
+    last_val = [r for r in rows if r.get("val/acc")][-1]
+    assert metrics["val/acc"] == pytest.approx(float(last_val["val/acc"]))
+    test_row = next(r for r in rows if r.get("test/acc"))
+    assert metrics["test/ece"] == pytest.approx(float(test_row["test/ece"]))
+
+
+def test_resume_continues_the_fit_and_evaluate_reproduces_the_final_metrics(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    metrics = train(make_cfg(["trainer.max_epochs=1", *SMALL], first))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    resumed = tmp_path / "resumed"
+    train(make_cfg(["trainer.max_epochs=2", f"ckpt_path={ckpt}", *SMALL], resumed))
+    epochs = {int(r["epoch"]) for r in read_csv(resumed / "metrics.csv") if r.get("train/loss_epoch")}
+    assert epochs == {1}  # epoch 0 came from the checkpoint
+
+    evaluated = tmp_path / "eval"
+    again = evaluate(make_cfg([f"ckpt_path={ckpt}", *SMALL], evaluated, config_name="eval"))
+    # the same weights on the same data: the same numbers as at the end of the first fit
+    for key in ("val/acc", "val/ece", "val/h_pq", "val/loss", "test/acc", "test/ece", "test/h_pq"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
+    header = set(read_csv(evaluated / "metrics.csv")[0])
+    assert {"val/acc", "test/acc", "val/h_pq", "test/h_uq"} <= header
+
+
+def test_evaluate_names_the_fix_when_the_checkpoint_does_not_fit(tmp_path: Path) -> None:
+    train(make_cfg(["trainer.max_epochs=1", *QUIET, "data.batch_size=256"], tmp_path / "mlp"))
+    ckpt = tmp_path / "mlp" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigValueError, match=r"does not fit the configured model .* \.hydra/overrides\.yaml"):
+        evaluate(make_cfg([f"ckpt_path={ckpt}", "model=cnn", *QUIET], tmp_path / "eval", config_name="eval"))
+
+
+def test_seed_makes_runs_reproducible(tmp_path: Path) -> None:
+    overrides = ["trainer.max_epochs=1", "logger=none", *SMALL]
+    first = train(make_cfg(overrides, tmp_path / "a"))
+    second = train(make_cfg(overrides, tmp_path / "b"))
+    assert first == second
+    assert train(make_cfg([*overrides, "seed=1"], tmp_path / "c"))["val/loss"] != first["val/loss"]
+
+
+def test_bad_values_stop_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ConfigValueError, match=r"label_smoothing.schedule.epsilon=1.5 is out of range"):
+        train(make_cfg(["label_smoothing.schedule.epsilon=1.5"], tmp_path))
+    with pytest.raises(ConfigValueError, match="ckpt_path is required"):
+        evaluate(make_cfg([], tmp_path, config_name="eval"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_default_config_reaches_a_good_accuracy_on_digits(tmp_path: Path) -> None:
+    metrics = train(
+        make_cfg(
+            ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"], tmp_path
+        )
+    )
+    assert metrics["test/acc"] > 0.95 and metrics["val/acc"] > 0.95
+    assert torch.isfinite(torch.tensor(metrics["test/ece"]))
