@@ -411,3 +411,15 @@ def test_ddp_ranks_see_the_same_epsilon(tmp_path):
     assert seen[0] == seen[1]
     assert [(step, epoch) for step, epoch, _ in seen[0]] == [(step, step // (total // 2)) for step in range(total)]
     assert [epsilon for *_, epsilon in seen[0]] == pytest.approx([_cosine(0.2, 0.0, k / total) for k in range(total)])
+
+
+@pytest.mark.parametrize("prior", ["online", [0.2, 0.3, 0.5]])
+def test_prior_is_built_by_jsonargparse(prior):
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--callback", type=L.Callback)
+    config = {"class_path": "ls_lightning.LabelSmoothing", "init_args": {"schedule": 0.1, "prior": prior}}
+    callback = parser.instantiate(parser.parse_args([f"--callback={json.dumps(config)}"])).callback
+    assert repr(callback) == repr(LabelSmoothing(0.1, prior=prior))
+    with pytest.raises(jsonargparse.ArgumentError):  # neither a known name nor a list of floats
+        parser.parse_args(['--callback={"class_path": "ls_lightning.LabelSmoothing", "init_args": {"prior": "x"}}'])

@@ -1,0 +1,460 @@
+"""Priors beyond uniform and soft targets, each checked against a reference computed directly from the same data."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ls_lightning import LabelSmoothing, LabelSmoothingMixin
+from ls_lightning.priors import OnlinePrior, batch_labels, class_frequency, fixed_prior, prior_matrix
+from ls_lightning.schedules import Linear
+
+C, FEATURES, N, BATCH = 4, 6, 48, 8
+IGNORE = -100
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers.*",
+    "ignore:.*number of training batches.*log_every_n_steps.*",
+    "ignore:Be aware that when using `ckpt_path`",
+)
+
+
+# ------------------------------------------------------------------------------------------------------ references
+
+
+def _ols_reference(logits: Tensor, target: Tensor, previous: Tensor) -> Tensor:
+    """Online label smoothing by its definition: mean softmax of the correctly classified samples of each class."""
+    logits, target = logits.movedim(1, -1).reshape(-1, logits.shape[1]), target.reshape(-1)
+    q = logits.double().softmax(-1)
+    matrix = previous.clone().double()
+    for c in range(logits.shape[1]):
+        chosen = (target == c) & (q.argmax(-1) == c)
+        if chosen.any():
+            matrix[c] = q[chosen].mean(0)
+    return matrix.float()
+
+
+def _data(n: int = N, seed: int = 0, imbalanced: bool = False) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.multinomial(torch.tensor([0.55, 0.25, 0.15, 0.05]), n, replacement=True, generator=g)
+    y = y if imbalanced else torch.randint(0, C, (n,), generator=g)
+    x = torch.randn(n, FEATURES, generator=g) + F.one_hot(y, FEATURES).float() * 2  # learnable, not trivially
+    return TensorDataset(x, y)
+
+
+class Net(LabelSmoothingMixin, L.LightningModule):
+    """Records the prior in use at each epoch's start (a clone, or None for uniform)."""
+
+    def __init__(self, lr: float = 0.0, num_classes: int = C, stop_after_epoch: int | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Linear(FEATURES, C)
+        self.priors: list[Tensor | None] = []
+        self.labels_seen: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+    def on_train_epoch_start(self) -> None:
+        prior = self.label_smoothing_prior
+        self.priors.append(None if prior is None else prior.detach().cpu().clone())
+
+    def training_step(self, batch, batch_idx):
+        self.labels_seen.append(batch[1])
+        return self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.stop_after_epoch == self.current_epoch:
+            self.trainer.should_stop = True
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(callbacks=callbacks, **{**options, **kwargs})
+
+
+def _loader(data: Dataset, shuffle: bool = False) -> DataLoader:
+    return DataLoader(data, batch_size=BATCH, shuffle=shuffle)
+
+
+# ------------------------------------------------------------------------------------------------- class_frequency
+
+
+def test_class_frequency_equals_the_counted_distribution() -> None:
+    labels = torch.tensor([[0, 1, 1, IGNORE], [3, 3, 3, 1]])
+    expected = torch.tensor([1, 3, 0, 3]) / 7
+    torch.testing.assert_close(class_frequency(labels, C), expected)
+    tuples = [(torch.zeros(2), labels[0]), (torch.zeros(2), labels[1])]
+    dicts = [{"x": torch.zeros(2), "label": labels[0]}, {"x": torch.zeros(2), "label": labels[1]}]
+    torch.testing.assert_close(class_frequency(tuples, C), expected)
+    torch.testing.assert_close(class_frequency(dicts, C), expected)
+    p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    torch.testing.assert_close(class_frequency(p, C), torch.tensor([0.25, 0.25, 0.0, 0.5]))
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "match"),
+    [
+        (torch.tensor([0, 4]), ValueError, r"labels in \[0, 4\).*but got 4"),
+        (torch.tensor([IGNORE, IGNORE]), ValueError, r"at least one label"),
+        ([torch.tensor([0, 1])], TypeError, r"\(input, target, \.\.\.\) tuple or a mapping"),
+        (torch.tensor([True]), TypeError, r"tensor of class indices"),
+    ],
+)
+def test_class_frequency_rejects_bad_labels(source, error, match) -> None:
+    with pytest.raises(error, match=match):
+        class_frequency(source, C)
+
+
+def test_callback_class_frequency_counts_the_training_labels(tmp_path) -> None:
+    data = _data(imbalanced=True)
+    model = Net()
+    state = torch.random.get_rng_state()
+    _trainer(tmp_path, [LabelSmoothing(0.1, prior="class_frequency")]).fit(model, _loader(data, shuffle=True))
+    expected = torch.bincount(data.tensors[1], minlength=C).float() / N
+    torch.testing.assert_close(model.priors[0], expected)
+    torch.testing.assert_close(model.label_smoothing_prior, expected)
+    # the counting pass runs under isolate_rng: the shuffled order is the one a run without it draws
+    torch.random.set_rng_state(state)
+    plain = Net()
+    torch.random.set_rng_state(state)
+    _trainer(tmp_path, [LabelSmoothing(0.1)]).fit(plain, _loader(data, shuffle=True))
+    assert all(torch.equal(a, b) for a, b in zip(model.labels_seen, plain.labels_seen, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------------ fixed prior
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ([0.5, 0.6], r"argument `prior` to hold distributions"),
+        ([1.2, -0.2], r"argument `prior` to hold distributions.*min -0.2"),
+        (["a", "b"], r"argument `prior` to be a sequence of floats"),
+        ("online-ish", r"argument `prior` to be one of \('uniform', 'class_frequency', 'online'\)"),
+        ([[0.5, 0.5], [0.9, 0.2]], r"argument `prior` to hold distributions"),
+    ],
+)
+def test_fixed_prior_that_is_not_a_distribution_is_refused(values, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        LabelSmoothing(0.1, prior=values)
+
+
+def test_prior_none_keeps_the_module_prior_and_uniform_clears_it(tmp_path) -> None:
+    u = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    model = Net()
+    model.label_smoothing_prior = u  # e.g. given to the mixin's constructor
+    _trainer(tmp_path, [LabelSmoothing(0.1)]).fit(model, _loader(_data()))
+    torch.testing.assert_close(model.priors[0], u)
+    _trainer(tmp_path, [LabelSmoothing(0.1, prior="uniform")]).fit(model, _loader(_data()))
+    assert model.priors[1] is None and model.label_smoothing_prior is None
+    with pytest.raises(ValueError, match=r"argument `num_classes` to be a positive int or None, but got 0"):
+        LabelSmoothing(0.1, num_classes=0)
+
+
+def test_fixed_prior_is_set_and_used_in_the_loss(tmp_path) -> None:
+    u = [0.4, 0.3, 0.2, 0.1]
+    torch.testing.assert_close(fixed_prior(torch.tensor(u, dtype=torch.float64)), torch.tensor(u))
+    model = Net()
+    data = _data()
+    trainer = _trainer(tmp_path, [LabelSmoothing(0.3, prior=u)])
+    trainer.fit(model, _loader(data))
+    torch.testing.assert_close(model.priors[0], torch.tensor(u))
+    x, y = data.tensors
+    with torch.no_grad():
+        logits = model(x)
+    target = 0.7 * F.one_hot(y, C).float() + 0.3 * torch.tensor(u)
+    h_uq = F.cross_entropy(logits, torch.tensor(u).expand(N, C))
+    assert trainer.callback_metrics["train/loss_epoch"].item() == pytest.approx(F.cross_entropy(logits, target).item())
+    assert trainer.callback_metrics["train/h_uq_epoch"].item() == pytest.approx(h_uq.item(), rel=1e-5)
+
+
+def test_fixed_prior_of_the_wrong_length_names_the_argument(tmp_path) -> None:
+    trainer = _trainer(tmp_path, [LabelSmoothing(0.1, prior=[0.5, 0.5])])
+    with pytest.raises(ValueError, match=r"argument `prior` of `LabelSmoothing` to have num_classes=4 .*\(2,\)"):
+        trainer.fit(Net(), _loader(_data()))
+
+
+def test_non_uniform_prior_needs_the_mixin(tmp_path) -> None:
+    class Plain(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer, self.criterion = nn.Linear(FEATURES, C), nn.CrossEntropyLoss()
+
+        def training_step(self, batch, batch_idx):
+            return self.criterion(self.layer(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    for prior in ("online", "class_frequency", [0.25] * 4):
+        with pytest.raises(ValueError, match=r"needs a module derived from `ls_lightning.LabelSmoothingMixin`.*Plain"):
+            _trainer(tmp_path, [LabelSmoothing(0.1, prior=prior)]).fit(Plain(), _loader(_data()))
+    _trainer(tmp_path, [LabelSmoothing(0.1, prior="uniform")]).fit(Plain(), _loader(_data()))  # CE is uniform
+
+
+def test_unknown_number_of_classes_is_reported(tmp_path) -> None:
+    class Anonymous(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            del self.hparams["num_classes"]
+
+    with pytest.raises(ValueError, match=r"needs the number of classes.*LabelSmoothing\(\.\.\., num_classes=\.\.\.\)"):
+        _trainer(tmp_path, [LabelSmoothing(0.1, prior="online")]).fit(Anonymous(), _loader(_data()))
+    model = Anonymous()
+    _trainer(tmp_path, [LabelSmoothing(0.1, prior="online", num_classes=C)]).fit(model, _loader(_data()))
+    assert model.label_smoothing_prior.shape == (C, C)
+
+
+# ------------------------------------------------------------------------------------------- online label smoothing
+
+
+@pytest.mark.parametrize("shape", [(30,), (10, 3)])
+def test_online_prior_metric_equals_the_definition(shape) -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(*shape[:1], C, *shape[1:], generator=g) * 2
+    target = torch.randint(0, C, shape, generator=g)
+    target[torch.rand(shape, generator=g) < 0.2] = IGNORE
+    target[target == 3] = 2  # class 3 has no sample: its row stays the previous one
+    previous = torch.softmax(torch.randn(C, C, generator=g), -1)
+    metric = OnlinePrior(C)
+    metric.previous.copy_(previous)
+    for part in range(0, shape[0], 4):  # several batches
+        metric.update(logits[part : part + 4], target[part : part + 4])
+    expected = _ols_reference(logits, target.masked_fill(target == IGNORE, -1), previous)
+    torch.testing.assert_close(metric.compute(), expected)
+    torch.testing.assert_close(metric.compute()[3], previous[3])
+
+
+def test_online_prior_mask_and_soft_targets() -> None:
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    soft = torch.tensor([[0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.6, 0.0, 0.4]])  # argmax classes 0, 1, 0
+    metric = OnlinePrior(3)
+    metric.update(logits, soft)  # the third is wrong (predicts 2, label 0): left out
+    expected = prior_matrix(None, 3)
+    expected[:2] = logits[:2].softmax(-1)
+    torch.testing.assert_close(metric.compute(), expected)
+    metric.reset()
+    metric.update(logits, torch.tensor([0, 1, 2]), mask=torch.tensor([False, True, False]))
+    expected = prior_matrix(None, 3)
+    expected[1] = logits[1].softmax(-1)
+    torch.testing.assert_close(metric.compute(), expected)
+    with pytest.raises(ValueError, match=r"`logits` to have num_classes=3.*\(2, 4\)"):
+        metric.update(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`num_classes` to be a positive int"):
+        OnlinePrior(0)
+
+
+def test_online_matrix_after_an_epoch_equals_the_reference(tmp_path) -> None:
+    """lr = 0: the epoch's predictions are the model's predictions on the whole training set."""
+    torch.manual_seed(0)
+    model, data = Net(), _data()
+    callback = LabelSmoothing(0.2, prior="online")
+    trainer = _trainer(tmp_path, [callback], max_epochs=2)
+    trainer.fit(model, _loader(data, shuffle=True))
+    x, y = data.tensors
+    with torch.no_grad():
+        logits = model(x)
+    first = _ols_reference(logits, y, prior_matrix(None, C))
+    assert model.priors[0] is None  # epoch 0 is uniform
+    torch.testing.assert_close(model.priors[1], first)
+    torch.testing.assert_close(model.label_smoothing_prior, _ols_reference(logits, y, first))
+    # H(u, q) of epoch 1 is logged against the matrix in use, u = row y of it
+    expected = F.cross_entropy(logits, first[y])
+    assert trainer.callback_metrics["train/h_uq_epoch"].item() == pytest.approx(expected.item(), rel=1e-5)
+    loss = F.cross_entropy(logits, 0.8 * F.one_hot(y, C).float() + 0.2 * first[y])
+    assert trainer.callback_metrics["train/loss_epoch"].item() == pytest.approx(loss.item(), rel=1e-5)
+    assert not hasattr(model, "ls_prior_estimator")  # detached after the fit; the callback keeps the sums
+    assert callback.estimator is not None and callback.estimator.counts.sum() == 0
+
+
+def test_online_state_round_trip_and_repr() -> None:
+    callback = LabelSmoothing(Linear(0.2, 0.0), prior="online", num_classes=C)
+    assert repr(callback) == (
+        "LabelSmoothing(schedule=Linear(start=0.2, end=0.0), interval='step', total_steps=None, prior='online',"
+        " num_classes=4)"
+    )
+    callback.estimator = OnlinePrior(C)
+    callback.estimator.update(torch.eye(C) * 5, torch.arange(C))
+    state = callback.state_dict()
+    assert state["prior"] == "online"
+    torch.testing.assert_close(state["online_counts"], torch.ones(C, dtype=torch.float64))
+    restored = LabelSmoothing(Linear(0.2, 0.0), prior="online", num_classes=C)
+    restored.load_state_dict(state)
+    restored.estimator = OnlinePrior(C)
+    restored._load_online_sums(restored.estimator)
+    torch.testing.assert_close(restored.estimator.sums, callback.estimator.sums)
+    with pytest.warns(UserWarning, match=r"'prior': \('online', \[0.5, 0.5\]\)"):
+        LabelSmoothing(Linear(0.2, 0.0), prior=[0.5, 0.5]).load_state_dict(state)
+    assert repr(LabelSmoothing(0.1, prior=[0.25, 0.75])).endswith("prior=[0.25, 0.75])")
+
+
+@pytest.mark.parametrize("with_validation", [False, True])
+def test_online_matrix_survives_checkpoint_and_resume(tmp_path, with_validation) -> None:
+    """Stop after epoch 1 and resume: epoch 2 uses the matrix of the uninterrupted run.
+
+    Without validation the checkpoint is written after the epoch's end (the new matrix is in the module). With it and
+    ``save_on_train_epoch_end=False`` it is written at validation end, before the epoch's end: the module holds the
+    old matrix and the callback the epoch's sums, from which the resumed run finishes the epoch.
+    """
+    data, val = _data(), _data(16, seed=3)
+    val_loader = _loader(val) if with_validation else None
+
+    def run(model: Net, root, **kwargs) -> ModelCheckpoint:
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_on_train_epoch_end=not with_validation)
+        callbacks = [LabelSmoothing(Linear(0.3, 0.1), prior="online"), checkpoint]
+        trainer = _trainer(root, callbacks, max_epochs=3, enable_checkpointing=True)
+        trainer.fit(model, _loader(data), val_loader, **kwargs)
+        return checkpoint
+
+    torch.manual_seed(0)
+    straight = Net(lr=0.5)
+    run(straight, tmp_path / "a")
+    torch.manual_seed(0)
+    first = Net(lr=0.5, stop_after_epoch=1)
+    checkpoint = run(first, tmp_path / "b")
+    resumed = Net(lr=0.5)
+    run(resumed, tmp_path / "c", ckpt_path=checkpoint.last_model_path)
+    assert straight.priors[0] is None and len(straight.priors) == 3
+    assert len(first.priors) == 2 and len(resumed.priors) == 1
+    torch.testing.assert_close(first.priors[1], straight.priors[1])
+    torch.testing.assert_close(resumed.priors[0], straight.priors[2])
+    torch.testing.assert_close(resumed.label_smoothing_prior, straight.label_smoothing_prior)
+    torch.testing.assert_close(resumed.layer.weight, straight.layer.weight)
+
+
+# ---------------------------------------------------------------------------------------------------- soft targets
+
+
+@pytest.mark.parametrize("prior_kind", ["uniform", "vector", "matrix"])
+def test_soft_targets_equal_the_soft_target_reference(prior_kind) -> None:
+    g = torch.Generator().manual_seed(2)
+    model = Net()
+    model.label_smoothing = 0.25
+    u = {
+        "uniform": None,
+        "vector": torch.tensor([0.4, 0.3, 0.2, 0.1]),
+        "matrix": torch.softmax(torch.randn(C, C, generator=g), -1),
+    }[prior_kind]
+    model.label_smoothing_prior = u
+    logits = torch.randn(9, C, generator=g, requires_grad=True)
+    p = torch.softmax(torch.randn(9, C, generator=g) * 2, -1)  # a mixup/cutmix target
+    smooth = prior_matrix(u, C)
+    smoothed_target = 0.75 * p + 0.25 * (p @ smooth)  # the prior of a mixed label is the mixture of its rows
+    loss = model.label_smoothed_loss(logits, p)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, smoothed_target))
+    (g_ours,) = torch.autograd.grad(loss, logits)
+    (g_ref,) = torch.autograd.grad(F.cross_entropy(logits, smoothed_target), logits)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_soft_target_terms_are_logged_against_the_given_target(tmp_path) -> None:
+    """h_pq is the cross-entropy to the given probabilities; h_uq to the prior; acc uses the target's argmax."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, FEATURES, generator=g)
+    p = torch.softmax(torch.randn(40, C, generator=g) * 3, -1)
+    u = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    model = Net()
+    trainer = _trainer(tmp_path, [LabelSmoothing(0.2, prior=u.tolist())])
+    trainer.fit(model, _loader(TensorDataset(x, p)))
+    with torch.no_grad():
+        logits = model(x)
+    expected = {
+        "h_pq": F.cross_entropy(logits, p),
+        "h_uq": F.cross_entropy(logits, u.expand(40, C)),
+        "loss": F.cross_entropy(logits, 0.8 * p + 0.2 * u),
+        "acc": (logits.argmax(-1) == p.argmax(-1)).float().mean(),
+    }
+    for name, value in expected.items():
+        logged = trainer.callback_metrics[f"train/{name}_epoch" if name != "acc" else "train/acc"]
+        assert logged.item() == pytest.approx(value.item(), rel=1e-5), name
+
+
+# ------------------------------------------------------------------------------------------------ multi-process
+
+
+class _Recording(Net):
+    def __init__(self, record_dir: str) -> None:
+        super().__init__()
+        self.record_dir = record_dir
+
+    def on_train_end(self) -> None:
+        prior = self.label_smoothing_prior
+        with open(f"{self.record_dir}/rank{self.global_rank}.json", "w") as file:
+            json.dump(None if prior is None else prior.tolist(), file)
+
+
+def _ddp_prior(tmp_path, prior: str, data: Dataset, **kwargs) -> list[Tensor]:
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    torch.manual_seed(0)
+    model = _Recording(str(tmp_path))
+    trainer = _trainer(tmp_path, [LabelSmoothing(0.1, prior=prior)], strategy="ddp_spawn", devices=2, **kwargs)
+    trainer.fit(model, _loader(data, shuffle=True))
+    return [torch.tensor(json.loads((tmp_path / f"rank{rank}.json").read_text())) for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_ddp_online_matrix_equals_single_process(tmp_path) -> None:
+    """Two gloo processes, each half of the data (48: no padding), lr = 0: the same matrix as one process."""
+    data = _data()
+    ranks = _ddp_prior(tmp_path, "online", data)
+    torch.manual_seed(0)
+    single = Net()
+    _trainer(tmp_path, [LabelSmoothing(0.1, prior="online")]).fit(single, _loader(data, shuffle=True))
+    x, y = data.tensors
+    with torch.no_grad():
+        reference = _ols_reference(single(x), y, prior_matrix(None, C))
+    torch.testing.assert_close(ranks[0], ranks[1])
+    torch.testing.assert_close(ranks[0], single.label_smoothing_prior)
+    torch.testing.assert_close(ranks[0], reference)
+
+
+class _NoTensors(Dataset):
+    """A map-style dataset that is not a TensorDataset: the callback must iterate the loader."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        return self.data[index]
+
+
+@pytest.mark.slow
+def test_ddp_class_frequency_equals_the_full_count(tmp_path) -> None:
+    data = _data(imbalanced=True)
+    ranks = _ddp_prior(tmp_path, "class_frequency", _NoTensors(data))
+    expected = torch.bincount(data.tensors[1], minlength=C).float() / N
+    torch.testing.assert_close(ranks[0], expected)
+    torch.testing.assert_close(ranks[1], expected)
+
+
+def test_batch_labels_forms() -> None:
+    y = torch.tensor([1])
+    assert batch_labels((None, y)) is y and batch_labels([None, y, None]) is y and batch_labels({"targets": y}) is y
