@@ -21,11 +21,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-# Elements per chunk: the chunk of logits and its gradient rows (2 × 4 MiB in float32) stay in the 32 MiB L3 of the
-# 2-core benchmark machine between the passes of one chunk. Smaller, L2-sized chunks measured slower there: each
-# chunk costs about five op calls and as many OpenMP fork/joins, which outweigh L2 over L3 hits
-# (sweep with `python benchmarks/loss.py --chunk N`).
-CHUNK_ELEMENTS = 1 << 20
+# Elements per chunk (16 MiB of float32): bounds the float32 workspace of the paths that need one (no gradient,
+# half precision, (N, C, d1, …) input) and keeps a chunk in the 32 MiB L3 of the 2-core benchmark machine. Measured
+# there (1024×32000, fwd+bwd): speed is flat from 2**18 elements to the whole tensor on a quiet machine, but each
+# chunk costs four OpenMP fork/joins, which stall for a time slice when another process holds a core; 2**22 was
+# about 3× less sensitive to that than 2**20. Sweep with `python benchmarks/loss.py --chunk N`.
+CHUNK_ELEMENTS = 1 << 22
 # From this many classes on, PyTorch's fused softmax kernel beats max/sub/exp/sum ops (measured crossover ≈ 50).
 SOFTMAX_MIN_CLASSES = 64
 

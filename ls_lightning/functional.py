@@ -214,7 +214,7 @@ def _soft_terms(
         h_uq = -(wlogp * u).sum(1)
     h_pq = -(wlogp * p).sum(1)
     valid = torch.ones(h_pq.shape, dtype=torch.bool, device=p.device)
-    return h_pq, h_uq, p.argmax(1), valid, torch.tensor(float(h_pq.numel()), dtype=logp.dtype, device=p.device)
+    return h_pq, h_uq, p.argmax(1), valid, h_pq.new_full((), float(h_pq.numel()))
 
 
 def _index_terms(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ls_lightning.functional import (
@@ -21,8 +22,10 @@ class LabelSmoothedCrossEntropy(nn.Module):
     .. math::
         L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q)
 
-    ``label_smoothing`` is a plain float attribute, so a callback can change it between steps; ``weight`` and
-    ``prior`` are buffers (they follow ``.to(device)`` and are saved in the ``state_dict``).
+    ``label_smoothing`` reads and writes a float, so a callback can change it between steps; the module keeps it
+    in a 0-d tensor as well, which is what ``forward`` passes on: under ``torch.compile`` a new ε is then new data,
+    not a new constant, and never recompiles. ``weight`` and ``prior`` are buffers (they follow ``.to(device)``
+    and are saved in the ``state_dict``).
 
     Args:
         label_smoothing: ε in [0, 1].
@@ -47,6 +50,7 @@ class LabelSmoothedCrossEntropy(nn.Module):
 
     weight: Tensor | None
     prior: Tensor | None
+    _epsilon: Tensor
 
     def __init__(
         self,
@@ -58,22 +62,35 @@ class LabelSmoothedCrossEntropy(nn.Module):
         prior: Tensor | None = None,
     ) -> None:
         super().__init__()
-        check_label_smoothing(label_smoothing)
+        # float64: a float32 copy of ε would differ from the float that F.cross_entropy gets in float64 tests
+        self.register_buffer("_epsilon", torch.zeros((), dtype=torch.float64), persistent=False)
         if reduction not in _REDUCTIONS:
             raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
         if prior is not None:
             check_prior(prior)
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = label_smoothing
         self.ignore_index = ignore_index
         self.reduction: Reduction = reduction
         self.register_buffer("weight", weight)
         self.register_buffer("prior", prior)
 
+    @property
+    def label_smoothing(self) -> float:
+        """ε in [0, 1]."""
+        return self._label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value: float) -> None:
+        check_label_smoothing(value)
+        self._label_smoothing = float(value)
+        self._epsilon.fill_(self._label_smoothing)
+
     def forward(self, input: Tensor, target: Tensor) -> LabelSmoothedCE:
         return label_smoothed_cross_entropy(
             input,
             target,
-            self.label_smoothing,
+            # in the loss's own dtype (float32 for half inputs): 0-d float64 would promote a 0-d float32 loss
+            self._epsilon.to(torch.float64 if input.dtype == torch.float64 else torch.float32),
             weight=self.weight,
             ignore_index=self.ignore_index,
             reduction=self.reduction,

@@ -169,15 +169,11 @@ def test_changing_epsilon_does_not_recompile():
     counter = CompileCounter()
     step = torch.compile(_model_step, backend=counter)
     x, y = torch.randn(8, 4), torch.randint(0, C, (8,))
-    for eps in (0.1, 0.2):  # dynamo specialises a float once, then marks it dynamic on the first change
-        criterion.label_smoothing = eps
-        step(model, criterion, x, y)
-    frames = counter.frame_count
-    for eps in (0.3, 0.05, 0.7, 0.0, 1.0):
+    for eps in (0.1, 0.2, 0.3, 0.05, 0.7, 0.0, 1.0):
         criterion.label_smoothing = eps
         loss = step(model, criterion, x, y)
         torch.testing.assert_close(loss, F.cross_entropy(model(x), y, label_smoothing=eps))
-    assert counter.frame_count == frames <= 2
+    assert counter.frame_count == 1  # compiled once: ε is data (a tensor), not a constant baked into the graph
 
 
 def test_compiled_model_trains_like_eager():
