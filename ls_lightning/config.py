@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 __all__ = [
     "CNNConfig",
+    "CalibrationConfig",
     "ConfigValueError",
     "DataConfig",
     "DigitsDataConfig",
@@ -173,9 +174,14 @@ class TwoStageScheduleConfig(ScheduleConfig):
 
 @dataclass
 class PriorConfig:
-    """The prior u of the smoothed target: ``uniform`` (1/C) or ``empirical`` (class frequencies of the train split)."""
+    """The prior u: ``uniform``, ``class_frequency`` (training labels), ``fixed`` (``values``) or ``online`` (OLS).
 
-    name: str = _ranged("uniform", _Choices(("uniform", "empirical")))
+    ``spec`` is what the LabelSmoothing callback receives as ``prior``: the name, or the list for ``fixed``.
+    """
+
+    name: str = _ranged("uniform", _Choices(("uniform", "class_frequency", "fixed", "online")))
+    values: Optional[list[float]] = None  # fixed only: a distribution over the C classes
+    spec: Any = "uniform"
 
 
 @dataclass
@@ -293,6 +299,16 @@ class PathsConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """What a run shows of calibration besides the logged measures (booleans: OmegaConf rejects anything else)."""
+
+    # reliability diagrams of every validation and reliability.json (ls_lightning.diagrams.ReliabilityDiagram)
+    diagrams: bool = True
+    # fit T on the validation logits, log val/temperature and val/ece_ts (keeps the logits: O(N·C) memory)
+    temperature_scaling: bool = False
+
+
+@dataclass
 class TrainConfig:
     """The root of ``train.yaml`` and ``eval.yaml``."""
 
@@ -300,6 +316,7 @@ class TrainConfig:
     model: ModelConfig = MISSING
     label_smoothing: LabelSmoothingConfig = field(default_factory=LabelSmoothingConfig)
     trainer: TrainerConfig = MISSING
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     logger: Any = None
     callbacks: Any = None
     paths: PathsConfig = MISSING
@@ -350,7 +367,7 @@ def validate_config(cfg: DictConfig, *, require_ckpt: bool = False) -> None:
     """
     errors = [message for key in cfg if key != "hydra" for message in _check_root_item(cfg, str(key))]
     if not errors:  # the schedule's own checks would repeat a range error
-        errors += _check_schedule(cfg)
+        errors += _check_schedule(cfg) + _check_prior(cfg)
     errors += _check_ckpt(cfg, require_ckpt)
     if errors:
         raise ConfigValueError(errors)
@@ -399,6 +416,23 @@ def _check_schedule(cfg: DictConfig) -> list[str]:
     except Exception as error:  # Hydra wraps the schedule's ValueError in an InstantiationException
         cause = error.__cause__ or error
         return [f"label_smoothing.schedule: {cause}"]
+    return []
+
+
+def _check_prior(cfg: DictConfig) -> list[str]:
+    """A ``fixed`` prior must be a distribution: checked here, before anything is built."""
+    prior = OmegaConf.select(cfg, "label_smoothing.prior")
+    if prior is None or prior.get("name") != "fixed":
+        return []
+    if OmegaConf.is_missing(prior, "values") or prior["values"] is None:
+        return ["label_smoothing.prior.values is required with label_smoothing/prior=fixed: a list of C floats"]
+    from ls_lightning.priors import fixed_prior
+
+    values = list(prior["values"])
+    try:
+        fixed_prior(values)
+    except (TypeError, ValueError) as error:
+        return [f"label_smoothing.prior.values={values} is not a distribution: {error}"]
     return []
 
 

@@ -161,6 +161,10 @@ class LabelSmoothingMixin:
         estimator = getattr(self, "ls_prior_estimator", None)
         if stage == "train" and estimator is not None:
             estimator.update(logits.detach(), target, stats.correct & stats.valid)
+        if stage == "val":
+            # e.g. TemperatureScaling: callbacks that need the validation logits themselves, not only our metrics
+            for observer in getattr(self, "ls_val_observers", ()):
+                observer.update(logits.detach(), target, stats.valid)
         return loss.loss
 
     def calibration_bins(self, stage: Stage, *, sync: bool = True) -> BinStats | None:

@@ -104,7 +104,7 @@ def _draw_counts(ax: Axes, left: Any, width: float, counts: Any, stats: BinStats
     mean_conf = (stats.conf_sums.sum() / max(stats.total.item(), 1e-300)).item()
     ax.axvline(stats.overall_accuracy().item(), color=_ACC, linestyle="--", linewidth=1.2, label="accuracy")
     ax.axvline(mean_conf, color="k", linestyle=":", linewidth=1.2, label="mean confidence")
-    ax.set(xlabel="confidence (top-1 probability)", ylabel="fraction", xlim=(0, 1))
+    ax.set(xlabel="confidence (top-1 probability)", ylabel="fraction of samples", xlim=(0, 1))
     ax.legend(loc="upper left", fontsize="x-small", frameon=False)
 
 
@@ -151,6 +151,8 @@ def plot_reliability_curves(
 ) -> Figure:
     """Overlay the reliability curves (accuracy against mean confidence per non-empty bin) of several runs.
 
+    Each bin is a dot whose area grows with its share of the run's samples.
+
     Args:
         curves: ``(label, stats_or_metric)`` pairs; the legend adds each run's ECE.
         title: Figure title.
@@ -180,9 +182,15 @@ def plot_reliability_curves(
         _, counts, acc, conf = _display_bins(stats)
         filled = counts > 0
         ece = stats.calibration_error("l1").item()
-        ax.plot(conf[filled], acc[filled], marker="o", markersize=4, label=f"{label} (ECE {ece:.2%})")
+        (line,) = ax.plot(conf[filled], acc[filled], linewidth=1.0, alpha=0.8, label=f"{label} (ECE {ece:.2%})")
+        # Marker area follows the bin's share of samples: a bin of two samples should not catch the eye like the
+        # bin that holds most of the data.
+        share = counts[filled] / max(counts.sum(), 1e-300)
+        ax.scatter(
+            conf[filled], acc[filled], s=6 + 240 * share, color=line.get_color(), alpha=0.8, zorder=3, clip_on=False
+        )
     ax.set(xlabel="mean confidence in bin", ylabel="accuracy in bin", xlim=(0, 1), ylim=(0, 1), title=title)
-    ax.legend(loc="upper left", fontsize="small", frameon=False)
+    ax.legend(loc="lower right", fontsize="small", frameon=False)
     return cast("Figure", ax.figure)
 
 
@@ -200,10 +208,23 @@ def save_reliability_diagram(
     Returns:
         The path written.
     """
+    return save_figure(plot_reliability_diagram(stats_or_metric, title=title), path, dpi=dpi)
+
+
+def save_figure(figure: Figure, path: str | Path, *, dpi: int = 150) -> Path:
+    """Write ``figure`` to ``path`` as PNG with the Agg canvas, creating parent folders; no display is needed.
+
+    Args:
+        figure: A matplotlib figure (a bare ``Figure`` or one from pyplot).
+        path: Output file.
+        dpi: Resolution.
+
+    Returns:
+        The path written.
+    """
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    figure = plot_reliability_diagram(stats_or_metric, title=title)
     FigureCanvasAgg(figure)  # binds the Agg canvas to this figure only; the global backend is left alone
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,4 +232,4 @@ def save_reliability_diagram(
     return path
 
 
-__all__ = ["plot_reliability_curves", "plot_reliability_diagram", "save_reliability_diagram"]
+__all__ = ["plot_reliability_curves", "plot_reliability_diagram", "save_figure", "save_reliability_diagram"]

@@ -1,0 +1,316 @@
+"""Callbacks that show calibration during training: reliability diagrams and temperature scaling on validation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+from typing_extensions import override
+
+from ls_lightning.metrics import BinStats, _binned_calibration_arg_validation, binned_calibration_error
+from ls_lightning.temperature import fit_temperature
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from matplotlib.figure import Figure
+
+__all__ = ["ReliabilityDiagram", "TemperatureScaling", "bin_stats_from_dict", "bin_stats_to_dict"]
+
+# The file ``ls-report`` reads the final validation's curve from.
+RELIABILITY_JSON = "reliability.json"
+_IMAGE_TAG = "val/reliability_diagram"
+
+
+def bin_stats_to_dict(stats: BinStats) -> dict[str, Any]:
+    """Plain lists of a :class:`~ls_lightning.metrics.BinStats` (and its edges), for JSON.
+
+    Example:
+        >>> stats = BinStats(torch.tensor([1.0, 0, 0]), torch.tensor([0.4, 0, 0]), torch.tensor([1.0, 0, 0]))
+        >>> bin_stats_to_dict(stats)["edges"]
+        [0.0, 0.5, 1.0]
+        >>> bin_stats_from_dict(bin_stats_to_dict(stats)).calibration_error()
+        tensor(0.6000)
+    """
+    stats = stats.cpu()
+    return {
+        "n_bins": stats.n_bins,
+        "edges": stats.edges.tolist(),
+        "counts": stats.counts.tolist(),
+        "conf_sums": stats.conf_sums.tolist(),
+        "correct_sums": stats.correct_sums.tolist(),
+    }
+
+
+def bin_stats_from_dict(data: dict[str, Any]) -> BinStats:
+    """The :class:`~ls_lightning.metrics.BinStats` written by :func:`bin_stats_to_dict`.
+
+    Raises:
+        ValueError: When a list is missing or the three lists differ in length.
+    """
+    try:
+        parts = [torch.tensor(data[key], dtype=torch.float64) for key in ("counts", "conf_sums", "correct_sums")]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"Expected per-bin lists counts, conf_sums and correct_sums, but got {error!r}") from None
+    if len({p.shape for p in parts}) != 1 or parts[0].ndim != 1 or parts[0].numel() < 2:
+        raise ValueError(f"Expected three per-bin lists of one length >= 2, but got shapes {[p.shape for p in parts]}")
+    return BinStats(*parts)
+
+
+def _has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _is_mixin(pl_module: pl.LightningModule) -> bool:
+    from ls_lightning.mixin import LabelSmoothingMixin
+
+    return isinstance(pl_module, LabelSmoothingMixin)
+
+
+class ReliabilityDiagram(Callback):
+    r"""Draw the reliability diagram of every validation epoch from the synced ECE state of the mixin.
+
+    .. math::
+        \text{ECE} = \sum_b \frac{n_b}{N} \left| \text{acc}_b - \text{conf}_b \right|
+
+    At the end of each validation epoch (not the sanity check) every process sums the per-bin state of
+    ``val/ece`` (:meth:`~ls_lightning.LabelSmoothingMixin.calibration_bins`, a collective); process 0 then writes
+    into ``dirpath``:
+
+    - ``reliability/val_epoch{N}.png``: the diagram of epoch N (with several validations per epoch, the last one);
+    - ``reliability_diagram.png`` and ``reliability.json``: overwritten at each validation, so that after ``fit`` they
+      hold the final validation (and after ``validate``, that run's). The JSON holds the per-bin sums (counts,
+      confidence sums, correct sums, edges), from which ``ls-report`` overlays the curves of a sweep.
+
+    The figure also goes to each :class:`~lightning.pytorch.loggers.TensorBoardLogger` (``add_figure``, tag
+    ``val/reliability_diagram``); other loggers get nothing. No pass over the data is added. Without matplotlib
+    (the ``plot`` extra) a warning is given once and only the JSON is written.
+
+    Args:
+        dirpath: Folder of the files; ``None`` uses the trainer's ``log_dir`` (``default_root_dir`` without a logger).
+        enabled: ``False`` makes the callback do nothing (lets a config switch it with one flag).
+        log_image: Hand the figure to TensorBoard loggers.
+        dpi: Resolution of the PNG files.
+
+    Raises:
+        ValueError: When ``dpi`` is not a positive integer.
+
+    Example:
+        >>> callback = ReliabilityDiagram(dirpath="outputs/run")
+        >>> callback.dirpath
+        'outputs/run'
+    """
+
+    def __init__(
+        self, dirpath: str | Path | None = None, *, enabled: bool = True, log_image: bool = True, dpi: int = 120
+    ) -> None:
+        if not isinstance(dpi, int) or isinstance(dpi, bool) or dpi < 1:
+            raise ValueError(f"Expected argument `dpi` to be a positive integer, but got {dpi!r}")
+        self.dirpath = None if dirpath is None else str(dirpath)
+        self.enabled = bool(enabled)
+        self.log_image = log_image
+        self.dpi = dpi
+        self._active = False  # set in setup: enabled, and the module has the mixin's state
+        self._can_plot = False
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.enabled:
+            return
+        if self.dirpath is None:
+            self.dirpath = trainer.log_dir or trainer.default_root_dir  # log_dir broadcasts: every rank calls it
+        self._active = _is_mixin(pl_module)
+        if not self._active:
+            rank_zero_warn(
+                f"`ReliabilityDiagram` draws from the state of `LabelSmoothingMixin`, which "
+                f"{type(pl_module).__name__} does not have: no reliability diagram will be drawn."
+            )
+        self._can_plot = _has_matplotlib()
+        if self._active and not self._can_plot:
+            rank_zero_warn(
+                "Reliability diagrams need matplotlib (`pip install 'ls-lightning[plot]'`): only "
+                f"{RELIABILITY_JSON} will be written."
+            )
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active or trainer.sanity_checking:
+            return
+        stats = pl_module.calibration_bins("val", sync=True)  # type: ignore[operator]  # collective: every rank
+        if stats is not None and trainer.is_global_zero:
+            self._write(trainer, stats.cpu())
+
+    def _write(self, trainer: pl.Trainer, stats: BinStats) -> None:
+        folder = Path(str(self.dirpath))
+        folder.mkdir(parents=True, exist_ok=True)
+        epoch, step = trainer.current_epoch, trainer.global_step
+        record = {"stage": "val", "epoch": epoch, "global_step": step, **bin_stats_to_dict(stats)}
+        (folder / RELIABILITY_JSON).write_text(json.dumps(record, indent=1) + "\n")
+        if not self._can_plot:
+            return
+        from ls_lightning.plotting import plot_reliability_diagram, save_figure
+
+        figure = plot_reliability_diagram(stats, title=f"validation, epoch {epoch} (step {step})")
+        path = save_figure(figure, folder / "reliability" / f"val_epoch{epoch}.png", dpi=self.dpi)
+        shutil.copyfile(path, folder / "reliability_diagram.png")
+        if self.log_image:
+            self._log_figure(trainer, figure)
+
+    @staticmethod
+    def _log_figure(trainer: pl.Trainer, figure: Figure) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # close=False: the figure is not pyplot's, and closing it would import pyplot's figure manager
+                logger.experiment.add_figure(_IMAGE_TAG, figure, global_step=trainer.global_step, close=False)
+
+
+class _ValidationLogits(Metric):
+    """All validation logits and targets, as ``cat`` states that torchmetrics gathers across processes at sync.
+
+    States are flat float32 tensors (logits ``(M·C,)``, targets ``(M,)`` with -1 at ignored positions), so that a
+    process without samples contributes an empty tensor of the same dtype and rank, and uneven sizes gather.
+    """
+
+    full_state_update = False
+    logits: list[Tensor] | Tensor
+    target: list[Tensor] | Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("logits", [], dist_reduce_fx="cat")
+        self.add_state("target", [], dist_reduce_fx="cat")
+
+    def update(self, logits: Tensor, target: Tensor, valid: Tensor) -> None:
+        """Add ``(N, C, ...)`` logits, ``(N, ...)`` class indices and the ``(M,)`` mask of counted positions."""
+        flat = torch.movedim(logits, 1, -1) if logits.ndim > 1 else logits
+        self.logits.append(flat.reshape(-1).float())  # type: ignore[union-attr]
+        labels = torch.where(valid.reshape(-1), target.reshape(-1), -1).float()  # exact below 2**24 classes
+        self.target.append(labels)  # type: ignore[union-attr]
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return self.gathered()
+
+    def gathered(self) -> tuple[Tensor, Tensor]:
+        """The ``(M, C)`` logits and ``(M,)`` targets (-1: ignored) of all updates (of all processes when synced).
+
+        Not ``compute``: torchmetrics' wrapper of ``compute`` would cache the result and warn on a process that has
+        had no update; the caller syncs with ``sync_context`` instead.
+        """
+        if isinstance(self.target, list) and not self.target:
+            return torch.zeros(0, 1, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)
+        logits, target = dim_zero_cat(self.logits), dim_zero_cat(self.target)
+        num_classes = logits.numel() // max(target.numel(), 1)
+        return logits.reshape(-1, max(num_classes, 1)), target.long()
+
+
+class TemperatureScaling(Callback):
+    r"""Fit a temperature on each validation epoch's logits and log ``val/temperature`` and ``val/ece_ts``.
+
+    .. math::
+        T^* = \arg\min_T -\frac{1}{N} \sum_i \log \operatorname{softmax}(z_i / T)_{y_i}, \qquad
+        \text{ECE}_{ts} = \text{ECE}\left(\operatorname{softmax}(z / T^*)\right)
+
+    Temperature scaling (Guo et al., 2017) is the post-hoc baseline that label smoothing is compared with: the
+    fitted :math:`T^*` says which way the model errs (:math:`T^* > 1`: over-confident, :math:`< 1`: under-confident)
+    and ``val/ece_ts`` is the ECE left once that is corrected, next to ``val/ece`` of the raw model. Both are
+    computed on the same validation data T is fitted on (an optimistic ECE, as in the literature's tables).
+
+    The mixin hands each validation batch's logits to the callback (``ls_val_observers``); they are kept until the
+    epoch ends, O(N·C) memory and, under DDP, gathered to every process once per epoch: that is why this is
+    opt-in. Every process then fits the same T on the same gathered logits, so the logged values agree without a
+    further reduction. Soft (probability) validation targets cannot be scored and are skipped with a warning.
+
+    Args:
+        n_bins: Bins of ``val/ece_ts``; ``None`` takes the module's ``ls_n_bins`` (that of ``val/ece``).
+        enabled: ``False`` makes the callback do nothing (lets a config switch it with one flag).
+
+    Raises:
+        ValueError: When ``n_bins`` is not a positive integer.
+
+    Example:
+        >>> TemperatureScaling(n_bins=10).n_bins
+        10
+    """
+
+    def __init__(self, n_bins: int | None = None, *, enabled: bool = True) -> None:
+        if n_bins is not None:
+            _binned_calibration_arg_validation(n_bins)
+        self.n_bins = n_bins
+        self.enabled = bool(enabled)
+        self._state: _ValidationLogits | None = None
+        self._warned_soft = False
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.enabled:
+            return
+        if not _is_mixin(pl_module):
+            rank_zero_warn(
+                f"`TemperatureScaling` reads the logits that `LabelSmoothingMixin` hands on, which "
+                f"{type(pl_module).__name__} does not have: no temperature will be fitted."
+            )
+            return
+        self._state = _ValidationLogits()
+        observers = getattr(pl_module, "ls_val_observers", ())
+        # a tuple, so not registered as a submodule (the mixin calls `update` on each)
+        pl_module.ls_val_observers = (*observers, self)  # type: ignore[assignment]
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        observers = getattr(pl_module, "ls_val_observers", ())
+        if self in observers:
+            pl_module.ls_val_observers = tuple(o for o in observers if o is not self)  # type: ignore[assignment]
+        self._state = None
+
+    def update(self, logits: Tensor, target: Tensor, valid: Tensor) -> None:
+        """Called by the mixin for each validation batch: keep the batch's logits and targets."""
+        if self._state is None:
+            return
+        if target.is_floating_point():
+            if not self._warned_soft:
+                self._warned_soft = True
+                rank_zero_warn("`TemperatureScaling` skips validation batches with probability targets.")
+            return
+        self._state.update(logits, target, valid)
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._state is not None:
+            self._state.to(pl_module.device)
+            self._state.reset()
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._state is None or trainer.sanity_checking:
+            return
+        result = self._fit(getattr(pl_module, "ls_n_bins", 15) if self.n_bins is None else self.n_bins)
+        self._state.reset()
+        if result is not None:
+            temperature, ece = result
+            pl_module.log("val/temperature", temperature, on_step=False, on_epoch=True, sync_dist=False)
+            pl_module.log("val/ece_ts", ece, on_step=False, on_epoch=True, sync_dist=False)
+
+    def _fit(self, n_bins: int) -> tuple[float, float] | None:
+        """(T, ECE after scaling) on the logits of all processes; ``None`` when no position counted anywhere."""
+        state = self._state
+        assert state is not None  # checked by the caller
+        with state.sync_context(dist_sync_fn=state.dist_sync_fn, should_sync=state._to_sync):
+            logits, target = state.gathered()  # a collective under DDP: every process calls it
+        if not bool((target >= 0).any()):
+            return None
+        if logits.device.type == "mps":  # the fit runs in float64, which MPS lacks
+            logits, target = logits.cpu(), target.cpu()
+        temperature = fit_temperature(logits, target, ignore_index=-1)
+        probs = (logits / temperature).softmax(dim=1)
+        ece = binned_calibration_error(probs, target, n_bins=n_bins, ignore_index=-1, validate_args=False)
+        return temperature, float(ece)

@@ -1,0 +1,94 @@
+"""Calibration measures, diagrams and temperature scaling under DDP (2 CPU processes) equal a single process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ls_lightning import LabelSmoothingMixin
+from ls_lightning.data import UnpaddedDistributedSampler
+from ls_lightning.diagrams import ReliabilityDiagram, TemperatureScaling
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*", "error:.*returning that bound"),
+]
+C = 6
+KEYS = ("acc", "ece", "mce", "rmsce", "ece_adaptive", "brier", "overconfidence", "loss", "temperature", "ece_ts")
+
+
+class Net(LabelSmoothingMixin, L.LightningModule):
+    """Builds its validation loader in the worker process, where the unpadded sampler can learn its rank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(8, C)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.label_smoothed_loss(self.layer(batch[0]) * 3, batch[1])  # sharpened: an over-confident model
+
+    def val_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(51, 8, generator=g)
+        y = (x[:, :C] + torch.randn(51, C, generator=g)).argmax(1)
+        y[::7] = -100  # ignored positions
+        data = TensorDataset(x, y)
+        # 51 samples in batches of 5: rank 0 gets 26 (6 batches), rank 1 gets 25 (5 batches)
+        sampler = UnpaddedDistributedSampler(data) if torch.distributed.is_initialized() else None
+        return DataLoader(data, batch_size=5, sampler=sampler)
+
+
+class RecordingTemperatureScaling(TemperatureScaling):
+    """Writes each process's fitted values: every rank must log the same numbers."""
+
+    def __init__(self, record_dir: str) -> None:
+        super().__init__()
+        self.record_dir = record_dir
+
+    def _fit(self, n_bins: int) -> tuple[float, float] | None:
+        result = super()._fit(n_bins)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        Path(self.record_dir, f"rank{rank}.json").write_text(json.dumps(result))
+        return result
+
+
+def _validate(tmp_path: Path, devices: int, state: dict[str, Tensor]) -> dict[str, float]:
+    model = Net()
+    model.load_state_dict(state)
+    callbacks = [ReliabilityDiagram(dirpath=tmp_path, dpi=40), RecordingTemperatureScaling(str(tmp_path))]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
+    (logged,) = trainer.validate(model, verbose=False)
+    return {k: float(v) for k, v in logged.items()}
+
+
+def test_two_processes_equal_one(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = Net().state_dict()
+    state["layer.weight"][:, :C] += torch.eye(C)  # informative logits (the labels follow x[:, :C]), sharpened ×3
+    single = _validate(tmp_path / "single", 1, state)
+    ddp = _validate(tmp_path / "ddp", 2, state)
+    for key in KEYS:
+        assert ddp[f"val/{key}"] == pytest.approx(single[f"val/{key}"], rel=1e-5, abs=1e-6), key
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] == pytest.approx([single["val/temperature"], single["val/ece_ts"]], rel=1e-5)
+    assert 1.5 < single["val/temperature"] < 100  # the sharpened model is over-confident, the fit is interior
+    curves = [json.loads((tmp_path / run / "reliability.json").read_text()) for run in ("single", "ddp")]
+    for key in ("counts", "conf_sums", "correct_sums"):
+        assert curves[1][key] == pytest.approx(curves[0][key], rel=1e-6), key
+    assert sum(curves[1]["counts"]) == 51 - 8  # every sample once, ignored positions left out

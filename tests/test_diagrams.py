@@ -1,0 +1,179 @@
+"""The ``ReliabilityDiagram`` callback: files written and readable, the state equal to a whole-data reference."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassCalibrationError
+
+from ls_lightning import LabelSmoothingMixin
+from ls_lightning import diagrams as diagrams_module
+from ls_lightning.diagrams import ReliabilityDiagram, bin_stats_from_dict, bin_stats_to_dict
+from ls_lightning.metrics import BinStats
+
+C = 4
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers.*", "ignore:.*log_every_n_steps.*", "ignore:.*LeafSpec.*"
+)
+
+
+class Net(LabelSmoothingMixin, L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(5, C)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class Plain(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(5, C)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val/loss", nn.functional.cross_entropy(self.layer(batch[0]), batch[1]))
+
+
+def _data(n: int = 45, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    return TensorDataset(x, (x[:, :C] * 2 + torch.randn(n, C, generator=g)).argmax(1))
+
+
+def _trainer(tmp_path: Path, callbacks: list, **kwargs) -> L.Trainer:
+    options = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        max_epochs=2,
+    )
+    return L.Trainer(callbacks=callbacks, **{**options, **kwargs})
+
+
+def _reference_bins(model: Net, data: TensorDataset, n_bins: int = 15) -> BinStats:
+    """Per-bin sums by hand: torchmetrics' binning (right-open bins, 1.0 in a slot of its own)."""
+    with torch.no_grad():
+        conf, pred = model(data.tensors[0]).softmax(-1).max(-1)
+    edges = torch.linspace(0, 1, n_bins + 1)
+    index = torch.bucketize(conf, edges, right=True) - 1
+    hit = (pred == data.tensors[1]).double()
+    sums = [
+        torch.zeros(n_bins + 1, dtype=torch.float64).index_add_(0, index, v)
+        for v in (torch.ones_like(hit), conf.double(), hit)
+    ]
+    return BinStats(*sums)
+
+
+def test_fit_writes_each_epoch_and_the_final_validation(tmp_path: Path) -> None:
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    torch.manual_seed(0)
+    model, train, val = Net(), DataLoader(_data(64, 1), batch_size=16), DataLoader(_data(), batch_size=8)
+    _trainer(tmp_path, [ReliabilityDiagram(dirpath=tmp_path / "run", dpi=50)], num_sanity_val_steps=2).fit(
+        model, train, val
+    )
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "reliability").iterdir()) == ["val_epoch0.png", "val_epoch1.png"]
+    assert (run / "reliability_diagram.png").read_bytes() == (run / "reliability" / "val_epoch1.png").read_bytes()
+    image = matplotlib_image.imread(run / "reliability_diagram.png")
+    assert image.ndim == 3 and image.std() > 0.05
+    record = json.loads((run / "reliability.json").read_text())
+    assert (record["stage"], record["epoch"], record["global_step"], record["n_bins"]) == ("val", 1, 8, 15)
+    stats, expected = bin_stats_from_dict(record), _reference_bins(model, val.dataset)
+    for ours, ref in zip(stats, expected, strict=True):
+        torch.testing.assert_close(ours, ref)
+    x, y = val.dataset.tensors
+    with torch.no_grad():
+        ece = MulticlassCalibrationError(num_classes=C, n_bins=15)(model(x).softmax(-1), y)
+    assert stats.calibration_error().item() == pytest.approx(ece.item(), abs=1e-6)
+
+
+def test_validate_writes_into_the_log_dir_by_default(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    callback = ReliabilityDiagram()
+    _trainer(tmp_path, [callback]).validate(Net(), DataLoader(_data(), batch_size=8), verbose=False)
+    assert callback.dirpath == str(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"reliability", "reliability_diagram.png", "reliability.json"}
+
+
+def test_tensorboard_receives_the_figure(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer = _trainer(tmp_path, [ReliabilityDiagram(dirpath=tmp_path / "run", dpi=40)], logger=logger)
+    trainer.fit(Net(), DataLoader(_data(32, 1), batch_size=16), DataLoader(_data(), batch_size=8))
+    logger.experiment.flush()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tb" / "version_0")).Reload()
+    images = events.Images("val/reliability_diagram")
+    assert [image.step for image in images] == [2, 4] and images[0].width > 100
+
+
+def test_without_matplotlib_only_the_json_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(diagrams_module, "_has_matplotlib", lambda: False)
+    with pytest.warns(UserWarning, match=r"need matplotlib .*ls-lightning\[plot\]"):
+        _trainer(tmp_path, [ReliabilityDiagram()]).validate(Net(), DataLoader(_data(), batch_size=8), verbose=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["reliability.json"]
+
+
+def test_a_module_without_the_mixin_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="Plain does not have: no reliability diagram"):
+        _trainer(tmp_path, [ReliabilityDiagram()]).validate(Plain(), DataLoader(_data(), batch_size=8), verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disabled_writes_nothing_and_the_callback_pickles(tmp_path: Path) -> None:
+    callback = ReliabilityDiagram(enabled=False)
+    _trainer(tmp_path, [callback]).validate(Net(), DataLoader(_data(), batch_size=8), verbose=False)
+    assert list(tmp_path.iterdir()) == []
+    clone = pickle.loads(pickle.dumps(ReliabilityDiagram(tmp_path, dpi=80)))
+    assert (clone.dirpath, clone.dpi, clone.enabled) == (str(tmp_path), 80, True)
+
+
+def test_json_round_trip_and_bad_input() -> None:
+    stats = BinStats(*(torch.rand(16, dtype=torch.float64) for _ in range(3)))
+    data = json.loads(json.dumps(bin_stats_to_dict(stats)))
+    assert data["edges"] == pytest.approx(torch.linspace(0, 1, 16).tolist()) and data["n_bins"] == 15
+    for ours, ref in zip(bin_stats_from_dict(data), stats, strict=True):
+        torch.testing.assert_close(ours, ref)
+    with pytest.raises(ValueError, match="counts, conf_sums and correct_sums"):
+        bin_stats_from_dict({"counts": [1, 2]})
+    with pytest.raises(ValueError, match="one length"):
+        bin_stats_from_dict({"counts": [1, 2], "conf_sums": [1], "correct_sums": [1, 2]})
+    with pytest.raises(ValueError, match="`dpi`"):
+        ReliabilityDiagram(dpi=0)
+
+
+def test_config_flags_switch_the_callbacks(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    from ls_lightning.train import train
+
+    small = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
+    small += ["data=synthetic", "data.num_train=64", "data.num_val=40", "data.num_test=40", "trainer.max_epochs=1"]
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        on = compose("train", [*small, "calibration.temperature_scaling=true", f"paths.output_dir={tmp_path / 'on'}"])
+        off = compose("train", [*small, "calibration.diagrams=false", f"paths.output_dir={tmp_path / 'off'}"])
+    assert {"val/temperature", "val/ece_ts"} <= set(train(on))
+    assert (tmp_path / "on" / "reliability.json").is_file()
+    assert "val/temperature" not in train(off)  # temperature scaling is opt-in
+    assert not any(p.name.startswith("reliability") for p in (tmp_path / "off").iterdir())
