@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def test_groups_hold_the_options_of_the_design() -> None:
     assert _options("logger") == ["csv", "none", "tensorboard"]
     assert {"digits", "synthetic"} <= set(_options("data"))
     assert {"mlp", "cnn"} <= set(_options("model"))
-    assert "uniform" in _options("label_smoothing/prior")
+    assert _options("label_smoothing/prior") == ["class_frequency", "fixed", "online", "uniform"]
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -59,10 +60,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.trainer.default_root_dir == str(tmp_path)
 
 
+# options that cannot run on their defaults alone
+OPTION_NEEDS = {"fixed": ["label_smoothing.prior.values=[0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1]"]}
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_option_composes_and_builds(group: str, tmp_path: Path) -> None:
     for option in _options(group):
-        overrides = [f"{group}={option}"]
+        overrides = [f"{group}={option}", *OPTION_NEEDS.get(option, [])]
         if torch.cuda.device_count() < {"gpu": 1, "ddp": 2}.get(option, 0):
             cfg = make_cfg(overrides, tmp_path)
             validate_config(cfg)  # composes and type-checks; building a GPU trainer needs a GPU
@@ -115,15 +120,52 @@ def test_overrides_of_the_design(tmp_path: Path) -> None:
     assert make_cfg(["label_smoothing.schedule.epsilon=0.2"], tmp_path).label_smoothing.schedule.epsilon == 0.2
 
 
-def test_empirical_prior_is_the_class_frequency_of_the_train_split(tmp_path: Path) -> None:
+def test_class_frequency_prior_is_the_class_frequency_of_the_train_split(tmp_path: Path) -> None:
     cfg = make_cfg(
-        ["label_smoothing/prior=empirical", "data=synthetic", "data.num_train=7", "data.num_classes=3"], tmp_path
+        [
+            "label_smoothing/prior=class_frequency",
+            "data=synthetic",
+            "data.num_train=7",
+            "data.num_classes=3",
+            "trainer.fast_dev_run=1",
+            "logger=none",
+        ],
+        tmp_path,
     )
     run = build_run(cfg)
+    assert run.model.label_smoothing_prior is None  # type: ignore[attr-defined]  # set by the callback at fit start
+    run.trainer.fit(run.model, datamodule=run.datamodule)
     labels = run.datamodule.splits["train"].tensors[1]  # type: ignore[attr-defined]
     expected = torch.tensor([(labels == c).float().mean().item() for c in range(3)])
     torch.testing.assert_close(run.model.label_smoothing_prior, expected)  # type: ignore[attr-defined]
-    assert build_run(make_cfg([], tmp_path)).model.label_smoothing_prior is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], "uniform"),
+        (["label_smoothing/prior=online"], "online"),
+        (["label_smoothing/prior=fixed", "label_smoothing.prior.values=[0.5,0.25,0.25]"], [0.5, 0.25, 0.25]),
+    ],
+)
+def test_prior_reaches_the_callback(tmp_path: Path, overrides: list[str], expected: object) -> None:
+    cfg = make_cfg(overrides, tmp_path)
+    validate_config(cfg)
+    (callback,) = [c for c in build_run(cfg).trainer.callbacks if isinstance(c, LabelSmoothing)]  # type: ignore[attr-defined]
+    assert callback.prior == expected or torch.equal(torch.as_tensor(callback.prior), torch.tensor(expected))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["label_smoothing/prior=fixed"], "label_smoothing.prior.values is required"),
+        (["label_smoothing/prior=fixed", "label_smoothing.prior.values=[0.5,0.6]"], "label_smoothing.prior.values="),
+        (["label_smoothing/prior=fixed", "label_smoothing.prior.values=[-0.5,1.5]"], "label_smoothing.prior.values="),
+    ],
+)
+def test_fixed_prior_must_be_a_distribution(tmp_path: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigValueError, match=re.escape(message)):
+        validate_config(make_cfg(overrides, tmp_path))
 
 
 def test_experiments_compose(tmp_path: Path) -> None:
