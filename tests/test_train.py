@@ -55,7 +55,14 @@ def test_run_writes_metrics_and_checkpoint_into_the_output_dir(tmp_path: Path) -
         ["label_smoothing/schedule=linear", "trainer.max_epochs=2", "label_smoothing.interval=epoch", *SMALL], out
     )
     metrics = train(cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "hparams.yaml", "metrics.csv", "reliability", "reliability.json", "reliability_diagram.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
+        "hparams.yaml",
+        "metrics.csv",
+        "reliability",
+        "reliability.json",
+        "reliability_diagram.png",
+    ]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.ckpt"]
     rows = read_csv(out / "metrics.csv")
     header = set(rows[0])
