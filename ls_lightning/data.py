@@ -27,7 +27,9 @@ class UnpaddedDistributedSampler(DistributedSampler):
     torch's ``DistributedSampler`` pads every rank to the same length by repeating samples (even with
     ``drop_last=False``), which counts them twice in validation metrics. Lightning keeps a sampler that is already a
     ``DistributedSampler``, so a loader built with this one reaches the ranks unchanged. Ranks may get one sample
-    less than others: metrics must synchronise per epoch (as torchmetrics states do), not per batch.
+    less than others: metrics must synchronise per epoch (as torchmetrics states do), not per batch. With fewer
+    samples than processes some ranks get none, and Lightning refuses a loader of length 0 on one rank; the built-in
+    data modules then give such a rank one empty batch, which counts nothing but keeps the ranks in step.
 
     Args:
         dataset: the dataset to split.
@@ -47,6 +49,28 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+
+
+class _UnpaddedBatches(UnpaddedDistributedSampler):
+    """This rank's share of :class:`UnpaddedDistributedSampler` as lists of indices, at least one (maybe empty).
+
+    For ``DataLoader(dataset, sampler=..., batch_size=None)`` over a dataset that takes a list of indices (as
+    ``TensorDataset`` does): a rank without samples still runs one evaluation step, on an empty batch, so that every
+    rank reaches the epoch-end synchronisation of the metrics.
+    """
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, num_replicas: int | None = None, rank: int | None = None
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+        indices = list(super().__iter__())
+        return iter([indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)] or [[]])
+
+    def __len__(self) -> int:
+        return max(1, -(-super().__len__() // self.batch_size))
 
 
 def _is_distributed() -> bool:
@@ -101,16 +125,15 @@ class TensorDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]
-        # training keeps Lightning's padded DistributedSampler (equal steps per rank); evaluation must not pad
-        sampler = UnpaddedDistributedSampler(dataset) if not shuffle and _is_distributed() else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        workers, persistent = self.num_workers, self.num_workers > 0
+        if shuffle or not _is_distributed():
+            # training keeps Lightning's padded DistributedSampler: every rank must take the same number of steps
+            return DataLoader(
+                dataset, self.batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=persistent
+            )
+        # evaluation must not pad: each sample once, in batches the sampler forms (batch_size=None)
+        batches = _UnpaddedBatches(dataset, self.batch_size)
+        return DataLoader(dataset, None, sampler=batches, num_workers=workers, persistent_workers=persistent)
 
 
 def _check_fraction(name: str, value: float) -> None:

@@ -1,0 +1,196 @@
+"""Kill and resume: a run killed with SIGKILL after a checkpoint and resumed reaches the uninterrupted run's steps and
+uses the same ε at every step; callback state round-trips per instance, and a checkpoint without it warns."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ls_lightning import LabelSmoothing, LabelSmoothingMixin
+from ls_lightning.schedules import Cosine
+from ls_lightning.train import train
+
+BIN = Path(sys.executable).parent
+STEPS, EVERY = 160, 20  # 4 epochs of 320 / 8 batches; a checkpoint (last.ckpt) every 20 steps
+RUN = [
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    # only what the comparison needs: the checkpoint and the ε schedule
+    "callbacks=[model_checkpoint,label_smoothing]",
+    f"callbacks.model_checkpoint.every_n_train_steps={EVERY}",
+    "label_smoothing/schedule=cosine",
+    "data=synthetic",
+    "data.num_train=320",
+    "data.num_val=32",
+    "data.num_test=32",
+    "data.batch_size=8",
+    "trainer.max_epochs=4",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def command(run_dir: Path, *extra: str) -> list[str]:
+    return [str(BIN / "ls-train"), *RUN, f"hydra.run.dir={run_dir}", *extra]
+
+
+def environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
+
+
+def ls_train(run_dir: Path, *extra: str) -> None:
+    result = subprocess.run(
+        command(run_dir, *extra), cwd=run_dir.parent, env=environment(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def epsilon_per_step(path: Path) -> dict[int, float]:
+    with open(path, newline="") as file:
+        return {int(r["step"]): float(r["train/epsilon"]) for r in csv.DictReader(file) if r.get("train/epsilon")}
+
+
+def global_step(checkpoint: Path) -> int:
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+
+
+def kill_after_first_checkpoint(run_dir: Path) -> int:
+    """Start ``ls-train``, SIGKILL it as soon as ``last.ckpt`` exists; return the step the checkpoint holds."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(
+        command(run_dir), cwd=run_dir.parent, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return global_step(last)  # complete: Lightning writes checkpoints to a temporary file and renames it
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    ls_train(root / "straight")
+    killed = root / "killed"
+    killed.mkdir()
+    step = kill_after_first_checkpoint(killed)
+    assert 0 < step < STEPS and step % EVERY == 0
+    return {"root": root, "straight": root / "straight", "killed": killed}
+
+
+def assert_continues_the_straight_run(resumed: dict[int, float], straight: dict[int, float], start: int) -> None:
+    assert sorted(resumed) == [s for s in sorted(straight) if s >= min(resumed)]
+    assert min(resumed) in (start, start + 1)  # the first step after the checkpoint
+    for step, epsilon in resumed.items():
+        assert epsilon == pytest.approx(straight[step], abs=1e-12), step
+    assert len(set(straight.values())) > STEPS // 2  # the cosine schedule changes ε at (almost) every step
+
+
+@pytest.mark.slow
+def test_killed_run_resumed_from_its_checkpoint_follows_the_uninterrupted_run(runs: dict[str, Path]) -> None:
+    checkpoint = runs["killed"] / "checkpoints" / "last.ckpt"
+    start = global_step(checkpoint)
+    resumed = runs["root"] / "resumed"
+    ls_train(resumed, f"ckpt_path={checkpoint}")  # a new run directory
+    straight = epsilon_per_step(runs["straight"] / "metrics.csv")
+    assert_continues_the_straight_run(epsilon_per_step(resumed / "metrics.csv"), straight, start)
+    assert global_step(resumed / "checkpoints" / "last.ckpt") == global_step(
+        runs["straight"] / "checkpoints" / "last.ckpt"
+    ) == STEPS  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_resumes_the_run_in_its_own_directory(runs: dict[str, Path]) -> None:
+    killed = runs["killed"]
+    start = global_step(killed / "checkpoints" / "last.ckpt")
+    had_metrics = (killed / "metrics.csv").exists()  # the CSV logger flushes every 100 steps
+    ls_train(killed, "ckpt_path=last")
+    assert global_step(killed / "checkpoints" / "last.ckpt") == STEPS
+    straight = epsilon_per_step(runs["straight"] / "metrics.csv")
+    assert_continues_the_straight_run(epsilon_per_step(killed / "metrics.csv"), straight, start)
+    # the interrupted run's own rows are kept, not deleted by the new CSV logger
+    assert (killed / "metrics.1.csv").exists() == had_metrics
+
+
+# --- callback state in checkpoints, in process -------------------------------------------------------------------
+
+
+class Net(LabelSmoothingMixin, L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.label_smoothed_loss(self.layer(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(16, 3, generator=generator), torch.randint(0, 2, (16,), generator=generator))
+        return DataLoader(data, batch_size=4)
+
+
+def _trainer(tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+
+
+def test_each_callback_instance_gets_its_own_state_back(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0)), LabelSmoothing(0.05, interval="epoch")])
+    trainer.fit(Net())
+    path = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(path)
+    saved = [(c.state_key, c.epsilon) for c in trainer.callbacks if isinstance(c, LabelSmoothing)]
+    assert saved[0][1] != saved[1][1]
+    # fresh instances, in the other order: Lightning matches states by `state_key`, not by position
+    fresh = [LabelSmoothing(0.05, interval="epoch"), LabelSmoothing(Cosine(0.2, 0.0))]
+    for callback in fresh:
+        callback.epsilon = None
+    _trainer(tmp_path, list(fresh)).fit(Net(), ckpt_path=path)  # max_epochs reached: restores, trains nothing
+    assert sorted((c.state_key, c.epsilon) for c in fresh) == sorted(saved)
+
+
+def test_checkpoint_without_the_callbacks_state_warns_when_resumed(tmp_path: Path) -> None:
+    overrides = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
+    overrides += ["data=synthetic", "data.num_train=64", "data.num_val=16", "data.num_test=16", "trainer.max_epochs=1"]
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        first = compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path / 'first'}", "logger=none"])
+    train(first)
+    checkpoint = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint["callbacks"] = {k: v for k, v in checkpoint["callbacks"].items() if not k.startswith("LabelSmoothing")}
+    stripped = tmp_path / "stripped.ckpt"
+    torch.save(checkpoint, stripped)
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        resumed = compose(
+            "train",
+            overrides=[*overrides, "trainer.max_epochs=2", f"ckpt_path={stripped}", "logger=none",
+                       f"paths.output_dir={tmp_path / 'resumed'}"],
+        )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"no state for `LabelSmoothing\{.*recomputed from the restored trainer"):
+        train(resumed)
