@@ -43,14 +43,13 @@ def build_run(cfg: DictConfig) -> Run:
 
     datamodule = _make(cfg, "data")
     schedule = _make(cfg, "label_smoothing.schedule")
-    prior = datamodule.class_prior() if cfg.label_smoothing.prior.name == "empirical" else None
+    # the prior (label_smoothing/prior) reaches the model through the LabelSmoothing callback, at fit start
     model = _make(
         cfg,
         "model",
         num_features=datamodule.num_features,
         num_classes=datamodule.num_classes,
         label_smoothing=schedule(0.0),
-        prior=prior,
     )
     callbacks = _make_all(cfg, "callbacks")
     trainer = _make(cfg, "trainer", callbacks=callbacks, logger=_make_all(cfg, "logger") or False)

@@ -108,12 +108,6 @@ class TensorDataModule(L.LightningDataModule):
         if not self.splits:  # loading is cheap and deterministic: every stage sees the same splits
             self.splits = {name: TensorDataset(x, y) for name, (x, y) in self._load().items()}
 
-    def class_prior(self) -> Tensor:
-        """Return the class frequencies of the training split, a (num_classes,) distribution."""
-        self.setup()
-        labels = self.splits["train"].tensors[1]
-        return torch.bincount(labels, minlength=self.num_classes).double().div(len(labels)).float()
-
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 

@@ -38,7 +38,7 @@ def test_groups_hold_the_options_of_the_design() -> None:
     assert _options("label_smoothing/schedule") == sorted(
         ["none", "constant", "linear", "cosine", "exponential", "step", "two_stage"]
     )
-    assert _options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu"]
+    assert _options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu", "slurm"]
     assert _options("logger") == ["csv", "none", "tensorboard"]
     assert {"digits", "synthetic"} <= set(_options("data"))
     assert {"mlp", "cnn"} <= set(_options("model"))
@@ -68,7 +68,7 @@ OPTION_NEEDS = {"fixed": ["label_smoothing.prior.values=[0.1,0.1,0.1,0.1,0.1,0.1
 def test_every_option_composes_and_builds(group: str, tmp_path: Path) -> None:
     for option in _options(group):
         overrides = [f"{group}={option}", *OPTION_NEEDS.get(option, [])]
-        if torch.cuda.device_count() < {"gpu": 1, "ddp": 2}.get(option, 0):
+        if torch.cuda.device_count() < {"gpu": 1, "ddp": 2, "slurm": 1}.get(option, 0):
             cfg = make_cfg(overrides, tmp_path)
             validate_config(cfg)  # composes and type-checks; building a GPU trainer needs a GPU
             assert cfg.trainer.accelerator == "gpu"

@@ -113,13 +113,6 @@ def test_label_noise_flips_train_labels_only_to_other_classes() -> None:
     assert abs(flipped.sum().item() - 1200) < 5 * 29
 
 
-def test_class_prior_is_the_train_label_frequency() -> None:
-    dm = SyntheticDataModule(num_classes=3, num_features=2, num_train=10, num_val=3, num_test=3, label_noise=0.5)
-    prior = dm.class_prior()
-    labels = dm.splits["train"].tensors[1].tolist()
-    torch.testing.assert_close(prior, torch.tensor([labels.count(c) / 10 for c in range(3)]))
-
-
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 @pytest.mark.parametrize("n", [0, 1, 5, 7, 12])
 def test_unpadded_sampler_partitions_the_indices(world_size: int, n: int) -> None:
