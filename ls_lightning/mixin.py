@@ -199,20 +199,22 @@ class LabelSmoothingMixin:
         metrics = cast("Mapping[str, Metric]", self._ls_metrics_for(stage, terms[0].device))
         on_step = stage == "train"
         for name, value in zip(_LOSS_TERMS, terms, strict=True):
-            metric = metrics[name]
             # forward() also caches the batch value that Lightning logs on step; update() suffices for epoch-only.
-            (metric if on_step else metric.update)(value.detach(), stats.weight_sum)
-            self._ls_log_metric(stage, name, metric, on_step=on_step, prog_bar=name == "loss" and on_step)
+            (metrics[name] if on_step else metrics[name].update)(value.detach(), stats.weight_sum)
         metrics["acc"].update(stats.correct, stats.valid)
-        metrics["ece"].update(stats.confidence, stats.correct, weight=stats.valid)
-        self._ls_log_metric(stage, "acc", metrics["acc"], on_step=False, prog_bar=stage == "val")
-        self._ls_log_metric(stage, "ece", metrics["ece"], on_step=False, prog_bar=False)
-        if stage != "train":
-            for name in ("mce", "rmsce", "ece_adaptive", "overconfidence"):
+        for name in ("ece", "mce", "rmsce", "ece_adaptive", "overconfidence"):
+            if name in metrics:  # all but ece are val/test only
                 metrics[name].update(stats.confidence, stats.correct, weight=stats.valid)
+        if "brier" in metrics:
             metrics["brier"].update(stats.brier, weight=stats.valid)
-            for name in _EVAL_MEASURES:
-                self._ls_log_metric(stage, name, metrics[name], on_step=False, prog_bar=False)
+        for name, metric in metrics.items():
+            step_value = on_step and name in _LOSS_TERMS
+            # Each `self.log` costs Lightning a few hundred µs. An epoch-only metric needs one call per epoch: its
+            # state keeps accumulating, and Lightning computes and resets it at the epoch's end (update_count 1 is
+            # the first batch since that reset).
+            if step_value or metric.update_count == 1:
+                prog_bar = (name == "loss" and on_step) or (name == "acc" and stage == "val")
+                self._ls_log_metric(stage, name, metric, on_step=step_value, prog_bar=prog_bar)
 
     def _ls_warn_if_padded(self, stage: Stage) -> None:
         checked: set[str] = self.__dict__.setdefault("_ls_padding_checked", set())

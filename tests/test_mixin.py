@@ -310,3 +310,55 @@ def test_warns_once_for_a_padding_eval_sampler(tmp_path) -> None:
     loader = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, num_replicas=2, rank=0, shuffle=False))
     with pytest.warns(UserWarning, match="pads the data with repeated samples"):
         _trainer(tmp_path, use_distributed_sampler=False).validate(Net(), loader, verbose=False)
+
+
+def test_each_evaluation_run_logs_its_own_data_only(tmp_path) -> None:
+    """Epoch metrics are logged once per epoch and reset by Lightning: a second run must not mix in the first."""
+    torch.manual_seed(0)
+    model = Net()
+    first, second = _data(40, seed=1), _data(23, seed=2, ignore_frac=0.2)
+    trainer = _trainer(tmp_path)
+    trainer.validate(model, DataLoader(first, batch_size=8), verbose=False)
+    (logged,) = trainer.validate(model, DataLoader(second, batch_size=8), verbose=False)
+    for name, value in _reference(model, second, eps=0.1).items():
+        assert logged[f"val/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_train_epoch_values_are_per_epoch(tmp_path) -> None:
+    """Two epochs over different halves of the data (lr = 0): each epoch's values are its own half's."""
+
+    class Frozen(Net):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    class PerEpoch(L.Callback):
+        def __init__(self) -> None:
+            self.values: list[dict[str, float]] = []
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            metrics = trainer.callback_metrics
+            self.values.append({k: metrics[f"train/{k}"].item() for k in ("loss", "h_pq", "acc", "ece")})
+
+    halves = [_data(24, seed=3), _data(17, seed=4, ignore_frac=0.3)]
+
+    class Alternating(torch.utils.data.Dataset):
+        epoch = 0
+
+        def __len__(self) -> int:
+            return len(halves[self.epoch])
+
+        def __getitem__(self, i: int):
+            return halves[self.epoch][i]
+
+    class Switch(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            Alternating.epoch = trainer.current_epoch
+
+    torch.manual_seed(0)
+    model, recorder = Frozen(), PerEpoch()
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[Switch(), recorder], reload_dataloaders_every_n_epochs=1)
+    trainer.fit(model, DataLoader(Alternating(), batch_size=8))
+    for epoch, half in enumerate(halves):
+        expected = _reference(model, half, eps=0.1)
+        for name, value in recorder.values[epoch].items():
+            assert value == pytest.approx(expected[name], rel=1e-5, abs=1e-6), (epoch, name)
