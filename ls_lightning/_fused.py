@@ -274,6 +274,23 @@ def combine(h_pq: Tensor, h_uq: Tensor, eps: float | Tensor) -> Tensor:
     return torch.lerp(h_pq, h_uq, eps) if isinstance(eps, float) else (1 - eps) * h_pq + eps * h_uq
 
 
+def run(
+    x: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    weight: Tensor | None,
+    prior: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    grad: Tensor | None,
+) -> tuple[Prepared, Outputs, tuple[Tensor, ...]]:
+    """Prepare the labels, make the pass (filling ``grad`` when given) and return the row stats with it."""
+    prep = prepare(x, target, weight, prior, ignore_index)
+    out = fused_forward(x, target, eps, prep, reduction, with_stats, grad)
+    return prep, out, row_stats(out, target, prep, with_stats)
+
+
 class FusedLabelSmoothedCE(torch.autograd.Function):
     """Autograd wrapper of :func:`fused_forward`: one gradient buffer, scaled in place by backward.
 
@@ -293,10 +310,8 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
         reduction: str,
         with_stats: bool,
     ) -> tuple[Tensor, ...]:
-        prep = prepare(x, target, weight, prior, ignore_index)
         grad = torch.empty(x.shape, dtype=x.dtype, device=x.device) if ctx.needs_input_grad[0] else None
-        out = fused_forward(x, target, eps, prep, reduction, with_stats, grad)
-        stats = row_stats(out, target, prep, with_stats)
+        prep, out, stats = run(x, target, eps, weight, prior, ignore_index, reduction, with_stats, grad)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(*stats)
         ctx.save_for_backward(x)

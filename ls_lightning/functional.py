@@ -168,9 +168,8 @@ def _fused_no_grad(
     with_stats: bool,
 ) -> tuple[Tensor, ...]:
     """The fused forward without autograd and without a gradient buffer (validation, inference)."""
-    prep = _fused.prepare(x, target, weight, prior, ignore_index)
-    out = _fused.fused_forward(x, target, eps, prep, reduction, with_stats, grad=None)
-    return (out.loss, out.h_pq, out.h_uq, *_fused.row_stats(out, target, prep, with_stats))
+    _, out, stats = _fused.run(x, target, eps, weight, prior, ignore_index, reduction, with_stats, grad=None)
+    return (out.loss, out.h_pq, out.h_uq, *stats)
 
 
 def _composite(
