@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
@@ -15,6 +14,8 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
+from ls_lightning.losses import LabelSmoothedCrossEntropy
+from ls_lightning.mixin import LabelSmoothingMixin
 from ls_lightning.priors import OnlinePrior, class_frequency, fixed_prior, prior_matrix
 from ls_lightning.schedules import Constant, Schedule
 
@@ -27,29 +28,15 @@ _INTERVAL = Literal["step", "epoch"]
 _PRIOR_NAMES = Literal["uniform", "class_frequency", "online"]
 
 
-def _optional_class(module: str, name: str) -> type | None:
-    """Import ``module.name`` lazily; ``None`` when ``module`` itself does not exist (errors inside it propagate)."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        return None
-
-
 def _smoothing_targets(pl_module: pl.LightningModule) -> list[Any]:
     """Return the objects whose float attribute ``label_smoothing`` the callback sets.
 
     These are the module itself when it is a ``LabelSmoothingMixin``, and every submodule that is a
     ``torch.nn.CrossEntropyLoss`` or an ``ls_lightning.losses.LabelSmoothedCrossEntropy``.
     """
-    loss_types: tuple[type, ...] = (nn.CrossEntropyLoss,)
-    wrapper = _optional_class("ls_lightning.losses", "LabelSmoothedCrossEntropy")
-    if wrapper is not None:
-        loss_types += (wrapper,)
+    loss_types = (nn.CrossEntropyLoss, LabelSmoothedCrossEntropy)
     targets: list[Any] = [m for m in pl_module.modules() if isinstance(m, loss_types)]
-    mixin = _optional_class("ls_lightning.mixin", "LabelSmoothingMixin")
-    if mixin is not None and isinstance(pl_module, mixin):
+    if isinstance(pl_module, LabelSmoothingMixin):
         targets.insert(0, pl_module)
     return targets
 
@@ -265,8 +252,7 @@ class LabelSmoothing(Callback):
     def _check_prior_target(self, pl_module: pl.LightningModule) -> None:
         if self.prior is None or (isinstance(self.prior, str) and self.prior == "uniform"):
             return
-        mixin = _optional_class("ls_lightning.mixin", "LabelSmoothingMixin")
-        if mixin is None or not isinstance(pl_module, mixin):
+        if not isinstance(pl_module, LabelSmoothingMixin):
             raise ValueError(
                 f"`LabelSmoothing(prior={self._prior_state()!r})` needs a module derived from"
                 f" `ls_lightning.LabelSmoothingMixin` that computes its loss with `self.label_smoothed_loss`, but"

@@ -357,7 +357,7 @@ def test_built_by_jsonargparse_like_lightning_cli():
 
 
 def test_mixin_module_is_scheduled(tmp_path):
-    mixin = pytest.importorskip("ls_lightning.mixin")
+    from ls_lightning import mixin
 
     class MixinModel(mixin.LabelSmoothingMixin, L.LightningModule):
         def __init__(self):
@@ -382,7 +382,7 @@ def test_mixin_module_is_scheduled(tmp_path):
 
 
 def test_label_smoothed_cross_entropy_module_is_scheduled(tmp_path):
-    losses = pytest.importorskip("ls_lightning.losses")
+    from ls_lightning import losses
 
     class WrapperModel(CEModel):
         def __init__(self):
