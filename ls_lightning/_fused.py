@@ -254,6 +254,8 @@ def fused_forward(
 ) -> Outputs:
     """Loss, both terms and row stats from one pass; writes d loss / dx into ``grad`` when given.
 
+    ``with_stats`` asks for ‖q‖ per row as well, the one statistic only the Brier score needs.
+
     The mean's denominator depends on the labels only, so it is folded into the gradient here: backward then has
     nothing to do for the usual ``loss.backward()`` (grad_output 1).
     """
@@ -284,10 +286,14 @@ def run(
     reduction: str,
     with_stats: bool,
     grad: Tensor | None,
+    brier: bool = True,
 ) -> tuple[Prepared, Outputs, tuple[Tensor, ...]]:
-    """Prepare the labels, make the pass (filling ``grad`` when given) and return the row stats with it."""
+    """Prepare the labels, make the pass (filling ``grad`` when given) and return the row stats with it.
+
+    ``brier=False`` leaves the Brier values empty and saves the pass computing ‖q‖ (training needs no Brier score).
+    """
     prep = prepare(x, target, weight, prior, ignore_index)
-    out = fused_forward(x, target, eps, prep, reduction, with_stats, grad)
+    out = fused_forward(x, target, eps, prep, reduction, with_stats and brier, grad)
     return prep, out, row_stats(out, target, prep, with_stats)
 
 
@@ -309,9 +315,10 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
         ignore_index: int,
         reduction: str,
         with_stats: bool,
+        brier: bool,
     ) -> tuple[Tensor, ...]:
         grad = torch.empty(x.shape, dtype=x.dtype, device=x.device) if ctx.needs_input_grad[0] else None
-        prep, out, stats = run(x, target, eps, weight, prior, ignore_index, reduction, with_stats, grad)
+        prep, out, stats = run(x, target, eps, weight, prior, ignore_index, reduction, with_stats, grad, brier)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(*stats)
         ctx.save_for_backward(x)
@@ -323,7 +330,7 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: Tensor | None, *_: Any) -> tuple:
         if not ctx.needs_input_grad[0] or (g_loss is None and g_pq is None and g_uq is None):
-            return (None,) * 8
+            return (None,) * 9
         grad, ctx.grad = ctx.grad, None  # hand the buffer out once; a second backward (retain_graph) recomputes
         if grad is not None and g_pq is None and g_uq is None and g_loss is not None:
             if not _is_cpu_one(g_loss):  # reading a CPU scalar costs no device synchronisation
@@ -332,7 +339,7 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
             if grad is None:
                 grad = torch.empty_like(ctx.saved_tensors[0], memory_format=torch.contiguous_format)
             _recompute_grad(ctx, g_loss, g_pq, g_uq, grad)
-        return (grad, *(None,) * 7)
+        return (grad, *(None,) * 8)
 
 
 def _is_cpu_one(g: Tensor) -> bool:
@@ -355,14 +362,17 @@ def _recompute_grad(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: 
 
 
 def row_stats(out: Outputs, target: Tensor, prep: Prepared, with_stats: bool) -> tuple[Tensor, ...]:
-    """confidence, correct, valid, brier and weight_sum, float32 where real-valued (all empty unless with_stats)."""
+    """confidence, correct, valid, brier and weight_sum, float32 where real-valued (all empty unless with_stats;
+    brier empty unless the pass kept ‖q‖)."""
     rows = out.terms.rows
-    if not with_stats or rows.sqnorm is None:
+    if not with_stats:
         empty = [
             rows.qmax.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)
         ]
         return (*empty, out.weight_sum.float())
-    q_y = (out.terms.z_y - out.terms.lse).exp()
-    brier = rows.sqnorm.square() - 2 * q_y + 1
+    if rows.sqnorm is None:
+        brier = rows.qmax.new_empty(0, dtype=torch.float32)
+    else:
+        brier = (rows.sqnorm.square() - 2 * (out.terms.z_y - out.terms.lse).exp() + 1).float()
     correct = rows.argmax == target.reshape(-1)
-    return rows.qmax.float(), correct, prep.valid.bool(), brier.float(), out.weight_sum.float()
+    return rows.qmax.float(), correct, prep.valid.bool(), brier, out.weight_sum.float()

@@ -20,6 +20,13 @@ EPSILONS = [0.0, 0.1, 0.5, 1.0]
 REDUCTIONS = ["none", "sum", "mean"]
 
 
+@pytest.fixture(autouse=True, params=["kernel", "small"])
+def path(request, monkeypatch):
+    """Every test runs on both class-index paths: the chunked kernel and the short path for small inputs."""
+    monkeypatch.setattr(functional, "SMALL_ELEMENTS", 0 if request.param == "kernel" else 10**9)
+    return request.param
+
+
 def _data(shape: tuple[int, ...], ignored: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 logits of ``shape`` and class indices, with a few ignored positions when ``ignored``."""
     gen = torch.Generator().manual_seed(seed)
@@ -177,6 +184,29 @@ def test_float16_large_vocabulary_does_not_overflow():
     assert not torch.isfinite(torch_half)
     assert torch.isfinite(out.loss) and torch.isfinite(out.h_uq)
     torch.testing.assert_close(out.loss.double(), reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("brier", [True, False])
+def test_stats_match_direct_computation(shape, grad, brier):
+    x, target = _data(shape, ignored=True)
+    x.requires_grad_(grad)
+    _, stats = functional._compute(x, target, 0.1, None, -100, "mean", None, with_stats=True, brier=brier)
+    dim = 1 if x.dim() > 1 else 0
+    q = torch.softmax(x.detach(), dim).movedim(dim, -1).reshape(-1, x.shape[dim])
+    y = target.reshape(-1)
+    valid = y != -100
+    torch.testing.assert_close(stats.confidence, q.max(1).values.float())
+    assert torch.equal(stats.correct, q.argmax(1) == y)
+    assert torch.equal(stats.valid, valid)
+    torch.testing.assert_close(stats.weight_sum, valid.sum().float())
+    if brier:
+        onehot = F.one_hot(y.clamp(min=0), x.shape[dim]).double()
+        torch.testing.assert_close(stats.brier, ((q - onehot) ** 2).sum(1).float())
+    else:  # only the Brier values may be left out, and they are on both paths
+        assert stats.brier.numel() == 0
+    assert not stats.confidence.requires_grad
 
 
 def test_tensor_epsilon_matches_float():
