@@ -17,6 +17,9 @@ _ALLOWED_NORMS: tuple[str, ...] = get_args(Norm)
 # Sums are kept in float64: a float32 count stops growing at 2**24 samples, and confidence sums lose digits long
 # before that. gloo and NCCL all-reduce float64; Apple MPS has no float64, so these states stay off MPS.
 _STATE_DTYPE = torch.float64
+# Up to this many confidences, ``torch.bucketize`` bins them faster than the floor-and-fix method of `_bin_index`
+# (2-core CPU, 15 bins: 3.5 µs against 19 µs at 64 values, 10 µs against 36 µs at 4096; slower from ~32768 on).
+_BUCKETIZE_MAX = 1 << 14
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -152,6 +155,8 @@ def _bin_index(confidence: Tensor, n_bins: int) -> Tensor:
     """
     confidence = confidence.float()  # torchmetrics bins float32 confidences against float32 edges
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32, device=confidence.device)
+    if confidence.numel() <= _BUCKETIZE_MAX:  # one search op beats the dozen ops below on small batches
+        return torch.bucketize(confidence, edges, right=True).sub_(1).clamp_(0, n_bins)
     upper = torch.cat([edges[1:], edges.new_full((1,), torch.inf)])
     # ``floor(c * n)`` is off by at most one next to an edge (rounding of the product and of ``linspace``); one
     # comparison each way with the real edges fixes it. Same bins as ``torch.bucketize(c, edges, right=True) - 1``

@@ -11,6 +11,7 @@ from sklearn.metrics import brier_score_loss
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassCalibrationError
 
+from ls_lightning import metrics as metrics_module
 from ls_lightning.metrics import (
     AdaptiveCalibrationError,
     BinnedCalibrationError,
@@ -76,9 +77,12 @@ def test_bin_edges_and_exact_one(norm: str, n_bins: int) -> None:
     torch.testing.assert_close(_ours(preds, target, n_bins, norm), _reference(preds, target, n_bins, norm))
 
 
+@pytest.mark.parametrize("method", ["floor", "bucketize"])
 @pytest.mark.parametrize("n_bins", [*range(1, 64), 100, 1000, 4096, 10_000, 12_345])
-def test_bin_index_equals_torchmetrics_bucketize(n_bins: int) -> None:
-    # torchmetrics' rule: ``torch.bucketize(c, linspace(0, 1, n + 1), right=True) - 1`` on float32 values.
+def test_bin_index_equals_torchmetrics_bucketize(n_bins: int, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torchmetrics' rule: ``torch.bucketize(c, linspace(0, 1, n + 1), right=True) - 1`` on float32 values; both of
+    # our methods (bucketize itself for small batches, floor-and-fix for large ones) must give it.
+    monkeypatch.setattr(metrics_module, "_BUCKETIZE_MAX", 0 if method == "floor" else 1 << 30)
     edges = torch.linspace(0, 1, n_bins + 1)
     around = [edges, torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-1.0))]
     confidence = torch.cat([*around, torch.rand(2000, generator=torch.Generator().manual_seed(n_bins))])
