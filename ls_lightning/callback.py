@@ -15,12 +15,12 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ls_lightning.losses import LabelSmoothedCrossEntropy
-from ls_lightning.mixin import LabelSmoothingMixin
+from ls_lightning.mixin import LabelSmoothingMixin, logger_writes_this_step
 from ls_lightning.priors import OnlinePrior, class_frequency, fixed_prior, prior_matrix
 from ls_lightning.schedules import Constant, Schedule
 
 if TYPE_CHECKING:
-    from ls_lightning.mixin import LabelSmoothingMixin
+    from ls_lightning.mixin import LabelSmoothingMixin, logger_writes_this_step
 
 __all__ = ["LabelSmoothing"]
 
@@ -128,7 +128,12 @@ class LabelSmoothing(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(schedule=repr(self.schedule), interval=self.interval)
+        # Lightning reads it on every hook call (to name the profiler's span): built once per schedule and interval
+        cached = self.__dict__.get("_state_key")
+        if cached is None or cached[0] is not self.schedule or cached[1] != self.interval:
+            key = self._generate_state_key(schedule=repr(self.schedule), interval=self.interval)
+            cached = self.__dict__["_state_key"] = (self.schedule, self.interval, key)
+        return cast(str, cached[2])
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -406,6 +411,8 @@ class LabelSmoothing(Callback):
             return math.inf if max_epochs is None or max_epochs < 0 else max(float(max_epochs), 1.0)
         if self.total_steps is not None:
             return float(self.total_steps)
+        if isinstance(self.schedule, Constant):  # ε does not depend on t: no need to load the data to count steps
+            return math.inf
         total = float(trainer.estimated_stepping_batches)
         if total < 0:  # Lightning returns max_steps (-1) for a train dataloader without `len`
             total = math.inf
@@ -433,7 +440,7 @@ class LabelSmoothing(Callback):
         self.epsilon = epsilon
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epsilon: float) -> None:
-        if trainer.barebones:  # Lightning warns on every `log` call in barebones mode
+        if trainer.barebones or not logger_writes_this_step(trainer):  # barebones: Lightning warns on every `log`
             return
         # the same value on every rank, so no sync; batch_size given since it cannot be inferred from a float
         pl_module.log("train/epsilon", epsilon, on_step=True, on_epoch=False, batch_size=1)

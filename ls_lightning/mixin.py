@@ -12,15 +12,8 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 from torchmetrics import Metric
 
-from ls_lightning.functional import LossStats, label_smoothed_cross_entropy_with_stats
-from ls_lightning.metrics import (
-    AdaptiveCalibrationError,
-    BinnedCalibrationError,
-    BinStats,
-    BrierScore,
-    Overconfidence,
-    WeightedMean,
-)
+from ls_lightning.functional import LabelSmoothedCE, LossStats, _compute
+from ls_lightning.metrics import _STATE_DTYPE, AdaptiveCalibrationError, BinnedCalibrationError, BinStats
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
@@ -35,6 +28,79 @@ _LOSS_TERMS = ("loss", "h_pq", "h_uq")
 _EVAL_MEASURES = ("mce", "rmsce", "ece_adaptive", "brier", "overconfidence")
 
 
+class _LossTerms(Metric):
+    """Weighted epoch means of the loss, H(p,q), H(u,q) and (val/test) the Brier score, from one state update.
+
+    Batch means enter weighted by the batch's ``weight_sum`` (its number of counted positions: the mixin uses no
+    class weights), so the epoch value is the mean over positions, exact across batches and processes.
+    ``compute`` returns ``(loss, h_pq, h_uq, brier)``; 0 for an empty epoch, brier 0 unless kept.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+    sums: Tensor
+    weight: Tensor
+
+    def __init__(self, brier: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.brier = brier
+        self.add_state("sums", torch.zeros(4, dtype=_STATE_DTYPE), dist_reduce_fx="sum")
+        self.add_state("weight", torch.zeros((), dtype=_STATE_DTYPE), dist_reduce_fx="sum")
+
+    def update(self, loss: LabelSmoothedCE, stats: LossStats) -> None:
+        # in place, a few ops and no host sync: this runs every training step
+        self.sums[:3].addcmul_(torch.stack([t.detach() for t in loss]), stats.weight_sum)
+        self.weight.add_(stats.weight_sum)
+        if self.brier:
+            self.sums[3].add_(torch.dot(stats.brier, stats.valid.to(stats.brier.dtype)))
+
+    def compute(self) -> Tensor:
+        return torch.where(self.weight > 0, self.sums / torch.where(self.weight > 0, self.weight, 1.0), 0.0)
+
+
+class _Entry(Metric):
+    """One logged value derived from another metric's state: what ``self.log`` gets for each key.
+
+    Lightning computes a logged Metric at the epoch's end and then resets it; an entry computes its value from the
+    owner (whose compute syncs the states across processes) and resets the owner. It has no state of its own, so
+    updating and syncing the owner once serves every key derived from it.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, owner: Metric, key: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.__dict__["_owner"] = owner  # a plain reference: the owner is registered where it lives
+        self.key = key
+
+    @property
+    def owner(self) -> Metric:
+        return cast(Metric, self.__dict__["_owner"])
+
+    def update(self) -> None:
+        raise RuntimeError(f"{type(self).__name__}({self.key!r}) is updated through its owner")
+
+    def compute(self) -> Tensor:
+        owner = self.owner
+        if isinstance(owner, _LossTerms):
+            return owner.compute()[(*_LOSS_TERMS, "brier").index(self.key)]
+        stats = cast(BinnedCalibrationError, owner).bin_stats(sync=True)
+        if self.key == "accuracy":
+            return stats.overall_accuracy()
+        if self.key == "overconfidence":
+            return stats.overconfidence()
+        return stats.calibration_error(cast("Literal['l1', 'l2', 'max']", self.key)).float()
+
+    def reset(self) -> None:
+        super().reset()
+        self.owner.reset()
+
+    def _wrap_compute(self, compute: Any) -> Any:
+        # no "compute before update" warning (the owner is updated, not the entry) and nothing of its own to sync
+        return compute
+
+
 def _pads_samples(sampler: Any) -> bool:
     """Whether ``sampler`` repeats samples to give every process the same length (torch's DistributedSampler does)."""
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -46,6 +112,20 @@ def _pads_samples(sampler: Any) -> bool:
     if isinstance(sampler, (UnpaddedDistributedSampler, UnrepeatedDistributedSampler)):
         return False
     return sampler.total_size > len(sampler.dataset)  # type: ignore[arg-type]
+
+
+def logger_writes_this_step(trainer: Trainer) -> bool:
+    """Whether Lightning's loggers receive this training step's values (every ``log_every_n_steps``, and others).
+
+    A value logged ``on_step`` reaches the loggers only on these steps, while each ``self.log`` call costs Lightning
+    a few hundred µs whether or not it writes: step values logged only on these steps reach the loggers unchanged.
+    Valid from ``on_train_batch_start`` to the end of ``training_step``. Reads Lightning's logger connector (not
+    public API); where it lacks that property, every step counts as a logging step.
+    """
+    writes = getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", None)
+    if not isinstance(writes, bool):
+        return True
+    return writes or bool(getattr(trainer, "fast_dev_run", False))
 
 
 def _check_epsilon(value: Any) -> float:
@@ -148,16 +228,22 @@ class LabelSmoothingMixin:
         Returns:
             The scalar loss (``reduction="mean"``), with gradient.
         """
-        loss, stats = label_smoothed_cross_entropy_with_stats(
+        if stage is not None and stage not in _STAGES:
+            raise ValueError(f"Expected argument `stage` to be one of {_STAGES}, but got {stage!r}")
+        stage = stage if stage is not None else self._ls_stage()
+        loss, stats = _compute(
             logits,
             target,
             self.label_smoothing,
-            ignore_index=self.ls_ignore_index,
-            prior=self.label_smoothing_prior,
+            None,
+            self.ls_ignore_index,
+            "mean",
+            self.label_smoothing_prior,
+            with_stats=True,
+            brier=stage not in (None, "train"),  # the Brier score is a val/test measure
         )
-        stage = stage if stage is not None else self._ls_stage()
         if stage is not None:
-            self._ls_log(stage, (loss.loss, loss.h_pq, loss.h_uq), stats)
+            self._ls_log(stage, loss, stats)
         estimator = getattr(self, "ls_prior_estimator", None)
         if stage == "train" and estimator is not None:
             estimator.update(logits.detach(), target, stats.correct & stats.valid)
@@ -189,32 +275,36 @@ class LabelSmoothingMixin:
         stage = trainer.state.stage
         return None if stage is None else _STAGE_PREFIX.get(stage.value)
 
-    def _ls_log(self, stage: Stage, terms: tuple[Tensor, Tensor, Tensor], stats: LossStats) -> None:
-        if stage not in _STAGES:
-            raise ValueError(f"Expected argument `stage` to be one of {_STAGES}, but got {stage!r}")
-        if getattr(self, "_trainer", None) is None:
+    def _ls_log(self, stage: Stage, loss: LabelSmoothedCE, stats: LossStats) -> None:
+        trainer: Trainer | None = getattr(self, "_trainer", None)
+        if trainer is None:
             return
         if stage != "train":
             self._ls_warn_if_padded(stage)
-        metrics = cast("Mapping[str, Metric]", self._ls_metrics_for(stage, terms[0].device))
-        on_step = stage == "train"
-        for name, value in zip(_LOSS_TERMS, terms, strict=True):
-            # forward() also caches the batch value that Lightning logs on step; update() suffices for epoch-only.
-            (metrics[name] if on_step else metrics[name].update)(value.detach(), stats.weight_sum)
-        metrics["acc"].update(stats.correct, stats.valid)
-        for name in ("ece", "mce", "rmsce", "ece_adaptive", "overconfidence"):
-            if name in metrics:  # all but ece are val/test only
+        metrics = cast("Mapping[str, Metric]", self._ls_metrics_for(stage, loss.loss.device))
+        terms = cast(_LossTerms, metrics["terms"])
+        # Two state updates per batch: the weighted sums of the loss terms, and the calibration bins (accuracy, ece,
+        # mce, rmsce and overconfidence all derive from them); ece_adaptive keeps its fine histogram.
+        terms.update(loss, stats)
+        for name in ("ece", "ece_adaptive"):
+            if name in metrics:
                 metrics[name].update(stats.confidence, stats.correct, weight=stats.valid)
-        if "brier" in metrics:
-            metrics["brier"].update(stats.brier, weight=stats.valid)
-        for name, metric in metrics.items():
-            step_value = on_step and name in _LOSS_TERMS
-            # Each `self.log` costs Lightning a few hundred µs. An epoch-only metric needs one call per epoch: its
-            # state keeps accumulating, and Lightning computes and resets it at the epoch's end (update_count 1 is
-            # the first batch since that reset).
-            if step_value or metric.update_count == 1:
-                prog_bar = (name == "loss" and on_step) or (name == "acc" and stage == "val")
-                self._ls_log_metric(stage, name, metric, on_step=step_value, prog_bar=prog_bar)
+        # Each `self.log` costs Lightning a few hundred µs. An epoch value needs one call per epoch: the state keeps
+        # accumulating, and Lightning computes and resets it at the epoch's end (update_count 1 is the first batch
+        # since that reset). A step value needs a call on the steps the loggers write; the progress bar shows the
+        # loss every step.
+        first = terms.update_count == 1
+        if stage == "train":
+            logs = first or logger_writes_this_step(trainer)
+            for name, value in zip(_LOSS_TERMS, loss, strict=True):
+                if name == "loss" or logs:
+                    entry = metrics[name]
+                    entry._forward_cache = value.detach()  # type: ignore[assignment]  # the step value Lightning logs
+                    self._ls_log_metric(stage, name, entry, on_step=True, prog_bar=name == "loss")
+        if first:
+            for name, metric in metrics.items():
+                if name != "terms" and (stage != "train" or name not in _LOSS_TERMS):
+                    self._ls_log_metric(stage, name, metric, on_step=False, prog_bar=name == "acc" and stage == "val")
 
     def _ls_warn_if_padded(self, stage: Stage) -> None:
         checked: set[str] = self.__dict__.setdefault("_ls_padding_checked", set())
@@ -253,14 +343,15 @@ class LabelSmoothingMixin:
 
     def _ls_new_metrics(self, stage: Stage) -> nn.ModuleDict:
         n_bins = self.ls_n_bins
-        metrics: dict[str, nn.Module] = {name: WeightedMean() for name in (*_LOSS_TERMS, "acc")}
-        metrics["ece"] = BinnedCalibrationError(n_bins=n_bins, norm="l1")
+        terms = _LossTerms(brier=stage != "train")
+        ece = BinnedCalibrationError(n_bins=n_bins, norm="l1")
+        metrics: dict[str, nn.Module] = {"terms": terms}
+        metrics.update({name: _Entry(terms, name) for name in _LOSS_TERMS})
+        metrics.update(acc=_Entry(ece, "accuracy"), ece=ece)
         if stage != "train":
-            metrics["mce"] = BinnedCalibrationError(n_bins=n_bins, norm="max")
-            metrics["rmsce"] = BinnedCalibrationError(n_bins=n_bins, norm="l2")
+            metrics.update(mce=_Entry(ece, "max"), rmsce=_Entry(ece, "l2"))
             metrics["ece_adaptive"] = AdaptiveCalibrationError(n_bins=n_bins)
-            metrics["brier"] = BrierScore()
-            metrics["overconfidence"] = Overconfidence(n_bins=n_bins)
+            metrics.update(brier=_Entry(terms, "brier"), overconfidence=_Entry(ece, "overconfidence"))
         return nn.ModuleDict(metrics)
 
     def _load_from_state_dict(

@@ -423,3 +423,14 @@ def test_prior_is_built_by_jsonargparse(prior):
     assert repr(callback) == repr(LabelSmoothing(0.1, prior=prior))
     with pytest.raises(jsonargparse.ArgumentError):  # neither a known name nor a list of floats
         parser.parse_args(['--callback={"class_path": "ls_lightning.LabelSmoothing", "init_args": {"prior": "x"}}'])
+
+
+def test_state_key_follows_the_schedule_and_interval() -> None:
+    # Lightning reads state_key on every hook call, so it is cached: the cache must not outlive what it names.
+    callback = LabelSmoothing(0.1)
+    first = callback.state_key
+    assert callback.state_key is first
+    callback.schedule = Cosine(0.2, 0.0)
+    assert callback.state_key != first and "Cosine" in callback.state_key
+    callback.interval = "epoch"
+    assert "epoch" in callback.state_key

@@ -162,6 +162,68 @@ def test_training_logs_every_key_and_epsilon(tmp_path) -> None:
     assert model.label_smoothing == 0.3
 
 
+def test_step_values_reach_the_loggers_on_their_steps(tmp_path) -> None:
+    """Step values (h_pq, h_uq, ε) are handed to Lightning only on the steps its loggers write: the logger must see
+    at each of them the values of that very batch, and the progress bar must see the loss of every step."""
+    import csv
+
+    from ls_lightning.schedules import Linear
+
+    class Frozen(Net):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    class ProgressBarSpy(L.Callback):
+        def __init__(self) -> None:
+            self.seen: list[float | None] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.seen.append(trainer.progress_bar_metrics.get("train/loss_step"))  # the previous step's value
+
+    torch.manual_seed(0)
+    model, spy = Frozen(), ProgressBarSpy()
+    data = _data(40, ignore_frac=0.2)
+    x, y = data.tensors
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 40, 8)]
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    callback = LabelSmoothing(Linear(0.3, 0.0), total_steps=10)
+    trainer = _trainer(tmp_path, logger=logger, max_epochs=2, log_every_n_steps=3, callbacks=[callback, spy])
+    trainer.fit(model, DataLoader(data, batch_size=8))
+    logger.save()
+
+    def reference(step: int, eps: float) -> dict[str, float]:
+        bx, by = batches[step % 5]
+        with torch.no_grad():
+            z = model(bx)
+        keep = by != IGNORE
+        return {
+            "loss": F.cross_entropy(z, by, label_smoothing=eps, ignore_index=IGNORE).item(),
+            "h_pq": F.cross_entropy(z, by, ignore_index=IGNORE).item(),
+            "h_uq": -z[keep].log_softmax(-1).mean().item(),
+        }
+
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("train/h_pq_step")]
+    assert [int(row["step"]) for row in rows] == [2, 5, 8]  # log_every_n_steps=3 over 10 steps
+    for row in rows:
+        step = int(row["step"])
+        eps = 0.3 * (1 - step / 10)
+        assert float(row["train/epsilon"]) == pytest.approx(eps, abs=1e-7)
+        for name, value in reference(step, eps).items():
+            assert float(row[f"train/{name}_step"]) == pytest.approx(value, rel=1e-5), (step, name)
+    expected_bar = [reference(step, 0.3 * (1 - step / 10))["loss"] for step in range(9)]
+    assert spy.seen[0] is None and spy.seen[1:] == pytest.approx(expected_bar, rel=1e-5)
+
+
+def test_logger_writes_this_step_falls_back_to_every_step() -> None:
+    from ls_lightning.mixin import logger_writes_this_step
+
+    class NoConnector:  # a Lightning without the logger connector's property: log every step, never lose a value
+        fast_dev_run = False
+
+    assert logger_writes_this_step(NoConnector()) is True  # type: ignore[arg-type]
+
+
 def test_train_epoch_values_are_count_weighted(tmp_path) -> None:
     """With lr=0 the weights never change, so the epoch aggregate must equal the whole-data value."""
 
