@@ -1,10 +1,13 @@
 """Training-epoch time of the default digits model: mixin + callback against the same module with plain F.cross_entropy.
 
-All modules are the command line's default MLP on scikit-learn's digits with the same trainer settings. Two plain
+All modules are the command line's default MLP on scikit-learn's digits with the same trainer settings. Three plain
 references compute ``F.cross_entropy(..., label_smoothing=0.1)``: one logs only its loss (step and epoch), the
-usual minimum; the other logs what ours logs (loss, H(p,q), H(u,q) on step and epoch, accuracy and torchmetrics'
-ECE on epoch, ε on step) the way a user would write it by hand. Runs are interleaved and the median of each is
-compared, in one process.
+usual minimum; one logs what ours logs (loss, H(p,q), H(u,q) on step and epoch, accuracy and torchmetrics' ECE on
+epoch, ε on step) the way Lightning's and torchmetrics' documentation show, with a ``self.log`` call per key and
+step; and one hands Lightning the same keys in the fewest calls any module can (a step key on the steps the loggers
+write, an epoch key once per epoch) with nothing computed for them: its excess over the loss-only module is
+Lightning's own cost of the contract's keys, which no implementation of them avoids. Runs are interleaved and the
+median of each is compared, in one process.
 
     python benchmarks/step.py [--epochs 5] [--repeats 7]
 """
@@ -24,6 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 
 from ls_lightning import LabelSmoothing
 from ls_lightning.data import DigitsDataModule
+from ls_lightning.mixin import logger_writes_this_step
 from ls_lightning.models import MLP
 
 
@@ -62,6 +66,25 @@ class PlainLoggingMLP(MLP):
         return loss
 
 
+class PlainKeysFloorMLP(MLP):
+    """PyTorch's loss; the contract's keys handed to Lightning in the fewest calls, with placeholder values."""
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y, label_smoothing=0.1)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        value = loss.detach()
+        if batch_idx == 0 or logger_writes_this_step(self.trainer):
+            self.log("train/h_pq", value, on_step=True, on_epoch=True)
+            self.log("train/h_uq", value, on_step=True, on_epoch=True)
+        if logger_writes_this_step(self.trainer):
+            self.log("train/epsilon", 0.1, on_step=True, on_epoch=False, batch_size=1)
+        if batch_idx == 0:
+            self.log("train/acc", value, on_step=False, on_epoch=True)
+            self.log("train/ece", value, on_step=False, on_epoch=True)
+        return loss
+
+
 def _fit_seconds(model_cls: type[MLP], with_callback: bool, data: DigitsDataModule, epochs: int) -> float:
     torch.manual_seed(0)
     model = model_cls(num_features=64, num_classes=10, hidden_sizes=[128], lr=5e-3)
@@ -97,6 +120,7 @@ def main() -> None:
     runs: dict[str, tuple[type[MLP], bool]] = {
         "plain F.cross_entropy, loss logged": (PlainMLP, False),
         "plain F.cross_entropy, same keys logged": (PlainLoggingMLP, False),
+        "plain F.cross_entropy, same keys, fewest calls": (PlainKeysFloorMLP, False),
         "LabelSmoothingMixin + LabelSmoothing callback": (MLP, True),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
