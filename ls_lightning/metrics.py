@@ -182,12 +182,15 @@ def _binned_calibration_update(
         - Output: three float64 tensors of shape :math:`(n\_bins + 1)`.
     """
     index = _bin_index(confidence, n_bins)
-    conf = confidence.to(_STATE_DTYPE)
-    hit = correct.to(_STATE_DTYPE)
     w = None if weight is None else weight.to(_STATE_DTYPE)
-    if w is not None:
-        conf = torch.where(w != 0, conf, 0.0) * w
-        hit = hit * w
+    if weight is None:
+        conf, hit = confidence.to(_STATE_DTYPE), correct.to(_STATE_DTYPE)
+    elif weight.dtype == torch.bool:  # a mask (the mixin's valid positions): two ops fewer than a weight
+        conf = torch.where(weight, confidence, 0.0).to(_STATE_DTYPE)
+        hit = (correct & weight).to(_STATE_DTYPE)
+    else:
+        conf = torch.where(w != 0, confidence.to(_STATE_DTYPE), 0.0) * w
+        hit = correct.to(_STATE_DTYPE) * w
     slots = n_bins + 1
     if index.device.type == "cpu":
         # bincount's own loop beats float64 scatters on CPU; on CUDA it would read the maximum index back to the host
@@ -480,9 +483,9 @@ class _TopLabelBinnedMetric(Metric):
         confidences with ``(M,)`` bool correctness (no host sync); ``weight`` is an optional 0/1 mask."""
         confidence, correct, w = _as_top_label(preds, target, self.ignore_index, weight, self.validate_args)
         count, conf_sum, correct_sum = _binned_calibration_update(confidence, correct, self._n_slots, w)
-        self.count += count
-        self.conf_sum += conf_sum
-        self.correct_sum += correct_sum
+        self.count.add_(count)  # in place: no module attribute assignment per state on the training step
+        self.conf_sum.add_(conf_sum)
+        self.correct_sum.add_(correct_sum)
 
     def bin_stats(self, *, sync: bool = False) -> BinStats:
         """A copy of the per-bin sums; ``sync=True`` sums them over processes (a collective: call on every rank)."""
