@@ -182,13 +182,15 @@ def _binned_calibration_update(
         - Output: three float64 tensors of shape :math:`(n\_bins + 1)`.
     """
     index = _bin_index(confidence, n_bins)
-    w = None if weight is None else weight.to(_STATE_DTYPE)
+    w = None
     if weight is None:
         conf, hit = confidence.to(_STATE_DTYPE), correct.to(_STATE_DTYPE)
     elif weight.dtype == torch.bool:  # a mask (the mixin's valid positions): two ops fewer than a weight
+        w = weight.to(_STATE_DTYPE)
         conf = torch.where(weight, confidence, 0.0).to(_STATE_DTYPE)
         hit = (correct & weight).to(_STATE_DTYPE)
     else:
+        w = weight.to(_STATE_DTYPE)
         conf = torch.where(w != 0, confidence.to(_STATE_DTYPE), 0.0) * w
         hit = correct.to(_STATE_DTYPE) * w
     slots = n_bins + 1
