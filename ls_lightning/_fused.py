@@ -16,7 +16,7 @@ Notation, per row i with label y, class weights w (ones without ``weight``) and 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -35,9 +35,10 @@ class RowStats(NamedTuple):
     """Per-row results of one pass over the logits (rows: positions, flattened)."""
 
     qmax: Tensor  # max softmax probability, ≥ 1/C so its log never underflows
-    argmax: Tensor  # index of the max logit
+    top: Tensor  # max logit
+    argmax: Tensor | None  # index of the max probability, for correctness; None when not asked for
     vz: Tensor  # v_i · z_i (before the 1/C factor when v is uniform)
-    sqnorm: Tensor | None  # ‖q‖, for Σ q² (Brier); None when stats are not needed
+    sqnorm: Tensor | None  # ‖q‖, for Σ q² (Brier); None when not asked for
 
 
 class Smoothing(NamedTuple):
@@ -79,21 +80,25 @@ def row_pass(
     smoothing: Smoothing,
     coefs: tuple[Tensor, Tensor, Tensor] | None,
     grad: Tensor | None,
-    with_stats: bool,
+    argmax: bool = False,
+    sqnorm: bool = False,
 ) -> RowStats:
     """Read ``x`` once in row chunks; return the row statistics and, given ``grad`` and ``coefs``, fill ``grad``.
 
     ``coefs`` are the per-row (a, −b, −c) of the gradient ``a·q − b·v − c·δ_y``. ``y`` holds the flattened labels,
-    ignored rows set to a valid class. Rows are (n, d) pairs in that order, as ``target.reshape(-1)``.
+    ignored rows set to a valid class. Rows are (n, d) pairs in that order, as ``target.reshape(-1)``. ``argmax``
+    and ``sqnorm`` ask for those statistics (correctness, Brier): PyTorch's max-with-index reduction costs about
+    four times its max-only one on CPU, so the loss alone does without it.
     """
     x3, inner = _rows(x)
     n, num_classes = x3.shape[0], x3.shape[1]
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = RowStats(
         x.new_empty(y.numel(), dtype=acc),
-        torch.empty(y.numel(), dtype=torch.long, device=x.device),
         x.new_empty(y.numel(), dtype=acc),
-        x.new_empty(y.numel(), dtype=acc) if with_stats else None,
+        torch.empty(y.numel(), dtype=torch.long, device=x.device) if argmax else None,
+        x.new_empty(y.numel(), dtype=acc),
+        x.new_empty(y.numel(), dtype=acc) if sqnorm else None,
     )
     per_chunk = max(1, CHUNK_ELEMENTS // (num_classes * inner))
     direct = grad is not None and inner == 1 and grad.dtype == acc  # the gradient rows serve as workspace
@@ -123,17 +128,26 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
         torch.sum(xc * v.index_select(0, yc), 1, dtype=work.dtype, out=out.vz[r])
     if xc.dtype != work.dtype:  # half precision: a float32 copy of the chunk only, never of the whole input
         xc = work.copy_(xc)
-    qmax, norm = out.qmax[r], None if out.sqnorm is None else out.sqnorm[r]
+    qmax, top, norm = out.qmax[r], out.top[r], None if out.sqnorm is None else out.sqnorm[r]
+    index = None if out.argmax is None else out.argmax[r]
     if xc.shape[1] >= SOFTMAX_MIN_CLASSES:
-        # One fused kernel (max, exp and sum, scale); lse then comes from the top probability, which cannot underflow.
+        # One fused kernel (max, exp and sum, scale); lse then comes from the top logit and probability (which
+        # cannot underflow): lse = max z − log max q.
+        torch.amax(xc, 1, out=top)  # before the softmax: for half precision ``xc`` is ``work``
         torch._softmax(xc, 1, False, out=work)
-        torch.max(work, 1, out=(qmax, out.argmax[r]))
+        if index is None:
+            torch.amax(work, 1, out=qmax)
+        else:
+            torch.max(work, 1, out=(qmax, index))
         if norm is not None:
             torch.linalg.vector_norm(work, dim=1, out=norm)
         return True
     # Few classes: that kernel's per-row overhead dominates, separate ops are several times faster.
-    torch.max(xc, 1, out=(qmax, out.argmax[r]))
-    torch.sub(xc, qmax.unsqueeze(1), out=work).exp_()
+    if index is None:
+        torch.amax(xc, 1, out=top)
+    else:
+        torch.max(xc, 1, out=(top, index))
+    torch.sub(xc, top.unsqueeze(1), out=work).exp_()
     torch.sum(work, 1, out=qmax)
     qmax.reciprocal_()  # the top probability is exp(0) / Σ exp(z − max)
     if norm is not None:
@@ -206,8 +220,7 @@ class Terms(NamedTuple):
 def row_terms(x: Tensor, prep: Prepared, rows: RowStats) -> Terms:
     """H(p,q) and H(u,q) per row from the pass's statistics (vectorised over rows, O(M))."""
     index_shape = (x.shape[0], 1, *x.shape[2:])
-    top = x.gather(1, rows.argmax.view(index_shape)).reshape(-1).to(rows.qmax.dtype)
-    lse = top - rows.qmax.log()
+    lse = rows.top - rows.qmax.log()
     z_y = x.gather(1, prep.y.view(index_shape)).reshape(-1).to(lse.dtype)
     h_pq = prep.wy * (lse - z_y)
     v = prep.smoothing.v
@@ -251,10 +264,11 @@ def fused_forward(
     reduction: str,
     with_stats: bool,
     grad: Tensor | None,
+    brier: bool = True,
 ) -> Outputs:
     """Loss, both terms and row stats from one pass; writes d loss / dx into ``grad`` when given.
 
-    ``with_stats`` asks for ‖q‖ per row as well, the one statistic only the Brier score needs.
+    ``with_stats`` asks for the argmax (correctness) and, with ``brier``, ‖q‖ per row as well.
 
     The mean's denominator depends on the labels only, so it is folded into the gradient here: backward then has
     nothing to do for the usual ``loss.backward()`` (grad_output 1).
@@ -264,7 +278,7 @@ def fused_forward(
     coefs = None
     if grad is not None:
         coefs = forward_coefficients(prep, eps, None if denominator is None else denominator.reciprocal())
-    rows = row_pass(x, prep.y, prep.smoothing, coefs, grad, with_stats)
+    rows = row_pass(x, prep.y, prep.smoothing, coefs, grad, argmax=with_stats, sqnorm=with_stats and brier)
     terms = row_terms(x, prep, rows)
     h_pq = reduce(terms.h_pq, reduction, denominator, target.shape)
     h_uq = reduce(terms.h_uq, reduction, denominator, target.shape)
@@ -293,7 +307,7 @@ def run(
     ``brier=False`` leaves the Brier values empty and saves the pass computing ‖q‖ (training needs no Brier score).
     """
     prep = prepare(x, target, weight, prior, ignore_index)
-    out = fused_forward(x, target, eps, prep, reduction, with_stats and brier, grad)
+    out = fused_forward(x, target, eps, prep, reduction, with_stats, grad, brier)
     return prep, out, row_stats(out, target, prep, with_stats)
 
 
@@ -358,7 +372,7 @@ def _recompute_grad(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: 
     if ctx.norm is not None:
         alpha, beta = alpha / ctx.norm, beta / ctx.norm
     alpha, beta = alpha.reshape(-1).to(zero.dtype), beta.reshape(-1).to(zero.dtype)
-    row_pass(x, ctx.prep.y, ctx.prep.smoothing, coefficients(ctx.prep, alpha, beta), grad, with_stats=False)
+    row_pass(x, ctx.prep.y, ctx.prep.smoothing, coefficients(ctx.prep, alpha, beta), grad)
 
 
 def row_stats(out: Outputs, target: Tensor, prep: Prepared, with_stats: bool) -> tuple[Tensor, ...]:
@@ -374,5 +388,5 @@ def row_stats(out: Outputs, target: Tensor, prep: Prepared, with_stats: bool) ->
         brier = rows.qmax.new_empty(0, dtype=torch.float32)
     else:
         brier = (rows.sqnorm.square() - 2 * (out.terms.z_y - out.terms.lse).exp() + 1).float()
-    correct = rows.argmax == target.reshape(-1)
+    correct = cast(Tensor, rows.argmax) == target.reshape(-1)
     return rows.qmax.float(), correct, prep.valid.bool(), brier, out.weight_sum.float()
