@@ -82,13 +82,15 @@ def row_pass(
     grad: Tensor | None,
     argmax: bool = False,
     sqnorm: bool = False,
+    uniform: tuple[float, float] | None = None,
 ) -> RowStats:
     """Read ``x`` once in row chunks; return the row statistics and, given ``grad`` and ``coefs``, fill ``grad``.
 
     ``coefs`` are the per-row (a, −b, −c) of the gradient ``a·q − b·v − c·δ_y``. ``y`` holds the flattened labels,
     ignored rows set to a valid class. Rows are (n, d) pairs in that order, as ``target.reshape(-1)``. ``argmax``
     and ``sqnorm`` ask for those statistics (correctness, Brier): PyTorch's max-with-index reduction costs about
-    four times its max-only one on CPU, so the loss alone does without it.
+    four times its max-only one on CPU, so the loss alone does without it. ``uniform`` gives (a, −b) as numbers
+    when every row has the same (see :func:`uniform_coefficients`).
     """
     x3, inner = _rows(x)
     n, num_classes = x3.shape[0], x3.shape[1]
@@ -111,7 +113,7 @@ def row_pass(
         normalised = _chunk(_chunk_view(x3, n0, n1), work, y[r], smoothing, out, r)
         if grad3 is not None and coefs is not None:
             a = coefs[0][r] if normalised else coefs[0][r] * out.qmax[r]  # exp(z − max)·qmax = softmax(z)
-            _chunk_grad(work, y[r], smoothing, (a, coefs[1][r], coefs[2][r]))
+            _chunk_grad(work, y[r], smoothing, (a, coefs[1][r], coefs[2][r]), uniform if normalised else None)
             if not direct:
                 grad3[n0:n1].copy_(work.view(n1 - n0, inner, num_classes).transpose(1, 2))
     return out
@@ -155,11 +157,25 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
     return False
 
 
-def _chunk_grad(work: Tensor, yc: Tensor, smoothing: Smoothing, coefs: tuple[Tensor, Tensor, Tensor]) -> None:
-    """Turn ``work`` into the gradient ``a·q − b·v − c·δ_y`` in place (coefs: a, −b, −c; ``a·work`` = ``a·q``)."""
+def _chunk_grad(
+    work: Tensor,
+    yc: Tensor,
+    smoothing: Smoothing,
+    coefs: tuple[Tensor, Tensor, Tensor],
+    uniform: tuple[float, float] | None = None,
+) -> None:
+    """Turn ``work`` into the gradient ``a·q − b·v − c·δ_y`` in place (coefs: a, −b, −c; ``a·work`` = ``a·q``).
+
+    With ``uniform`` (a, −b as numbers, the same for every row) one ``add`` with a scalar ``alpha`` does the first
+    two terms: on CPU that pass costs under half of the three-tensor ``addcmul`` (1024×32000: 3.7 ms against 8.5).
+    """
     a, neg_b, neg_c = coefs
     v = smoothing.v
-    if isinstance(v, float):  # one pass: work = −b·v + a·work
+    if uniform is not None and not (isinstance(v, Tensor) and v.dim() == 2):
+        scale, shift = uniform
+        term = work.new_full((), shift * v) if isinstance(v, float) else v * shift
+        torch.add(term, work, alpha=scale, out=work)
+    elif isinstance(v, float):  # one pass: work = −b·v + a·work
         torch.addcmul((neg_b * v).unsqueeze(1), work, a.unsqueeze(1), out=work)
     elif v.dim() == 1:
         work.mul_(a.unsqueeze(1)).addr_(neg_b, v)
@@ -278,11 +294,26 @@ def fused_forward(
     coefs = None
     if grad is not None:
         coefs = forward_coefficients(prep, eps, None if denominator is None else denominator.reciprocal())
-    rows = row_pass(x, prep.y, prep.smoothing, coefs, grad, argmax=with_stats, sqnorm=with_stats and brier)
+    uniform = None if coefs is None else uniform_coefficients(x, prep, coefs)
+    rows = row_pass(x, prep.y, prep.smoothing, coefs, grad, with_stats, with_stats and brier, uniform)
     terms = row_terms(x, prep, rows)
     h_pq = reduce(terms.h_pq, reduction, denominator, target.shape)
     h_uq = reduce(terms.h_uq, reduction, denominator, target.shape)
     return Outputs(combine(h_pq, h_uq, eps), h_pq, h_uq, weight_sum, denominator, terms)
+
+
+def uniform_coefficients(x: Tensor, prep: Prepared, coefs: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float] | None:
+    """(a, −b) as numbers when every row has the same: no class weights, no ignored row, no (C, C) prior.
+
+    Read on the CPU only, where it costs no device synchronisation; elsewhere, and under ``torch.compile``, None.
+    """
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or prep.wy is not prep.valid or prep.y.numel() == 0:
+        return None
+    if isinstance(prep.smoothing.v, Tensor) and prep.smoothing.v.dim() == 2:
+        return None
+    if not bool(prep.valid.all()):
+        return None
+    return float(coefs[0][0]), float(coefs[1][0])
 
 
 def combine(h_pq: Tensor, h_uq: Tensor, eps: float | Tensor) -> Tensor:
