@@ -54,6 +54,24 @@ def test_chunked_pass_matches_torch(tiny_chunks, shape, reduction, weighted):
     torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x))
 
 
+@pytest.mark.parametrize("far", [False, True])
+def test_label_probability_underflow_falls_back(tiny_chunks, far):
+    """On the CPU the loss takes lse from the label's own probability; where that underflows (a label logit far
+    below the top one) its chunk must fall back to the top pair and stay exact."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(9, C, generator=gen)
+    target = torch.randint(0, C, (9,), generator=gen)
+    if far:  # q_y = exp(-200) is 0 in float32
+        x[4, target[4]] = -100.0
+        x[4, (target[4] + 1) % C] = 100.0
+    x.requires_grad_()
+    out = label_smoothed_cross_entropy(x, target, 0.1)
+    expected = F.cross_entropy(x.double(), target, label_smoothing=0.1)
+    torch.testing.assert_close(out.loss.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.h_pq.double(), F.cross_entropy(x.double(), target), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("kind", ["vector", "matrix"])
 def test_chunked_prior_matches_oracle(tiny_chunks, kind):
     x, target = _data((10, C), ignored=False)
