@@ -147,7 +147,9 @@ class LabelSmoothingMixin:
     during training, epoch otherwise), ``{stage}/acc`` and ``{stage}/ece`` (epoch), and for val and test also
     ``mce``, ``rmsce``, ``ece_adaptive``, ``brier`` and ``overconfidence`` (epoch). Epoch values are torchmetrics
     states weighted by the number of counted positions, so they are exact over all samples of all processes.
-    Confidence and correctness come from the loss's own pass over the logits: no second softmax.
+    Confidence and correctness come from the loss's own pass over the logits: no second softmax. The training
+    loss goes to Lightning every step (progress bar); the step values of ``h_pq`` and ``h_uq`` on the steps
+    Lightning's loggers write (see :func:`logger_writes_this_step`), which is all the loggers ever receive.
 
     Put the mixin first among the bases. The user's ``__init__`` need not know about it: every argument has a
     default, and a module whose ``__init__`` never reaches the mixin's (the mixin placed after LightningModule)
