@@ -13,7 +13,13 @@ from torch.utils.data import DistributedSampler
 from torchmetrics import Metric
 
 from ls_lightning.functional import LabelSmoothedCE, LossStats, _compute
-from ls_lightning.metrics import _STATE_DTYPE, AdaptiveCalibrationError, BinnedCalibrationError, BinStats
+from ls_lightning.metrics import (
+    _STATE_DTYPE,
+    AdaptiveCalibrationError,
+    BinnedCalibrationError,
+    BinStats,
+    _safe_divide,
+)
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
@@ -24,8 +30,6 @@ Stage = Literal["train", "val", "test"]
 _STAGE_PREFIX: dict[str, Stage] = {"train": "train", "validate": "val", "test": "test"}
 _STAGES: tuple[Stage, ...] = ("train", "val", "test")
 _LOSS_TERMS = ("loss", "h_pq", "h_uq")
-# Calibration measures logged for val and test; training keeps to acc and ece so that a step stays cheap.
-_EVAL_MEASURES = ("mce", "rmsce", "ece_adaptive", "brier", "overconfidence")
 
 
 class _LossTerms(Metric):
@@ -55,7 +59,7 @@ class _LossTerms(Metric):
             self.sums[3].add_(torch.dot(stats.brier, stats.valid.to(stats.brier.dtype)))
 
     def compute(self) -> Tensor:
-        return torch.where(self.weight > 0, self.sums / torch.where(self.weight > 0, self.weight, 1.0), 0.0)
+        return _safe_divide(self.sums, self.weight).to(torch.get_default_dtype())
 
 
 class _Entry(Metric):
