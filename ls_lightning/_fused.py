@@ -27,6 +27,10 @@ from torch import Tensor
 # chunk costs four OpenMP fork/joins, which stall for a time slice when another process holds a core; 2**22 was
 # about 3× less sensitive to that than 2**20. Sweep with `python benchmarks/loss.py --chunk N`.
 CHUNK_ELEMENTS = 1 << 22
+# On an accelerator a chunk costs ~10 kernel launches of a few µs each, and no cache holds it anyway: a
+# 8192×32000 input in CPU-sized chunks would spend longer launching kernels than moving its 1 GiB. There the chunk
+# is 2**26 elements (a 256 MiB float32 workspace at most): 8192×32000 takes four chunks. Not yet measured on a GPU.
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 26
 # From this many classes on, PyTorch's fused softmax kernel beats max/sub/exp/sum ops (measured crossover ≈ 50).
 SOFTMAX_MIN_CLASSES = 64
 
@@ -102,7 +106,8 @@ def row_pass(
         x.new_empty(y.numel(), dtype=acc),
         x.new_empty(y.numel(), dtype=acc) if sqnorm else None,
     )
-    per_chunk = max(1, CHUNK_ELEMENTS // (num_classes * inner))
+    budget = CHUNK_ELEMENTS if x.device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
+    per_chunk = max(1, budget // (num_classes * inner))
     direct = grad is not None and inner == 1 and grad.dtype == acc  # the gradient rows serve as workspace
     ws = None if direct else x.new_empty(min(n, per_chunk) * inner, num_classes, dtype=acc)
     grad3 = None if grad is None else grad.view(x3.shape)

@@ -245,3 +245,22 @@ def test_composite_path_matrix_prior(composite_path):
     out = label_smoothed_cross_entropy(x, target, 0.4, prior=prior)
     torch.testing.assert_close(out.loss, oracle)
     torch.testing.assert_close(_grad(out.loss, x), _grad(oracle, x))
+
+
+def test_accelerator_inputs_take_larger_chunks(monkeypatch):
+    """Off the CPU a chunk costs kernel launches, not cache: the budget is ACCELERATOR_CHUNK_ELEMENTS. The meta
+    device runs the whole pass on shapes alone, so the 1 GiB case costs nothing here."""
+    rows = []
+    real = _fused._chunk
+
+    def spy(xc, *args, **kwargs):
+        rows.append(xc.shape[0])
+        return real(xc, *args, **kwargs)
+
+    monkeypatch.setattr(_fused, "_chunk", spy)
+    x = torch.empty(8192, 32000, device="meta", requires_grad=True)
+    target = torch.empty(8192, dtype=torch.long, device="meta")
+    label_smoothed_cross_entropy(x, target, 0.1).loss.backward()
+    per_chunk = _fused.ACCELERATOR_CHUNK_ELEMENTS // 32000
+    assert rows == [per_chunk] * (8192 // per_chunk) + [8192 % per_chunk]
+    assert x.grad is not None and x.grad.shape == x.shape
