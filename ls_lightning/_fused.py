@@ -126,16 +126,16 @@ def row_pass(
 
 def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowStats, r: slice) -> bool:
     """Statistics of one chunk; leaves softmax(z) in ``work`` (returns True) or exp(z − max) (returns False)."""
-    v = smoothing.v
-    if isinstance(v, float):
-        torch.sum(xc, 1, dtype=work.dtype, out=out.vz[r])
-    elif v.dim() == 1:
-        torch.mv(xc.to(work.dtype), v, out=out.vz[r])
-    else:
-        torch.sum(xc * v.index_select(0, yc), 1, dtype=work.dtype, out=out.vz[r])
     source = xc
     if xc.dtype != work.dtype:  # half precision: a float32 copy of the chunk only, never of the whole input
-        xc = work.copy_(xc)
+        xc = work.copy_(xc)  # (the sums below read it: a float32 pass is several times faster than a half one)
+    v = smoothing.v
+    if isinstance(v, float):
+        torch.sum(xc, 1, out=out.vz[r])
+    elif v.dim() == 1:
+        torch.mv(xc, v, out=out.vz[r])
+    else:
+        torch.sum(xc * v.index_select(0, yc), 1, out=out.vz[r])
     qmax, top, norm = out.qmax[r], out.top[r], None if out.sqnorm is None else out.sqnorm[r]
     index = None if out.argmax is None else out.argmax[r]
     if xc.shape[1] >= SOFTMAX_MIN_CLASSES:
