@@ -38,8 +38,11 @@ SOFTMAX_MIN_CLASSES = 64
 class RowStats(NamedTuple):
     """Per-row results of one pass over the logits (rows: positions, flattened)."""
 
-    qmax: Tensor  # max softmax probability, ≥ 1/C so its log never underflows
-    top: Tensor  # max logit
+    # (top, qmax): a logit and its softmax probability, so that lse = top − log qmax. The top class's (qmax ≥ 1/C: its
+    # log never underflows), except in the CPU loss-only path, which takes the label's where no q_y underflows.
+    # Confidence (with stats) and the few-class path's normaliser are the top class's.
+    qmax: Tensor
+    top: Tensor
     argmax: Tensor | None  # index of the max probability, for correctness; None when not asked for
     vz: Tensor  # v_i · z_i (before the 1/C factor when v is uniform)
     sqnorm: Tensor | None  # ‖q‖, for Σ q² (Brier); None when not asked for
