@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -18,9 +18,6 @@ from ls_lightning.losses import LabelSmoothedCrossEntropy
 from ls_lightning.mixin import LabelSmoothingMixin, logger_writes_this_step
 from ls_lightning.priors import OnlinePrior, class_frequency, fixed_prior, prior_matrix
 from ls_lightning.schedules import Constant, Schedule
-
-if TYPE_CHECKING:
-    from ls_lightning.mixin import LabelSmoothingMixin, logger_writes_this_step
 
 __all__ = ["LabelSmoothing"]
 
