@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothingMixin
 from ls_lightning.data import UnpaddedDistributedSampler
@@ -63,14 +64,10 @@ def _validate(tmp_path: Path, devices: int, state: dict[str, Tensor]) -> dict[st
     model = Net()
     model.load_state_dict(state)
     callbacks = [ReliabilityDiagram(dirpath=tmp_path, dpi=40), RecordingTemperatureScaling(str(tmp_path))]
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        tmp_path,
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
         callbacks=callbacks,
     )
     (logged,) = trainer.validate(model, verbose=False)

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from trainers import quiet_trainer
 
 from ls_lightning.callback import LabelSmoothing
 from ls_lightning.schedules import Constant, Cosine, Linear, Step
@@ -75,19 +76,8 @@ class RecordingCEModel(CEModel):
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        log_every_n_steps=1,
-    )
-    options.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **options)
+    options = {"devices": 1, "max_epochs": 2, "log_every_n_steps": 1, **kwargs}
+    return quiet_trainer(tmp_path, callbacks=callbacks, **options)
 
 
 def _cosine(start: float, end: float, t: float) -> float:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.data import TensorDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
@@ -122,20 +123,14 @@ def cast_net(module: L.LightningModule) -> Net:
 
 def _trainer(out: Path, devices: int, **kwargs: Any) -> L.Trainer:
     options: dict[str, Any] = dict(
-        accelerator="cpu",
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
         max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
-        default_root_dir=out,
         # ε per epoch: the same ε schedule on 1 and 2 processes, so that the loss is comparable as well
         callbacks=[LabelSmoothing(SCHEDULE, interval="epoch"), Recorder(str(out))],
     )
-    return L.Trainer(**{**options, **kwargs})
+    return quiet_trainer(out, **{**options, **kwargs})
 
 
 def _read(out: Path, stage: str, rank: int = 0) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassCalibrationError
+from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothingMixin
 from ls_lightning import diagrams as diagrams_module
@@ -59,16 +60,7 @@ def _data(n: int = 45, seed: int = 0) -> TensorDataset:
 
 
 def _trainer(tmp_path: Path, callbacks: list, **kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        max_epochs=2,
-    )
-    return L.Trainer(callbacks=callbacks, **{**options, **kwargs})
+    return quiet_trainer(tmp_path, callbacks=callbacks, **{"max_epochs": 2, **kwargs})
 
 
 def _reference_bins(model: Net, data: TensorDataset, n_bins: int = 15) -> BinStats:

@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import brier_score_loss
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassCalibrationError
+from trainers import quiet_trainer
 
 from ls_lightning import metrics as metrics_module
 from ls_lightning.metrics import (
@@ -447,8 +448,7 @@ def test_logged_epoch_values_through_lightning() -> None:
             self.brier.update(z, y)
             self.log_dict({"val/ece": self.ece, "val/acc": self.acc, "val/brier": self.brier}, on_epoch=True)
 
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)  # fmt: skip
+    trainer = quiet_trainer()
     trainer.validate(Module(), DataLoader(TensorDataset(logits, target), batch_size=64), verbose=False)
     logged = trainer.callback_metrics
     torch.testing.assert_close(logged["val/ece"], _reference(logits, target, 15, "l1"))

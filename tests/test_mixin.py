@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassCalibrationError
+from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 
@@ -57,16 +58,7 @@ def _data(n: int = 53, seq: int | None = None, ignore_frac: float = 0.0, seed: i
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, **{"devices": 1, **kwargs})
 
 
 def _reference(model: Net, data: TensorDataset, eps: float) -> dict[str, float]:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.priors import OnlinePrior, batch_labels, class_frequency, fixed_prior, prior_matrix
@@ -82,18 +83,8 @@ class Net(LabelSmoothingMixin, L.LightningModule):
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(callbacks=callbacks, **{**options, **kwargs})
+    options = {"devices": 1, "max_epochs": 1, "num_sanity_val_steps": 0, **kwargs}
+    return quiet_trainer(tmp_path, callbacks=callbacks, **options)
 
 
 def _loader(data: Dataset, shuffle: bool = False) -> DataLoader:

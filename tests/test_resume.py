@@ -17,6 +17,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.schedules import Cosine
@@ -149,16 +150,7 @@ class Net(LabelSmoothingMixin, L.LightningModule):
 
 
 def _trainer(tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    return quiet_trainer(tmp_path, max_epochs=1, callbacks=callbacks)
 
 
 def test_each_callback_instance_gets_its_own_state_back(tmp_path: Path) -> None:

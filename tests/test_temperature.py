@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassCalibrationError
+from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothingMixin
 from ls_lightning.diagrams import TemperatureScaling
@@ -138,16 +139,7 @@ def _dataset(n: int, seed: int) -> TensorDataset:
 
 
 def _trainer(tmp_path, callbacks: list, **kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        max_epochs=2,
-    )
-    return L.Trainer(callbacks=callbacks, **{**options, **kwargs})
+    return quiet_trainer(tmp_path, callbacks=callbacks, **{"max_epochs": 2, **kwargs})
 
 
 def test_callback_logs_the_grid_search_temperature_and_torchmetrics_ece(tmp_path) -> None:
