@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
@@ -32,9 +32,28 @@ _STAGES: tuple[Stage, ...] = ("train", "val", "test")
 _LOSS_TERMS = ("loss", "h_pq", "h_uq")
 
 
-class _LossTerms(Metric):
-    """Weighted epoch means of the loss, H(p,q), H(u,q) and (val/test) the Brier score, from one state update.
+# A stage's batches wait in a buffer and enter the metric states together: on CPU and GPU alike, a small batch's state
+# update costs a dozen op dispatches (or kernel launches) whatever its size, the buffered update once per fold.
+_FOLD_POSITIONS = 1 << 14  # fold once the buffer holds this many positions (memory: ~6 bytes each) ...
+_FOLD_BATCHES = 128  # ... or this many batches
 
+
+class _Buffer:
+    __slots__ = ("batches", "count", "positions")
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[Tensor, Tensor, Tensor, LossStats]] = []
+        self.positions = 0
+        self.count = 0  # batches added since the last reset
+
+
+class _LossTerms(Metric):
+    """A stage's loss statistics: weighted epoch means of the loss, H(p,q), H(u,q), (val/test) the Brier score, and
+    the batches' confidence and correctness for the calibration metrics (``sinks``).
+
+    ``add`` buffers a batch; ``fold`` adds the buffered batches to this metric's states and updates the sinks with
+    their positions, in one update each. Folds happen when the buffer is full and before anything reads a state
+    (the entries' ``compute``, ``calibration_bins``, a device move); ``reset`` drops the buffer with the states.
     Batch means enter weighted by the batch's ``weight_sum`` (its number of counted positions: the mixin uses no
     class weights), so the epoch value is the mean over positions, exact across batches and processes.
     ``compute`` returns ``(loss, h_pq, h_uq, brier)``; 0 for an empty epoch, brier 0 unless kept.
@@ -45,37 +64,78 @@ class _LossTerms(Metric):
     sums: Tensor
     weight: Tensor
 
-    def __init__(self, brier: bool = False, **kwargs: Any) -> None:
+    def __init__(self, brier: bool = False, sinks: Sequence[Metric] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.brier = brier
         self.add_state("sums", torch.zeros(4, dtype=_STATE_DTYPE), dist_reduce_fx="sum")
         self.add_state("weight", torch.zeros((), dtype=_STATE_DTYPE), dist_reduce_fx="sum")
+        self.__dict__["_sinks"] = tuple(sinks)  # plain references: the sinks are registered where they live
+        self.__dict__["_buffer"] = _Buffer()
 
-    def update(self, loss: LabelSmoothedCE, stats: LossStats) -> None:
-        # in place, a few ops and no host sync: this runs every training step
-        self.sums[:3].addcmul_(torch.stack([t.detach() for t in loss]), stats.weight_sum)
-        self.weight.add_(stats.weight_sum)
-        if self.brier:
-            self.sums[3].add_(torch.dot(stats.brier, stats.valid.to(stats.brier.dtype)))
+    @property
+    def batches_added(self) -> int:
+        """Batches added since the last reset, folded or not."""
+        return cast(_Buffer, self.__dict__["_buffer"]).count
+
+    def add(self, loss: LabelSmoothedCE, stats: LossStats) -> None:
+        """Buffer one batch (a few µs, no state update and no host sync); fold when the buffer is full."""
+        buffer = cast(_Buffer, self.__dict__["_buffer"])
+        buffer.batches.append((loss.loss.detach(), loss.h_pq.detach(), loss.h_uq.detach(), stats))
+        buffer.positions += stats.confidence.numel()
+        buffer.count += 1
+        if buffer.positions >= _FOLD_POSITIONS or len(buffer.batches) >= _FOLD_BATCHES:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add the buffered batches to the states of this metric and of the sinks."""
+        buffer = cast(_Buffer, self.__dict__["_buffer"])
+        batches = buffer.batches
+        if not batches:
+            return
+        buffer.batches, buffer.positions = [], 0
+        stats = [batch[3] for batch in batches]
+        terms = torch.stack([term for batch in batches for term in batch[:3]]).view(len(batches), 3)
+        weights = torch.stack([s.weight_sum for s in stats])
+        confidence, correct, valid = (torch.cat(parts) for parts in zip(*(s[:3] for s in stats), strict=True))
+        brier = torch.cat([s.brier for s in stats]) if self.brier else None
+        self.update(terms, weights, valid, brier)
+        for sink in cast("tuple[Metric, ...]", self.__dict__["_sinks"]):
+            sink.update(confidence, correct, weight=valid)
+
+    def update(self, terms: Tensor, weights: Tensor, valid: Tensor, brier: Tensor | None = None) -> None:
+        """Add (K, 3) batch means of loss, H(p,q), H(u,q) weighted by their (K,) counts, and (M,) Brier scores."""
+        self.sums[:3].add_(weights.to(_STATE_DTYPE) @ terms.to(_STATE_DTYPE))
+        self.weight.add_(weights.sum())
+        if self.brier and brier is not None:
+            self.sums[3].add_(torch.dot(brier, valid.to(brier.dtype)))
 
     def compute(self) -> Tensor:
         return _safe_divide(self.sums, self.weight).to(torch.get_default_dtype())
+
+    def reset(self) -> None:
+        super().reset()
+        self.__dict__["_buffer"] = _Buffer()
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.fold()  # the buffered tensors live where the states do: fold before the states move or change dtype
+        return super()._apply(fn, *args, **kwargs)
 
 
 class _Entry(Metric):
     """One logged value derived from another metric's state: what ``self.log`` gets for each key.
 
-    Lightning computes a logged Metric at the epoch's end and then resets it; an entry computes its value from the
-    owner (whose compute syncs the states across processes) and resets the owner. It has no state of its own, so
-    updating and syncing the owner once serves every key derived from it.
+    Lightning computes a logged Metric at the epoch's end and then resets it; an entry folds its stage's buffered
+    batches (``source``), computes its value from the owner (whose compute syncs the states across processes) and
+    resets both. It has no state of its own, so updating and syncing the owner once serves every key derived from it.
     """
 
     is_differentiable = False
     full_state_update = False
 
-    def __init__(self, owner: Metric, key: str, **kwargs: Any) -> None:
+    def __init__(self, owner: Metric, key: str, source: _LossTerms, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.__dict__["_owner"] = owner  # a plain reference: the owner is registered where it lives
+        self.__dict__["_owner"] = owner  # plain references: both are registered where they live
+        self.__dict__["_source"] = source
         self.key = key
 
     @property
@@ -86,9 +146,12 @@ class _Entry(Metric):
         raise RuntimeError(f"{type(self).__name__}({self.key!r}) is updated through its owner")
 
     def compute(self) -> Tensor:
+        cast(_LossTerms, self.__dict__["_source"]).fold()
         owner = self.owner
         if isinstance(owner, _LossTerms):
             return owner.compute()[(*_LOSS_TERMS, "brier").index(self.key)]
+        if isinstance(owner, AdaptiveCalibrationError):
+            return owner.compute()
         stats = cast(BinnedCalibrationError, owner).bin_stats(sync=True)
         if self.key == "accuracy":
             return stats.overall_accuracy()
@@ -98,11 +161,17 @@ class _Entry(Metric):
 
     def reset(self) -> None:
         super().reset()
+        self.__dict__["_source"].reset()
         self.owner.reset()
 
     def _wrap_compute(self, compute: Any) -> Any:
         # no "compute before update" warning (the owner is updated, not the entry) and nothing of its own to sync
         return compute
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> _Entry:
+        # nothing of its own to move or convert (the owner moves where it is registered); Lightning moves each logged
+        # metric to the value's device on every `self.log`, and torchmetrics' `_apply` would allocate to find it
+        return self
 
 
 def _pads_samples(sampler: Any) -> bool:
@@ -272,7 +341,8 @@ class LabelSmoothingMixin:
         metrics = self._modules.get(f"_ls_{stage}_metrics")  # type: ignore[attr-defined]
         if metrics is None:
             return None
-        return cast(BinnedCalibrationError, metrics["ece"]).bin_stats(sync=sync)
+        cast(_LossTerms, metrics["terms"]).fold()
+        return cast(BinnedCalibrationError, metrics["bins"]).bin_stats(sync=sync)
 
     def _ls_stage(self) -> Stage | None:
         trainer: Trainer | None = getattr(self, "_trainer", None)
@@ -289,17 +359,14 @@ class LabelSmoothingMixin:
             self._ls_warn_if_padded(stage)
         metrics = cast("Mapping[str, Metric]", self._ls_metrics_for(stage, loss.loss.device))
         terms = cast(_LossTerms, metrics["terms"])
-        # Two state updates per batch: the weighted sums of the loss terms, and the calibration bins (accuracy, ece,
-        # mce, rmsce and overconfidence all derive from them); ece_adaptive keeps its fine histogram.
-        terms.update(loss, stats)
-        for name in ("ece", "ece_adaptive"):
-            if name in metrics:
-                metrics[name].update(stats.confidence, stats.correct, weight=stats.valid)
+        # One buffered update per batch: the loss terms and the positions for the calibration bins (accuracy, ece,
+        # mce, rmsce and overconfidence all derive from them; val/test also feed ece_adaptive's fine histogram).
+        terms.add(loss, stats)
         # Each `self.log` costs Lightning a few hundred µs. An epoch value needs one call per epoch: the state keeps
-        # accumulating, and Lightning computes and resets it at the epoch's end (update_count 1 is the first batch
-        # since that reset). A step value needs a call on the steps the loggers write; the progress bar shows the
-        # loss every step.
-        first = terms.update_count == 1
+        # accumulating, and Lightning computes and resets it at the epoch's end (the first batch since that reset
+        # logs it). A step value needs a call on the steps the loggers write; the progress bar shows the loss every
+        # step.
+        first = terms.batches_added == 1
         if stage == "train":
             logs = first or logger_writes_this_step(trainer)
             for name, value in zip(_LOSS_TERMS, loss, strict=True):
@@ -309,7 +376,7 @@ class LabelSmoothingMixin:
                     self._ls_log_metric(stage, name, entry, on_step=True, prog_bar=name == "loss")
         if first:
             for name, metric in metrics.items():
-                if name != "terms" and (stage != "train" or name not in _LOSS_TERMS):
+                if isinstance(metric, _Entry) and (stage != "train" or name not in _LOSS_TERMS):
                     self._ls_log_metric(stage, name, metric, on_step=False, prog_bar=name == "acc" and stage == "val")
 
     def _ls_warn_if_padded(self, stage: Stage) -> None:
@@ -349,15 +416,19 @@ class LabelSmoothingMixin:
 
     def _ls_new_metrics(self, stage: Stage) -> nn.ModuleDict:
         n_bins = self.ls_n_bins
-        terms = _LossTerms(brier=stage != "train")
-        ece = BinnedCalibrationError(n_bins=n_bins, norm="l1")
-        metrics: dict[str, nn.Module] = {"terms": terms}
-        metrics.update({name: _Entry(terms, name) for name in _LOSS_TERMS})
-        metrics.update(acc=_Entry(ece, "accuracy"), ece=ece)
+        bins = BinnedCalibrationError(n_bins=n_bins, norm="l1")
+        sinks: list[Metric] = [bins]
         if stage != "train":
-            metrics.update(mce=_Entry(ece, "max"), rmsce=_Entry(ece, "l2"))
-            metrics["ece_adaptive"] = AdaptiveCalibrationError(n_bins=n_bins)
-            metrics.update(brier=_Entry(terms, "brier"), overconfidence=_Entry(ece, "overconfidence"))
+            sinks.append(AdaptiveCalibrationError(n_bins=n_bins))
+        # "terms" first: a device move folds its buffer while the sinks are still where the buffered tensors are
+        terms = _LossTerms(brier=stage != "train", sinks=sinks)
+        metrics: dict[str, nn.Module] = {"terms": terms, "bins": bins}
+        metrics.update({name: _Entry(terms, name, terms) for name in _LOSS_TERMS})
+        metrics.update(acc=_Entry(bins, "accuracy", terms), ece=_Entry(bins, "l1", terms))
+        if stage != "train":
+            metrics.update(mce=_Entry(bins, "max", terms), rmsce=_Entry(bins, "l2", terms))
+            metrics.update(adaptive=sinks[1], ece_adaptive=_Entry(sinks[1], "adaptive", terms))
+            metrics.update(brier=_Entry(terms, "brier", terms), overconfidence=_Entry(bins, "overconfidence", terms))
         return nn.ModuleDict(metrics)
 
     def _load_from_state_dict(
