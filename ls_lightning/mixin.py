@@ -372,7 +372,7 @@ class LabelSmoothingMixin:
             for name, value in zip(_LOSS_TERMS, loss, strict=True):
                 if name == "loss" or logs:
                     entry = metrics[name]
-                    entry._forward_cache = value.detach()  # type: ignore[assignment]  # the step value Lightning logs
+                    entry.__dict__["_forward_cache"] = value.detach()  # the step value Lightning logs
                     self._ls_log_metric(stage, name, entry, on_step=True, prog_bar=name == "loss")
         if first:
             for name, metric in metrics.items():
