@@ -161,8 +161,10 @@ class _Entry(Metric):
 
     def reset(self) -> None:
         super().reset()
-        self.__dict__["_source"].reset()
-        self.owner.reset()
+        # Lightning resets every entry; the first resets the shared metrics, the others find them unused since
+        for metric in (cast(_LossTerms, self.__dict__["_source"]), self.owner):
+            if metric.update_count or (isinstance(metric, _LossTerms) and metric.batches_added):
+                metric.reset()
 
     def _wrap_compute(self, compute: Any) -> Any:
         # no "compute before update" warning (the owner is updated, not the entry) and nothing of its own to sync
