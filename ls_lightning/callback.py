@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast, get_args
 
 import lightning.pytorch as pl
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ls_lightning.losses import LabelSmoothedCrossEntropy
-from ls_lightning.mixin import LabelSmoothingMixin, logger_writes_this_step
+from ls_lightning.mixin import LabelSmoothingMixin, MetricGroup, check_log_metrics, check_log_prefix
 from ls_lightning.priors import OnlinePrior, class_frequency, fixed_prior, prior_matrix
 from ls_lightning.schedules import Constant, Schedule
 
@@ -48,7 +48,8 @@ class LabelSmoothing(Callback):
 
     ε is written to the ``label_smoothing`` attribute of the LightningModule when it is a ``LabelSmoothingMixin``, and
     of every ``torch.nn.CrossEntropyLoss`` and ``LabelSmoothedCrossEntropy`` submodule, so a plain LightningModule
-    that holds an ``nn.CrossEntropyLoss`` is scheduled too. It is logged as ``train/epsilon`` on every step.
+    that holds an ``nn.CrossEntropyLoss`` is scheduled too. It is logged as ``train/epsilon`` on every step (as a
+    per-step ``self.log``: in ``trainer.callback_metrics`` after each step, to the loggers every ``log_every_n_steps``).
 
     ε depends only on the trainer's counters, which are equal on all processes and restored on resume, so every DDP
     rank uses the same ε and a resumed run follows the curve of an uninterrupted one.
@@ -72,6 +73,10 @@ class LabelSmoothing(Callback):
             checkpoints); the sums of an unfinished epoch are in this callback's state, so a resumed run continues.
         num_classes: C, needed by ``"class_frequency"`` and ``"online"`` when neither the module (``num_classes``
             hyper-parameter or attribute) nor the datamodule (``num_classes`` attribute) tells it.
+        log_metrics: the groups of keys a ``LabelSmoothingMixin`` module logs (its ``log_metrics``), set on it when
+            the fit starts; ``None`` leaves the module's own choice.
+        log_prefix: put between ``{stage}/`` and every key the plugin logs (``train/{log_prefix}epsilon``, and the
+            mixin's keys: its ``log_prefix``); ``None`` leaves the module's (``""`` without the mixin).
 
     Raises:
         TypeError: if ``schedule`` is neither a float nor a ``Schedule``, or ``total_steps`` is not an int.
@@ -98,6 +103,8 @@ class LabelSmoothing(Callback):
         total_steps: int | None = None,
         prior: _PRIOR_NAMES | Sequence[float] | Tensor | None = None,
         num_classes: int | None = None,
+        log_metrics: Sequence[MetricGroup] | None = None,
+        log_prefix: str | None = None,
     ) -> None:
         self.schedule = self._check_schedule(schedule)
         if interval not in get_args(_INTERVAL):
@@ -113,10 +120,14 @@ class LabelSmoothing(Callback):
         self.estimator: OnlinePrior | None = None  # online label smoothing: this fit's accumulator
         self._restored_online: dict[str, Tensor] | None = None
         self._global_rank = 0
+        self.log_metrics = None if log_metrics is None else check_log_metrics(log_metrics)
+        self.log_prefix = None if log_prefix is None else check_log_prefix(log_prefix)
 
     def __repr__(self) -> str:
         extra = "" if self.prior is None else f", prior={self._prior_state()!r}"
         extra += "" if self.num_classes is None else f", num_classes={self.num_classes!r}"
+        extra += "" if self.log_metrics is None else f", log_metrics={self.log_metrics!r}"
+        extra += "" if self.log_prefix is None else f", log_prefix={self.log_prefix!r}"
         return (
             f"{type(self).__name__}(schedule={self.schedule!r}, interval={self.interval!r},"
             f" total_steps={self.total_steps!r}{extra})"
@@ -138,6 +149,11 @@ class LabelSmoothing(Callback):
             self._check_run_is_finite(trainer)
             self._check_prior_target(pl_module)
             self._global_rank = trainer.global_rank
+        if isinstance(pl_module, LabelSmoothingMixin):  # before any key is logged, in every stage
+            if self.log_metrics is not None:
+                pl_module.ls_log_metrics = self.log_metrics
+            if self.log_prefix is not None:
+                pl_module.ls_log_prefix = self.log_prefix
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -437,10 +453,14 @@ class LabelSmoothing(Callback):
         self.epsilon = epsilon
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epsilon: float) -> None:
-        if trainer.barebones or not logger_writes_this_step(trainer):  # barebones: Lightning warns on every `log`
+        if trainer.barebones:  # Lightning warns on every `log`
             return
+        log: Callable[..., None] = pl_module.log
+        prefix = self.log_prefix or ""
+        if isinstance(pl_module, LabelSmoothingMixin):
+            prefix, log = pl_module.ls_log_prefix, pl_module._ls_log_own  # not taken for a key of the module's
         # the same value on every rank, so no sync; batch_size given since it cannot be inferred from a float
-        pl_module.log("train/epsilon", epsilon, on_step=True, on_epoch=False, batch_size=1)
+        log(f"train/{prefix}epsilon", epsilon, on_step=True, on_epoch=False, batch_size=1)
 
     def _warn_if_state_missing(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("callbacks") or {}

@@ -99,16 +99,6 @@ def _exact_adaptive_ece(model: Net, data: TensorDataset, n_bins: int = 15) -> fl
     return sum(len(g) / n * abs(correct[order[g]].mean() - conf[order[g]].mean()).item() for g in groups if len(g))
 
 
-@pytest.fixture(params=["at compute", "every batch", "every 20 positions"])
-def fold_bound(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """When the buffered batches enter the states: only when a value is computed (these small epochs), after every
-    batch, or once at least 20 positions wait (every few batches, also within an epoch)."""
-    if request.param == "every batch":
-        monkeypatch.setattr(mixin, "_FOLD_BATCHES", 1)
-    elif request.param == "every 20 positions":
-        monkeypatch.setattr(mixin, "_FOLD_POSITIONS", 20)
-
-
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
 def test_loss_equals_pytorch_outside_a_trainer(eps: float) -> None:
     model = Net()
@@ -123,7 +113,6 @@ def test_loss_equals_pytorch_outside_a_trainer(eps: float) -> None:
     torch.testing.assert_close(g_ours, g_ref)
 
 
-@pytest.mark.usefixtures("fold_bound")
 @pytest.mark.parametrize(
     ("seq", "ignore_frac", "log_probs", "stage"),
     [(None, 0.0, False, "validate"), (None, 0.2, True, "test"), (4, 0.3, False, "validate"), (3, 0.0, True, "test")],
@@ -142,7 +131,7 @@ def test_epoch_values_equal_whole_data_reference(tmp_path, seq, ignore_frac, log
         assert logged[f"{prefix}/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
-def test_buffered_batches_enter_the_states_once_and_reset_drops_them() -> None:
+def test_loss_terms_add_each_batch_weighted_and_reset_drops_them() -> None:
     from ls_lightning.functional import label_smoothed_cross_entropy_with_stats
     from ls_lightning.metrics import BinnedCalibrationError
 
@@ -152,11 +141,7 @@ def test_buffered_batches_enter_the_states_once_and_reset_drops_them() -> None:
     terms = mixin._LossTerms(sinks=[bins])
     for logits, target in batches:
         terms.add(*label_smoothed_cross_entropy_with_stats(logits, target, 0.2))
-    assert terms.batches_added == 3 and bins.update_count == 0  # nothing folded yet
-    terms.to("cpu")  # a device move folds first: the buffered tensors are where the states were
-    assert bins.update_count == 1 and terms.update_count == 1
-    terms.fold()  # nothing left to fold
-    assert bins.update_count == 1
+    assert terms.update_count == 3 and bins.update_count == 3
 
     logits, target = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     expected = [F.cross_entropy(logits, target, label_smoothing=0.2), F.cross_entropy(logits, target)]
@@ -164,10 +149,7 @@ def test_buffered_batches_enter_the_states_once_and_reset_drops_them() -> None:
     reference = MulticlassCalibrationError(num_classes=C, n_bins=15)(logits.softmax(-1), target)
     torch.testing.assert_close(bins.compute().float(), reference)
 
-    terms.add(*label_smoothed_cross_entropy_with_stats(*batches[0], 0.2))
-    terms.reset()  # what Lightning does at the epoch's end: the buffer goes with the states
-    assert terms.batches_added == 0
-    terms.fold()
+    terms.reset()  # what Lightning does at the epoch's end
     assert terms.update_count == 0 and terms.weight.item() == 0
 
 
@@ -247,16 +229,6 @@ def test_step_values_reach_the_loggers_on_their_steps(tmp_path) -> None:
     assert spy.seen[0] is None and spy.seen[1:] == pytest.approx(expected_bar, rel=1e-5)
 
 
-def test_logger_writes_this_step_falls_back_to_every_step() -> None:
-    from ls_lightning.mixin import logger_writes_this_step
-
-    class NoConnector:  # a Lightning without the logger connector's property: log every step, never lose a value
-        fast_dev_run = False
-
-    assert logger_writes_this_step(NoConnector()) is True  # type: ignore[arg-type]
-
-
-@pytest.mark.usefixtures("fold_bound")
 def test_train_epoch_values_are_count_weighted(tmp_path) -> None:
     """With lr=0 the weights never change, so the epoch aggregate must equal the whole-data value."""
 
@@ -360,7 +332,6 @@ def test_prior_set_in_training_is_restored_into_a_fresh_module() -> None:
     torch.testing.assert_close(fresh.label_smoothing_prior, trained.label_smoothing_prior)
 
 
-@pytest.mark.usefixtures("fold_bound")
 def test_calibration_bins_match_the_logged_ece(tmp_path) -> None:
     class Bins(Net):
         def on_validation_epoch_end(self) -> None:
@@ -420,7 +391,6 @@ def test_each_evaluation_run_logs_its_own_data_only(tmp_path) -> None:
         assert logged[f"val/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
-@pytest.mark.usefixtures("fold_bound")
 def test_train_epoch_values_are_per_epoch(tmp_path) -> None:
     """Two epochs over different halves of the data (lr = 0): each epoch's values are its own half's."""
 
