@@ -229,6 +229,72 @@ def test_step_values_reach_the_loggers_on_their_steps(tmp_path) -> None:
     assert spy.seen[0] is None and spy.seen[1:] == pytest.approx(expected_bar, rel=1e-5)
 
 
+def test_callback_metrics_hold_each_steps_values(tmp_path) -> None:
+    """After every training step, as after a per-step ``self.log``: ε of that step and the step's loss terms, also
+    between the loggers' steps (Lightning's default log_every_n_steps=50 over 8 steps)."""
+    from ls_lightning.schedules import Linear
+
+    class Spy(L.Callback):
+        def __init__(self) -> None:
+            self.expected: list[dict[str, float]] = []
+            self.seen: list[dict[str, float]] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            x, y = batch
+            with torch.no_grad():
+                z = pl_module(x)
+            eps = 0.3 * (1 - trainer.global_step / 8)
+            self.expected.append(
+                {
+                    "train/epsilon": eps,
+                    "train/loss_step": F.cross_entropy(z, y, label_smoothing=eps).item(),
+                    "train/h_pq_step": F.cross_entropy(z, y).item(),
+                    "train/h_uq_step": -z.log_softmax(-1).mean().item(),
+                }
+            )
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.seen.append({key: float(trainer.callback_metrics[key]) for key in self.expected[-1]})
+
+    torch.manual_seed(0)
+    spy = Spy()
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[LabelSmoothing(Linear(0.3, 0.0), total_steps=8), spy])
+    trainer.fit(Net(), DataLoader(_data(32), batch_size=8))
+    assert len(spy.seen) == 8
+    for seen, expected in zip(spy.seen, spy.expected, strict=True):
+        assert seen == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_log_options_are_validated() -> None:
+    class Configured(LabelSmoothingMixin, L.LightningModule):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+
+    model = Configured(log_metrics=["terms", "perplexity"], log_prefix="ls_")
+    assert model.ls_log_metrics == ("terms", "perplexity") and model.ls_log_prefix == "ls_"
+    with pytest.raises(ValueError, match=r"`log_metrics`.*'ece'"):
+        Configured(log_metrics=["loss", "ece"])
+    with pytest.raises(TypeError, match=r"`log_metrics`.*'loss'"):
+        Configured(log_metrics="loss")
+    with pytest.raises(TypeError, match=r"`log_prefix`.*3"):
+        Configured(log_prefix=3)
+    with pytest.raises(ValueError, match=r"`log_metrics`.*'acc '"):
+        LabelSmoothing(0.1, log_metrics=["acc "])
+
+
+def test_perplexity_is_the_exponential_of_the_epoch_h_pq(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    model.ls_log_metrics = ("terms", "perplexity")
+    data = _data(29)
+    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
+    x, y = data.tensors
+    with torch.no_grad():
+        reference = F.cross_entropy(model(x), y).exp().item()
+    assert logged["val/perplexity"] == pytest.approx(reference, rel=1e-5)
+    assert "val/ece" not in logged and "val/loss" not in logged
+
+
 def test_train_epoch_values_are_count_weighted(tmp_path) -> None:
     """With lr=0 the weights never change, so the epoch aggregate must equal the whole-data value."""
 
