@@ -170,7 +170,6 @@ def test_two_line_change_keeps_the_modules_keys_and_adds_ours(tmp_path: Path, pl
 def test_a_prefix_logs_ours_beside_the_modules_own(tmp_path: Path, plain_run: dict) -> None:
     ours = _run(SmoothedLitModule(), tmp_path, "prefixed", callbacks=[LabelSmoothing(EPS, log_prefix="ls/")])
     _check_own_keys(ours, plain_run)
-    x, y = _loaders()["test"].dataset.tensors
     assert "train/ls/epsilon" in ours["fit"] and "train/epsilon" not in ours["fit"]
     # test/ls/loss is ours (count-weighted over the split); test/loss stays the module's mean of batch means
     assert ours["test"]["test/ls/loss"] != pytest.approx(ours["test"]["test/loss"], rel=1e-7)
