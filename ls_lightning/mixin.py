@@ -289,6 +289,19 @@ class LabelSmoothingMixin:
     @label_smoothing.setter
     def label_smoothing(self, value: float) -> None:
         self._label_smoothing = _check_epsilon(value)
+        tensor = self.__dict__.get("_ls_epsilon_tensor")
+        if tensor is None:
+            self.__dict__["_ls_epsilon_tensor"] = torch.tensor(self._label_smoothing)
+        else:
+            tensor.fill_(self._label_smoothing)
+
+    def _ls_epsilon(self) -> float | Tensor:
+        """ε for the loss: the float, or in a step traced by ``torch.compile`` a 0-d CPU tensor holding it (data, not
+        a constant of the graph, so that a new ε does not recompile the step)."""
+        if not torch.compiler.is_compiling():
+            return self._label_smoothing
+        tensor = self.__dict__.get("_ls_epsilon_tensor")
+        return tensor if tensor is not None else self._label_smoothing
 
     @property
     def ls_log_metrics(self) -> tuple[MetricGroup, ...]:
@@ -337,7 +350,7 @@ class LabelSmoothingMixin:
         loss, stats = _compute(
             logits,
             target,
-            self.label_smoothing,
+            self._ls_epsilon(),
             None,
             self.ls_ignore_index,
             "mean",
@@ -389,7 +402,7 @@ class LabelSmoothingMixin:
             hidden,
             linear_weight,
             target,
-            self.label_smoothing,
+            self._ls_epsilon(),
             linear_bias,
             None,
             self.ls_ignore_index,
