@@ -34,8 +34,10 @@ __all__ = [
     "PriorConfig",
     "ScheduleConfig",
     "SyntheticDataConfig",
+    "TextDataConfig",
     "TrainConfig",
     "TrainerConfig",
+    "TransformerConfig",
     "register_configs",
     "validate_config",
 ]
@@ -224,6 +226,21 @@ class SyntheticDataConfig(DataConfig):
 
 
 @dataclass
+class TextDataConfig(DataConfig):
+    _target_: str = "ls_lightning.data.TextDataModule"
+    batch_size: int = _ranged(16, _POSITIVE_INT)
+    vocab_size: int = _ranged(8192, _Range(258, hint="the 256 bytes and 2 special tokens"))
+    block_size: int = _ranged(64, _POSITIVE_INT)
+    max_corpus_bytes: int = _ranged(1_000_000, _POSITIVE_INT)
+    val_fraction: float = _ranged(0.03, _FRACTION)
+    test_fraction: float = _ranged(0.03, _FRACTION)
+    train_sequences_per_epoch: Optional[int] = _ranged(None, _Range(1, optional=True))
+    min_frequency: int = _ranged(2, _POSITIVE_INT)
+    split_seed: int = 0
+    cache_dir: Optional[str] = None
+
+
+@dataclass
 class ModelConfig:
     _target_: str = MISSING
     lr: float = _ranged(1e-3, _Range(0.0, low_open=True))
@@ -244,6 +261,17 @@ class CNNConfig(ModelConfig):
     channels: list[int] = field(default_factory=lambda: [16, 32], metadata={"rule": _POSITIVE_INT})
     hidden_size: int = _ranged(64, _POSITIVE_INT)
     dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    _target_: str = "ls_lightning.models.Transformer"
+    d_model: int = _ranged(128, _POSITIVE_INT)
+    num_layers: int = _ranged(2, _POSITIVE_INT)
+    num_heads: int = _ranged(4, _POSITIVE_INT)
+    dim_feedforward: int = _ranged(512, _POSITIVE_INT)
+    dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
+    tie_weights: bool = True
 
 
 # --- trainer, paths, root ----------------------------------------------------------------------------------------
@@ -330,8 +358,10 @@ _SCHEMAS: dict[tuple[str | None, str], type] = {
     (None, "train_schema"): TrainConfig,
     ("data", "digits_schema"): DigitsDataConfig,
     ("data", "synthetic_schema"): SyntheticDataConfig,
+    ("data", "text_schema"): TextDataConfig,
     ("model", "mlp_schema"): MLPConfig,
     ("model", "cnn_schema"): CNNConfig,
+    ("model", "transformer_schema"): TransformerConfig,
     ("label_smoothing/schedule", "none_schema"): NoneScheduleConfig,
     ("label_smoothing/schedule", "constant_schema"): ConstantScheduleConfig,
     ("label_smoothing/schedule", "linear_schema"): LinearScheduleConfig,

@@ -1,4 +1,5 @@
-"""Built-in classifiers of the command line: an MLP and a small CNN, trained with the label-smoothed loss."""
+"""Built-in models of the command line: an MLP and a small CNN (classifiers), and a small decoder-only Transformer
+language model, trained with the label-smoothed loss."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
 
-from ls_lightning.mixin import LabelSmoothingMixin
+from ls_lightning.mixin import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup
 
-__all__ = ["CNN", "MLP", "Classifier"]
+__all__ = ["CNN", "MLP", "Classifier", "Transformer"]
 
 
 class Classifier(LabelSmoothingMixin, L.LightningModule):
@@ -173,3 +174,113 @@ class CNN(Classifier):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.view(-1, 1, self.image_size, self.image_size))
+
+
+class Transformer(Classifier):
+    """Small decoder-only Transformer language model: next-token prediction on (N, T) token ids.
+
+    Token and learned position embeddings, ``num_layers`` pre-norm blocks (causal self-attention and a GELU
+    feed-forward layer, ``torch.nn.TransformerEncoderLayer`` with a causal mask), a final LayerNorm and a linear
+    output layer, whose weight is the token embedding's when ``tie_weights``. The steps never build the (N, T, V)
+    logits: the loss is the mixin's ``label_smoothed_linear_loss`` of the final hidden states and the output weight,
+    so the memory of a step does not grow with N·T·V. Targets equal to the mixin's ``ignore_index`` (padding) count
+    nowhere. Logs perplexity (exp of the epoch's H(p,q)) besides the mixin's keys, token by token.
+
+    Args:
+        num_features: the context length T of the data (its ``block_size``): the number of learned positions.
+        num_classes: the vocabulary size V.
+        d_model: the width of the hidden states D.
+        num_layers: the number of blocks.
+        num_heads: attention heads; must divide ``d_model``.
+        dim_feedforward: the width of each block's feed-forward layer.
+        dropout: dropout of the blocks and of the embeddings, in [0, 1).
+        tie_weights: use the token embedding as the output layer's weight.
+        log_metrics: the mixin's groups of logged keys (see :class:`~ls_lightning.LabelSmoothingMixin`).
+        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+
+    Raises:
+        ValueError: if ``num_heads`` does not divide ``d_model`` or a size is out of range.
+
+    Shape:
+        - Input: (N, T) token ids, T <= ``num_features``.
+        - Output of ``hidden``: (N, T, d_model); of ``forward``: (N, T, num_classes) logits (built in full: for
+          inference on short inputs).
+
+    Example:
+        >>> model = Transformer(num_features=16, num_classes=300, d_model=32, num_heads=2, dim_feedforward=64)
+        >>> tokens = torch.randint(0, 300, (2, 16))
+        >>> model.hidden(tokens).shape, model(tokens).shape
+        (torch.Size([2, 16, 32]), torch.Size([2, 16, 300]))
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        d_model: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        dim_feedforward: int = 512,
+        dropout: float = 0.0,
+        tie_weights: bool = True,
+        log_metrics: Sequence[MetricGroup] = (*DEFAULT_LOG_METRICS, "perplexity"),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        sizes = dict(num_features=num_features, num_classes=num_classes, d_model=d_model, num_layers=num_layers)
+        for name, value in {**sizes, "num_heads": num_heads, "dim_feedforward": dim_feedforward}.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}")
+        _check_dropout(dropout)
+        if d_model % num_heads:
+            raise ValueError(f"Expected argument `num_heads` to divide `d_model` = {d_model}, but got {num_heads}")
+        self.ls_log_metrics = log_metrics
+        self.save_hyperparameters(ignore=["prior"])
+        self.token_embedding = nn.Embedding(num_classes, d_model)
+        self.position_embedding = nn.Embedding(num_features, d_model)
+        self.dropout = nn.Dropout(dropout)
+        block = nn.TransformerEncoderLayer(
+            d_model, num_heads, dim_feedforward, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.lm_head = None if tie_weights else nn.Linear(d_model, num_classes, bias=False)
+        for weight in [self.token_embedding.weight, self.position_embedding.weight]:
+            # GPT-2's scale: with N(0, 1) rows, tied logits of a unit-variance hidden state would start at std √D
+            nn.init.normal_(weight, std=0.02)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    @property
+    def lm_head_weight(self) -> Tensor:
+        """The (V, D) weight of the output layer: the token embedding's when the weights are tied."""
+        return self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden(self, tokens: Tensor) -> Tensor:
+        """The final hidden states (N, T, D) of (N, T) token ids: position t sees the tokens up to t."""
+        length = tokens.shape[-1]
+        if length > self.position_embedding.num_embeddings:
+            raise ValueError(
+                f"Expected inputs of at most {self.position_embedding.num_embeddings} tokens (`num_features`), but"
+                f" got {length}"
+            )
+        positions = torch.arange(length, device=tokens.device)
+        h = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device, dtype=h.dtype)
+        return self.norm(self.blocks(h, mask=mask, is_causal=True))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return nn.functional.linear(self.hidden(tokens), self.lm_head_weight)
+
+    def _step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        tokens, target = batch
+        return self.label_smoothed_linear_loss(self.hidden(tokens), self.lm_head_weight, target)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch)
