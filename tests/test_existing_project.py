@@ -206,3 +206,21 @@ def test_two_line_change_under_ddp_spawn(tmp_path: Path) -> None:
     _check_own_keys(ours, plain)
     assert {"train/h_pq", "val/h_pq", "val/ece", "train/epsilon"} <= set(ours["fit"])
     assert {"test/h_pq", "test/ece"} <= set(ours["test"])
+
+
+def test_log_options_from_hydra() -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from ls_lightning.config import register_configs
+
+    register_configs()
+    overrides = ["callbacks.label_smoothing.log_prefix=ls_", "callbacks.label_smoothing.log_metrics=[terms,acc]"]
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    node = cfg.callbacks.label_smoothing
+    callback = instantiate(node, _convert_="all")
+    assert callback.log_prefix == "ls_" and callback.log_metrics == ("terms", "acc")
+    module = SmoothedLitModule()
+    callback.setup(quiet_trainer(), module, "fit")
+    assert module.ls_log_prefix == "ls_" and module.ls_log_metrics == ("terms", "acc")
