@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "label_smoothed_cross_entropy": "ls_lightning.functional",
     "LabelSmoothedCE": "ls_lightning.functional",
+    "linear_label_smoothed_cross_entropy": "ls_lightning.functional",
     "LabelSmoothedCrossEntropy": "ls_lightning.losses",
     "LabelSmoothingMixin": "ls_lightning.mixin",
     "LabelSmoothing": "ls_lightning.callback",
@@ -28,11 +29,16 @@ __all__ = [
     "LabelSmoothingMixin",
     "__version__",
     "label_smoothed_cross_entropy",
+    "linear_label_smoothed_cross_entropy",
 ]
 
 if TYPE_CHECKING:
     from ls_lightning.callback import LabelSmoothing
-    from ls_lightning.functional import LabelSmoothedCE, label_smoothed_cross_entropy
+    from ls_lightning.functional import (
+        LabelSmoothedCE,
+        label_smoothed_cross_entropy,
+        linear_label_smoothed_cross_entropy,
+    )
     from ls_lightning.losses import LabelSmoothedCrossEntropy
     from ls_lightning.metrics import BinnedCalibrationError
     from ls_lightning.mixin import LabelSmoothingMixin

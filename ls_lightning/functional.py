@@ -426,3 +426,7 @@ def check_prior(prior: Tensor, num_classes: int | None = None) -> None:
             f"within {_PRIOR_TOLERANCE}), but got min {prior.min().item():.4g} and row sums "
             f"{prior.sum(-1).flatten()[:4].tolist()}"
         )
+
+
+# The fused linear + loss (ls_lightning._linear), part of this module's public functions; imported last: it uses them.
+from ls_lightning._linear import linear_label_smoothed_cross_entropy, linear_label_smoothed_cross_entropy_with_stats  # noqa: E402, F401

@@ -1,0 +1,628 @@
+r"""The fused linear + label-smoothed loss: logits ``h @ W.T + b`` made and consumed one chunk of rows at a time.
+
+Each chunk of logits goes through the one-pass kernel of :mod:`ls_lightning._fused` (row statistics and, when a
+gradient is needed, the gradient ``g`` of the logits), and is then folded at once into the gradients the loss must
+return: ``dh = g @ W``, ``dW += g.T @ h``, ``db += Σ g``. Backward only scales those by grad_output, so the loss
+never holds more than one chunk of logits (and its gradient) on top of the gradients of its inputs.
+
+Under ``torch.compile`` the same eager kernel runs as the registered custom op ``ls_lightning::linear_ce`` (with a
+fake implementation and an autograd formula), so the compiled graph has no break and does not depend on ε's value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ls_lightning import _fused
+
+# Logits per chunk on the CPU: two buffers of this many elements (the logits and their float32 gradient), 32 MiB.
+# Each chunk also reads and writes the whole of dW (V×D) once, which favours large chunks; 4096×512→32000 measured
+# flat from 2**21 to 2**24 on the 2-core machine (noisy: the matmuls dominate). Sweep with
+# `python benchmarks/linear.py --chunk N`.
+CHUNK_ELEMENTS = 1 << 22
+# On an accelerator: kernel launches, not cache, are the per-chunk cost (as in _fused). Not yet measured on a GPU.
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 26
+# A (V, V) prior holds V² numbers (1 GiB of float32 at this size) and is refused above it: use a (V,) prior.
+MAX_MATRIX_PRIOR_CLASSES = 1 << 14
+
+
+class Grads(NamedTuple):
+    """Gradients of the loss with respect to the hidden states, the weight and the bias (None: not needed)."""
+
+    input: Tensor | None
+    weight: Tensor | None
+    bias: Tensor | None
+
+
+def chunk_rows(num_classes: int, device: torch.device) -> int:
+    """Rows per chunk of logits: the element budget of the device over the number of classes (at least one)."""
+    budget = CHUNK_ELEMENTS if device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
+    return max(1, budget // max(1, num_classes))
+
+
+class _Accumulator:
+    """dh, dW and db of one pass, built chunk by chunk (dW and db in float32 for half-precision parameters)."""
+
+    def __init__(self, h: Tensor, w: Tensor, b: Tensor | None, need: tuple[bool, bool, bool], acc: torch.dtype):
+        self.h = torch.empty_like(h) if need[0] else None
+        self.first = True
+        # A half-precision dW summed over chunks in its own dtype would round once per chunk: sum in float32.
+        self.wide = w.dtype != acc and h.shape[0] > chunk_rows(w.shape[0], h.device)
+        self.w = None if not need[1] else w.new_empty(w.shape, dtype=acc if self.wide else w.dtype)
+        self.b = None if not (need[2] and b is not None) else w.new_zeros(w.shape[0], dtype=acc)
+        self.tmp: Tensor | None = None
+
+    def add(self, g: Tensor, g_acc: Tensor, hc: Tensor, w: Tensor, r: slice) -> None:
+        """Fold one chunk's logit gradient ``g`` (matmul dtype; ``g_acc`` its float32 original) into the sums."""
+        if self.h is not None:
+            torch.mm(g, w, out=self.h[r])
+        if self.w is not None:
+            if self.first:
+                torch.mm(g.t(), hc, out=self.w) if not self.wide else self.w.zero_()
+            if self.wide:
+                self.tmp = torch.mm(g.t(), hc, out=self.tmp) if self.tmp is not None else torch.mm(g.t(), hc)
+                self.w.add_(self.tmp)
+            elif not self.first:
+                self.w.addmm_(g.t(), hc)
+        if self.b is not None:
+            self.b.add_(g_acc.sum(0))
+        self.first = False
+
+    def result(self, w: Tensor, b: Tensor | None) -> Grads:
+        gw = self.w if self.w is None or self.w.dtype == w.dtype else self.w.to(w.dtype)
+        gb = self.b if self.b is None or b is None else self.b.to(b.dtype)
+        return Grads(self.h, gw, gb)
+
+
+def _pass(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    prep: _fused.Prepared,
+    coefs: tuple[Tensor, Tensor, Tensor] | None,
+    need: tuple[bool, bool, bool],
+    stats: tuple[bool, bool] = (False, False),
+    uniform: tuple[float, float] | None = None,
+) -> tuple[list[_fused.Terms], Grads]:
+    """Chunk by chunk: logits, the fused pass (with ``coefs``: their gradient), and that gradient's matmuls.
+
+    ``stats`` asks the pass for (argmax, ‖q‖); ``uniform`` is :func:`_fused.uniform_coefficients` of ``coefs``.
+    """
+    m, num_classes = h.shape[0], w.shape[0]
+    acc = prep.valid.dtype
+    rows = min(max(m, 1), chunk_rows(num_classes, h.device))
+    logits = h.new_empty(rows, num_classes)
+    grad = None if coefs is None else h.new_empty(rows, num_classes, dtype=acc)
+    narrow = None if grad is None or h.dtype == acc else h.new_empty(rows, num_classes)  # g in the matmul dtype
+    sums = _Accumulator(h, w, b, need if coefs is not None else (False, False, False), acc)
+    terms = []
+    for r0 in range(0, max(m, 1), rows):
+        r = slice(r0, min(m, r0 + rows))
+        hc, n = h[r], r.stop - r0
+        lc = torch.mm(hc, w.t(), out=logits[:n]) if b is None else torch.addmm(b, hc, w.t(), out=logits[:n])
+        gc = None if grad is None else grad[:n]
+        chunk_coefs = None if coefs is None else (coefs[0][r], coefs[1][r], coefs[2][r])
+        row_stats = _fused.row_pass(lc, prep.y[r], prep.smoothing, chunk_coefs, gc, stats[0], stats[1], uniform)
+        part = _fused.Prepared(prep.y[r], prep.valid[r], prep.wy[r], prep.total[r], prep.smoothing)
+        terms.append(_fused.row_terms(lc, part, row_stats))
+        if gc is not None:
+            sums.add(gc if narrow is None else narrow[:n].copy_(gc), gc, hc, w, r)
+    return terms, sums.result(w, b)
+
+
+def _concat(terms: list[_fused.Terms]) -> _fused.Terms:
+    """The per-chunk terms and row statistics as one set over all rows."""
+    if len(terms) == 1:
+        return terms[0]
+
+    def cat(parts: list[Any]) -> Any:
+        return None if parts[0] is None else torch.cat(parts)
+
+    rows = _fused.RowStats(*(cat([t.rows[i] for t in terms]) for i in range(len(_fused.RowStats._fields))))
+    h_pq, h_uq, lse, z_y = (torch.cat([t[i] for t in terms]) for i in range(4))
+    return _fused.Terms(h_pq, h_uq, lse, z_y, rows)
+
+
+class Forward(NamedTuple):
+    """One forward pass: the reduced outputs, the label preparation, the gradients and the detached stats."""
+
+    out: _fused.Outputs
+    prep: _fused.Prepared
+    grads: Grads
+    stats: tuple[Tensor, ...]
+
+
+def forward(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    eps: float | Tensor,
+    weight: Tensor | None,
+    prior: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    brier: bool,
+    need: tuple[bool, bool, bool],
+) -> Forward:
+    """Loss, terms and stats of (M, D) hidden states ``h``; with ``need``, d loss / d(h, W, b) in the same pass.
+
+    The mean's denominator depends on the labels only: it is computed first and folded into the gradients, so
+    backward has nothing to do for ``loss.backward()``. ``reduction="none"`` makes no gradient here (each row's
+    weight in it, grad_output, is known only in backward).
+    """
+    with torch.autocast(h.device.type, enabled=False):
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        prep = _fused.prepare(h.new_empty(0, w.shape[0], dtype=acc), target, weight, prior, ignore_index)
+        weight_sum = prep.wy.sum()
+        denominator = _fused.mean_denominator(weight_sum, reduction)
+        coefs, uniform = None, None
+        if any(need) and reduction != "none":
+            scale = None if denominator is None else denominator.reciprocal()
+            coefs = _fused.forward_coefficients(prep, eps, scale)
+            uniform = _fused.uniform_coefficients(h, prep, coefs)
+        parts, grads = _pass(h, w, b, prep, coefs, need, (with_stats, with_stats and brier), uniform)
+        terms = _concat(parts)
+        h_pq = _fused.reduce(terms.h_pq, reduction, denominator, target.shape)
+        h_uq = _fused.reduce(terms.h_uq, reduction, denominator, target.shape)
+        out = _fused.Outputs(_fused.combine(h_pq, h_uq, eps), h_pq, h_uq, weight_sum, denominator, terms)
+        return Forward(out, prep, grads, _fused.row_stats(out, target, prep, with_stats))
+
+
+def recompute(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    prep: _fused.Prepared,
+    eps: float | Tensor,
+    norm: Tensor | None,
+    g_out: tuple[Tensor | None, Tensor | None, Tensor | None],
+    need: tuple[bool, bool, bool],
+) -> Grads:
+    """Gradients of g·loss + g_pq·h_pq + g_uq·h_uq = α·H(p,q) + β·H(u,q) from a second pass (logits remade)."""
+    with torch.autocast(h.device.type, enabled=False):
+        g_loss, g_pq, g_uq = g_out
+        zero = torch.zeros((), dtype=prep.wy.dtype, device=h.device)
+        g_loss = zero if g_loss is None else g_loss
+        alpha = g_loss * (1 - eps) + (zero if g_pq is None else g_pq)
+        beta = g_loss * eps + (zero if g_uq is None else g_uq)
+        if norm is not None:
+            alpha, beta = alpha / norm, beta / norm
+        alpha, beta = alpha.reshape(-1).to(zero.dtype), beta.reshape(-1).to(zero.dtype)
+        return _pass(h, w, b, prep, _fused.coefficients(prep, alpha, beta), need)[1]
+
+
+def _scale(grads: Grads, g: Tensor) -> Grads:
+    """The precomputed gradients times a 0-d grad_output, in place (nothing to do for a CPU 1)."""
+    if not _fused._is_cpu_one(g):
+        for t in grads:
+            if t is not None:
+                t.mul_(g.to(t.dtype))
+    return grads
+
+
+class LinearLabelSmoothedCE(torch.autograd.Function):
+    """Autograd wrapper of :func:`forward` (eager): the gradients come from forward, backward scales them.
+
+    Outputs: loss, h_pq, h_uq, then the non-differentiable stats (confidence, correct, valid, brier, weight_sum).
+    A gradient through ``h_pq`` or ``h_uq``, or of ``reduction="none"``, remakes the logits in backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        h: Tensor,
+        w: Tensor,
+        b: Tensor | None,
+        target: Tensor,
+        eps: float | Tensor,
+        weight: Tensor | None,
+        prior: Tensor | None,
+        ignore_index: int,
+        reduction: str,
+        with_stats: bool,
+        brier: bool,
+    ) -> tuple[Tensor, ...]:
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b is not None and ctx.needs_input_grad[2])
+        fwd = forward(h, w, b, target, eps, weight, prior, ignore_index, reduction, with_stats, brier, need)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(*fwd.stats)
+        ctx.save_for_backward(h, w, b)
+        ctx.grads = fwd.grads if reduction != "none" else None
+        ctx.prep, ctx.eps, ctx.norm, ctx.need = fwd.prep, eps, fwd.out.denominator, need
+        return (fwd.out.loss, fwd.out.h_pq, fwd.out.h_uq, *fwd.stats)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: Tensor | None, *_: Any) -> tuple:
+        grads, ctx.grads = ctx.grads, None  # handed out once; a second backward (retain_graph) recomputes
+        if g_loss is None and g_pq is None and g_uq is None:
+            return (None,) * 11
+        if grads is not None and g_pq is None and g_uq is None and g_loss is not None:
+            grads = _scale(grads, g_loss)
+        else:
+            h, w, b = ctx.saved_tensors
+            grads = recompute(h, w, b, ctx.prep, ctx.eps, ctx.norm, (g_loss, g_pq, g_uq), ctx.need)
+        return (*grads, *(None,) * 8)
+
+
+# ------------------------------------------------------------------------------------------ torch.compile: custom op
+
+_EMPTY = (0,)
+
+
+@torch.library.custom_op("ls_lightning::linear_ce", mutates_args=())
+def _linear_ce(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    eps: Tensor,
+    weight: Tensor | None,
+    prior: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    brier: bool,
+    need_h: bool,
+    need_w: bool,
+    need_b: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """loss, h_pq, h_uq, dh, dW, db (empty where not made), confidence, correct, valid, brier, weight_sum."""
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    need = (need_h, need_w, need_b and b is not None) if reduction != "none" else (False, False, False)
+    e = eps.to(device=h.device, dtype=acc)
+    fwd = forward(h, w, b, target, e, weight, prior, ignore_index, reduction, with_stats, brier, need)
+    grads = tuple(h.new_empty(_EMPTY) if g is None else g for g in fwd.grads)
+    return (fwd.out.loss, fwd.out.h_pq, fwd.out.h_uq, *grads, *fwd.stats)  # type: ignore[return-value]
+
+
+@_linear_ce.register_fake
+def _linear_ce_fake(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    eps: Tensor,
+    weight: Tensor | None,
+    prior: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    brier: bool,
+    need_h: bool,
+    need_w: bool,
+    need_b: bool,
+) -> tuple[Tensor, ...]:
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    shape = target.shape if reduction == "none" else ()
+    early = reduction != "none"
+    m = h.shape[0] if with_stats else 0
+    return (
+        *(h.new_empty(shape, dtype=acc) for _ in range(3)),
+        h.new_empty(h.shape if early and need_h else _EMPTY),
+        w.new_empty(w.shape if early and need_w else _EMPTY),
+        h.new_empty(_EMPTY) if b is None or not (early and need_b) else b.new_empty(b.shape),
+        h.new_empty(m, dtype=torch.float32),
+        h.new_empty(m, dtype=torch.bool),
+        h.new_empty(m, dtype=torch.bool),
+        h.new_empty(m if brier else 0, dtype=torch.float32),
+        h.new_empty((), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("ls_lightning::linear_ce_backward", mutates_args=())
+def _linear_ce_backward(
+    grad_h: Tensor,
+    grad_w: Tensor,
+    grad_b: Tensor,
+    g_loss: Tensor | None,
+    g_pq: Tensor | None,
+    g_uq: Tensor | None,
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    eps: Tensor,
+    weight: Tensor | None,
+    prior: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    need_h: bool,
+    need_w: bool,
+    need_b: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """dh, dW, db: the forward's gradients times grad_output, or a second pass when h_pq, h_uq or rows need it.
+
+    Compiled code hands zeros, not None, for outputs that get no gradient: which ones carry one is read here (free
+    on the CPU; one host synchronisation per backward on an accelerator).
+    """
+    need = (need_h, need_w, need_b and b is not None)
+    untouched = all(g is None or not bool(g.any()) for g in (g_pq, g_uq))
+    if reduction != "none" and untouched and g_loss is not None:
+        grads = tuple(
+            t * g_loss.to(t.dtype) if n else None for t, n in zip((grad_h, grad_w, grad_b), need, strict=True)
+        )
+    else:
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        prep = _fused.prepare(h.new_empty(0, w.shape[0], dtype=acc), target, weight, prior, ignore_index)
+        norm = _fused.mean_denominator(prep.wy.sum(), reduction)
+        grads = recompute(h, w, b, prep, eps.to(device=h.device, dtype=acc), norm, (g_loss, g_pq, g_uq), need)
+    return tuple(h.new_empty(_EMPTY) if g is None else g for g in grads)  # type: ignore[return-value]
+
+
+@_linear_ce_backward.register_fake
+def _linear_ce_backward_fake(
+    grad_h: Tensor,
+    grad_w: Tensor,
+    grad_b: Tensor,
+    g_loss: Tensor | None,
+    g_pq: Tensor | None,
+    g_uq: Tensor | None,
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    eps: Tensor,
+    weight: Tensor | None,
+    prior: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    need_h: bool,
+    need_w: bool,
+    need_b: bool,
+) -> tuple[Tensor, ...]:
+    return (
+        h.new_empty(h.shape if need_h else _EMPTY),
+        w.new_empty(w.shape if need_w else _EMPTY),
+        h.new_empty(_EMPTY) if b is None or not need_b else b.new_empty(b.shape),
+    )
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    h, w, b, target, eps, weight, prior, ignore_index, reduction, _, _, need_h, need_w, need_b = inputs
+    ctx.save_for_backward(*output[3:6], h, w, b, target, eps, weight, prior)
+    ctx.args = (ignore_index, reduction, need_h, need_w, need_b and b is not None)
+
+
+def _backward(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: Tensor | None, *_: Any) -> tuple:
+    ignore_index, reduction, need_h, need_w, need_b = ctx.args
+    saved = ctx.saved_tensors
+    dh, dw, db = torch.ops.ls_lightning.linear_ce_backward(
+        *saved[:3], g_loss, g_pq, g_uq, *saved[3:], ignore_index, reduction, need_h, need_w, need_b
+    )
+    return (dh if need_h else None, dw if need_w else None, db if need_b else None, *(None,) * 11)
+
+
+_linear_ce.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _compiled(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    eps: float | Tensor,
+    weight: Tensor | None,
+    prior: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    brier: bool,
+) -> tuple[Tensor, ...]:
+    """The custom op for traced code; ε enters as a 0-d tensor, so no guard is put on its value."""
+    grad = torch.is_grad_enabled()
+    need = (grad and h.requires_grad, grad and w.requires_grad, grad and b is not None and b.requires_grad)
+    e = eps.reshape(()).to(torch.float64) if isinstance(eps, Tensor) else h.new_ones((), dtype=torch.float64) * eps
+    out = torch.ops.ls_lightning.linear_ce(
+        h, w, b, target, e, weight, prior, ignore_index, reduction, with_stats, brier, *need
+    )
+    return (*out[:3], *(s.detach() for s in out[6:]))
+
+
+# ---------------------------------------------------------------------------------------------------- public entry
+
+
+def linear_label_smoothed_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    label_smoothing: float | Tensor = 0.0,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    prior: Tensor | None = None,
+) -> LabelSmoothedCE:
+    r"""Label-smoothed cross-entropy of the logits ``F.linear(input, linear_weight, linear_bias)``, never built whole.
+
+    .. math::
+        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q), \qquad q = \mathrm{softmax}(h W^\top + b)
+
+    Equal in value and in the gradients of ``input``, ``linear_weight`` and ``linear_bias`` to
+    ``label_smoothed_cross_entropy(F.linear(input, linear_weight, linear_bias).reshape(-1, V), target.reshape(-1),
+    ...)`` (reshaped back to the target's shape for ``reduction="none"``). The logits are made one chunk of rows at a
+    time (``CHUNK_ELEMENTS`` logits on the CPU, ``ACCELERATOR_CHUNK_ELEMENTS`` elsewhere) and each chunk's
+    gradient goes at once into the gradients of the hidden states, the weight and the bias: the loss holds one chunk
+    of logits and its gradient besides those. Backward scales them by grad_output; it remakes the logits only for a
+    gradient through ``h_pq`` or ``h_uq`` themselves, or with ``reduction="none"`` (each position's weight is
+    known only then). Without a gradient (validation) no gradient is made.
+
+    Half-precision ``input`` and ``linear_weight`` are multiplied in their dtype, the softmax statistics summed in
+    float32, dW summed over chunks in float32; gradients come back in the parameters' dtype. Under autocast the
+    three tensors are cast to the autocast dtype first, as ``F.linear`` would. A weight shared with an embedding
+    (tied) gets the sum of both gradients, as autograd gives any shared parameter. Under ``torch.compile`` the
+    kernel runs as the custom op ``ls_lightning::linear_ce``: no graph break; ε enters the graph as data.
+
+    Args:
+        input: Hidden states, class-last.
+        linear_weight: Weight of the output layer.
+        target: Class indices.
+        label_smoothing: ε in [0, 1]; a float or a 0-d tensor.
+        linear_bias: Bias of the output layer.
+        weight: Class weights, shape (V,).
+        ignore_index: Target value whose positions contribute nothing.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        prior: Smoothing distribution u: (V,), or (V, V) whose row y is u(·|y). A (V, V) prior holds V² numbers
+            and is refused above ``MAX_MATRIX_PRIOR_CLASSES`` (16384) classes.
+
+    Returns:
+        LabelSmoothedCE ``(loss, h_pq, h_uq)``, reduced like ``F.cross_entropy``'s result; float32 for half precision.
+
+    Raises:
+        ValueError: If the shapes or dtypes of ``input``, ``linear_weight``, ``linear_bias`` and ``target`` do not
+            match, ``target`` is not integer, a (V, V) prior is too large, or for any reason
+            :func:`~ls_lightning.functional.label_smoothed_cross_entropy` raises on the same arguments.
+
+    Shape:
+        - input: (..., D).
+        - linear_weight: (V, D); linear_bias: (V).
+        - target: (...), the input's shape without its last dimension.
+        - output: () for ``mean``/``sum``, else the target's shape.
+
+    Example:
+        >>> import torch
+        >>> from ls_lightning.functional import label_smoothed_cross_entropy
+        >>> h, w = torch.randn(2, 5, 8), torch.randn(100, 8)
+        >>> target = torch.randint(0, 100, (2, 5))
+        >>> out = linear_label_smoothed_cross_entropy(h, w, target, 0.1)
+        >>> ref = label_smoothed_cross_entropy((h @ w.T).reshape(-1, 100), target.reshape(-1), 0.1)
+        >>> torch.allclose(out.loss, ref.loss)
+        True
+    """
+    args = (input, linear_weight, target, label_smoothing, linear_bias, weight, ignore_index, reduction, prior)
+    return _linear_compute(*args)[0]
+
+
+def linear_label_smoothed_cross_entropy_with_stats(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    label_smoothing: float | Tensor = 0.0,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    prior: Tensor | None = None,
+) -> tuple[LabelSmoothedCE, LossStats]:
+    """:func:`linear_label_smoothed_cross_entropy` plus per-position :class:`~ls_lightning.functional.LossStats`.
+
+    The statistics (confidence, correctness, Brier score per position) come from the same chunked pass; nothing of
+    the logits' size is kept. Positions are those of ``target.reshape(-1)``.
+
+    Example:
+        >>> import torch
+        >>> h, w = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[3.0, 0.0], [0.0, 0.0]])
+        >>> _, stats = linear_label_smoothed_cross_entropy_with_stats(h, w, torch.tensor([0, -100]))
+        >>> stats.correct.tolist(), stats.valid.tolist(), stats.weight_sum.item()
+        ([True, False], [True, False], 1.0)
+    """
+    return _linear_compute(
+        input, linear_weight, target, label_smoothing, linear_bias, weight, ignore_index, reduction, prior, True
+    )
+
+
+def _linear_compute(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    prior: Tensor | None = None,
+    with_stats: bool = False,
+    brier: bool = True,
+) -> tuple[LabelSmoothedCE, LossStats]:
+    """Validate, flatten the positions, and dispatch: eager autograd Function, no-grad pass, or the custom op.
+
+    ``LossStats`` fields are empty unless ``with_stats`` (``weight_sum`` always set); ``brier=False`` leaves the
+    Brier values empty and saves computing ‖q‖.
+    """
+    h, w, b = _autocast(input, linear_weight, linear_bias)
+    _check_arguments_linear(h, w, b, target, eps, weight, ignore_index, reduction, prior)
+    h2, t = h.reshape(-1, h.shape[-1]), target.long()
+    args = (h2, w, b, t, eps, weight, prior, ignore_index, reduction, with_stats, brier)
+    if torch.compiler.is_compiling():
+        outputs = _compiled(*args)
+    elif torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h2, w, b)):
+        outputs = LinearLabelSmoothedCE.apply(*args)
+    else:
+        fwd = forward(*args, need=(False, False, False))
+        outputs = (fwd.out.loss, fwd.out.h_pq, fwd.out.h_uq, *fwd.stats)
+    loss, h_pq, h_uq, *stats = outputs
+    return LabelSmoothedCE(loss, h_pq, h_uq), LossStats(*stats)
+
+
+def _autocast(h: Tensor, w: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Under autocast, the tensors in the autocast dtype (what ``F.linear`` would multiply); else unchanged."""
+    if not isinstance(h, Tensor) or not torch.is_autocast_enabled(h.device.type):
+        return h, w, b
+    dtype = torch.get_autocast_dtype(h.device.type)
+    cast_w = w.to(dtype) if isinstance(w, Tensor) and w.is_floating_point() else w
+    cast_b = b.to(dtype) if isinstance(b, Tensor) and b.is_floating_point() else b
+    return (h.to(dtype) if h.is_floating_point() else h), cast_w, cast_b
+
+
+def _check_arguments_linear(
+    h: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    eps: float | Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    prior: Tensor | None,
+) -> None:
+    """The linear layer's shapes and dtypes here; the rest as the functional checks them on a stand-in of the logits."""
+    if not isinstance(h, Tensor) or not h.is_floating_point() or h.dim() == 0:
+        raise ValueError(
+            f"Expected argument `input` to be a floating point tensor of shape (..., D), "
+            f"but got {getattr(h, 'dtype', type(h))} of shape {tuple(getattr(h, 'shape', ()))}"
+        )
+    d = h.shape[-1]
+    if not isinstance(w, Tensor) or w.dim() != 2 or w.shape[1] != d or w.shape[0] == 0 or w.dtype != h.dtype:
+        raise ValueError(
+            f"Expected argument `linear_weight` to be a {h.dtype} tensor of shape (V, {d}) with V > 0, "
+            f"but got {getattr(w, 'dtype', type(w))} of shape {tuple(getattr(w, 'shape', ()))}"
+        )
+    num_classes = w.shape[0]
+    if b is not None and (not isinstance(b, Tensor) or tuple(b.shape) != (num_classes,) or b.dtype != h.dtype):
+        raise ValueError(
+            f"Expected argument `linear_bias` to be None or a {h.dtype} tensor of shape ({num_classes},), "
+            f"but got {getattr(b, 'dtype', type(b))} of shape {tuple(getattr(b, 'shape', ()))}"
+        )
+    if (
+        not isinstance(target, Tensor)
+        or target.is_floating_point()
+        or target.is_complex()
+        or target.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"Expected argument `target` to be an integer tensor of class indices, "
+            f"but got {getattr(target, 'dtype', type(target))}"
+        )
+    if tuple(target.shape) != tuple(h.shape[:-1]):
+        raise ValueError(
+            f"Expected argument `target` to have shape {tuple(h.shape[:-1])} for input of shape {tuple(h.shape)}, "
+            f"but got {tuple(target.shape)}"
+        )
+    if isinstance(prior, Tensor) and prior.dim() == 2 and num_classes > MAX_MATRIX_PRIOR_CLASSES:
+        raise ValueError(
+            f"Expected argument `prior` to be of shape ({num_classes},): a ({num_classes}, {num_classes}) prior "
+            f"holds V² = {num_classes**2} numbers and is accepted up to V = {MAX_MATRIX_PRIOR_CLASSES} only"
+        )
+    logits = h.new_zeros(()).expand(target.numel(), num_classes)  # stand-in of the (M, V) logits: no memory
+    _check_arguments(logits, target.reshape(-1), eps, weight, ignore_index, reduction, prior)
+
+
+# functional re-exports this module's entry points, so it is imported last (either module may be imported first).
+from ls_lightning.functional import LabelSmoothedCE, LossStats, Reduction, _check_arguments  # noqa: E402
