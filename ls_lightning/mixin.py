@@ -389,13 +389,7 @@ class LabelSmoothingMixin:
         Returns:
             The scalar loss (``reduction="mean"``), with gradient.
         """
-        try:
-            from ls_lightning._linear import _linear_compute
-        except ImportError:  # TEMPORARY until the fused kernel lands: materialise
-
-            def _linear_compute(h, w, t, eps, b, weight, ignore, red, prior, with_stats, brier):
-                logits = torch.nn.functional.linear(h, w, b).reshape(-1, w.shape[0])
-                return _compute(logits, t.reshape(-1), eps, weight, ignore, red, prior, with_stats, brier)
+        from ls_lightning._linear import _linear_compute
 
         stage = self._ls_resolve_stage(stage)
         loss, stats = _linear_compute(
