@@ -93,10 +93,12 @@ def print_summary(metrics: Mapping[str, float], output_dir: str) -> None:
 
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
-    width = max(len(m) for m in SUMMARY_METRICS) + 6
-    lines = ["", "stage " + "".join(f"{m:>{width}}" for m in SUMMARY_METRICS)]
+    # language models (model=transformer) log perplexity as well
+    names = (*SUMMARY_METRICS, *(["perplexity"] if any(k.endswith("/perplexity") for k in metrics) else []))
+    width = max(len(m) for m in names) + 6
+    lines = ["", "stage " + "".join(f"{m:>{width}}" for m in names)]
     for stage in ("val", "test"):
-        values = [metrics.get(f"{stage}/{m}") for m in SUMMARY_METRICS]
+        values = [metrics.get(f"{stage}/{m}") for m in names]
         cells = "".join(f"{v:>{width}.4f}" if v is not None else f"{'n/a':>{width}}" for v in values)
         lines.append(f"{stage:<6}{cells}")
     lines.append(f"run directory: {output_dir}")

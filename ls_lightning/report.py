@@ -55,10 +55,12 @@ def _columns(stage: str) -> list[Column]:
 
 
 COLUMNS: tuple[Column, ...] = (*_columns("val"), *_columns("test"))
-# shown only when some job logged them (calibration.temperature_scaling=true)
+# shown only when some job logged them (calibration.temperature_scaling=true; perplexity: language models)
 OPTIONAL_COLUMNS: tuple[Column, ...] = (
     Column("val/temperature", "val T", 1.0, 3),
     Column("val/ece_ts", "val ECE after T (%)", 100.0, 2),
+    Column("val/perplexity", "val perplexity", 1.0, 2),
+    Column("test/perplexity", "test perplexity", 1.0, 2),
 )
 # a job without these final values did not finish
 REQUIRED = ("val/acc", "test/acc")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import subprocess
@@ -17,6 +18,7 @@ from trainers import quiet_trainer
 from ls_lightning import _text
 from ls_lightning.data import SequencesPerEpochSampler, TextDataModule
 from ls_lightning.models import Transformer
+from ls_lightning.report import main
 
 pytest.importorskip("tokenizers")
 
@@ -63,6 +65,28 @@ def test_tokenizer_is_trained_once_with_the_configured_vocabulary_then_loaded_fr
     tiny(vocab_size=320)  # another setting: another tokenizer, next to the first
     assert trainings == [1, 1] and len(list((cache / "tokenizers").iterdir())) == 2
     assert not list(cache.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_processes_started_together_write_one_tokenizer_that_later_processes_reuse(
+    cache: Path, trainings: list[int]
+) -> None:
+    code = (
+        "import hashlib; from ls_lightning.data import TextDataModule;"
+        f" dm = TextDataModule(**{TINY!r}); dm.setup();"
+        " print(hashlib.sha256(dm.tokenizer.to_str().encode()).hexdigest())"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    (path,) = (cache / "tokenizers").iterdir()  # one file, no temporary left behind
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [out.split()[-1] for out, _ in outputs] == [digest, digest]
+    tiny()  # this process loads it
+    assert trainings == []
 
 
 def test_default_config_trains_a_vocabulary_of_at_least_8k_tokens(cache: Path) -> None:
@@ -231,14 +255,18 @@ def test_ls_train_text_transformer_on_two_cpu_processes(tmp_path: Path) -> None:
     quiet = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
     common = ["data=text", "model=transformer", *sizes, *quiet]
     train = [str(BIN / "ls-train"), *common, "trainer=ddp_cpu", "trainer.max_epochs=2"]
-    train += ["data.train_sequences_per_epoch=32", "hydra.run.dir=run"]
+    train += ["data.train_sequences_per_epoch=32", "calibration.temperature_scaling=true", "hydra.run.dir=run"]
     result = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("Trained a byte-level BPE tokenizer") + result.stderr.count("Trained a byte") == 1
+    assert result.stderr.count("Trained a byte-level BPE tokenizer of 300 tokens") == 1  # once, with its time
     run = tmp_path / "run"
     keys, val_h_pq = header_and_last(run / "metrics.csv", "val/h_pq")
-    assert {"train/perplexity", "val/perplexity", "test/perplexity", "val/ece", "test/ece"} <= set(keys)
+    assert {"train/perplexity", "val/perplexity", "test/perplexity", "val/ece", "test/ece", "val/ece_ts"} <= set(keys)
     assert (run / "reliability.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    table = result.stdout[result.stdout.index("stage") :].splitlines()
+    assert table[0].split() == ["stage", "acc", "ece", "h_pq", "loss", "perplexity"]
+    assert main([str(run)]) == 0  # ls-report on the run
+    assert "val perplexity" in (run / "report.md").read_text() and (run / "report.png").is_file()
 
     evaluate = [str(BIN / "ls-eval"), *common, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "hydra.run.dir=eval"]
     evaluate += ["trainer.accelerator=cpu"]
