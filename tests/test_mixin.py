@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import lightning as L
@@ -495,3 +496,56 @@ def test_train_epoch_values_are_per_epoch(tmp_path) -> None:
         expected = _reference(model, half, eps=0.1)
         for name, value in recorder.values[epoch].items():
             assert value == pytest.approx(expected[name], rel=1e-5, abs=1e-6), (epoch, name)
+
+
+class LinearHeadNet(Net):
+    """Net's layer as an output layer applied to hidden states (N, [T,] 6): ``forward`` gives the logits for the
+    reference, the steps use the fused linear loss on the hidden states."""
+
+    def _step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return self.label_smoothed_linear_loss(batch[0], self.layer.weight, batch[1], linear_bias=self.layer.bias)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch)
+
+
+@pytest.mark.parametrize(("seq", "stage"), [(None, "validate"), (4, "test")])
+def test_linear_loss_logs_the_whole_data_reference(tmp_path, seq, stage) -> None:
+    torch.manual_seed(0)
+    model = LinearHeadNet()
+    model.label_smoothing = 0.2
+    model.ls_log_metrics = (*mixin.DEFAULT_LOG_METRICS, "perplexity")
+    data = _data(37, seq=seq, ignore_frac=0.2)
+    (logged,) = getattr(_trainer(tmp_path), stage)(model, DataLoader(data, batch_size=8), verbose=False)
+    prefix = "val" if stage == "validate" else "test"
+    expected = _reference(model, data, eps=0.2)
+    for name, value in expected.items():
+        assert logged[f"{prefix}/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    assert logged[f"{prefix}/perplexity"] == pytest.approx(math.exp(expected["h_pq"]), rel=1e-5)
+
+
+def test_linear_loss_feeds_the_online_prior_and_temperature_scaling(tmp_path) -> None:
+    """The callbacks that need logits get them, chunk by chunk, as from the logits themselves."""
+    from ls_lightning.diagrams import TemperatureScaling
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=g)
+    y = (x @ torch.randn(6, C, generator=g)).argmax(1)  # learnable: the temperature has an optimum
+    data = TensorDataset(x, y)
+    results = []
+    for cls in (Net, LinearHeadNet):
+        torch.manual_seed(0)
+        model = cls()
+        callbacks = [LabelSmoothing(0.1, prior="online", num_classes=C), TemperatureScaling()]
+        trainer = _trainer(tmp_path, max_epochs=4, callbacks=callbacks, num_sanity_val_steps=0)
+        trainer.fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+        results.append((model.label_smoothing_prior.clone(), float(trainer.callback_metrics["val/temperature"])))
+    (prior, temperature), (linear_prior, linear_temperature) = results
+    torch.testing.assert_close(linear_prior, prior, rtol=1e-5, atol=1e-6)
+    assert linear_temperature == pytest.approx(temperature, rel=1e-4)
