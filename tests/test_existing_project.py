@@ -224,3 +224,17 @@ def test_log_options_from_hydra() -> None:
     module = SmoothedLitModule()
     callback.setup(quiet_trainer(), module, "fit")
     assert module.ls_log_prefix == "ls_" and module.ls_log_metrics == ("terms", "acc")
+
+
+def test_the_callbacks_entry_to_copy_into_a_hydra_project(tmp_path: Path) -> None:
+    """``examples/existing_project/label_smoothing.yaml`` instantiated the way lightning-hydra-template's
+    ``instantiate_callbacks`` does (every entry with a ``_target_``), on the template's module: callback-only route."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(Path(__file__).parents[1] / "examples" / "existing_project" / "label_smoothing.yaml")
+    callbacks = [instantiate(entry) for entry in config.values() if "_target_" in entry]
+    assert len(callbacks) == 1 and isinstance(callbacks[0], LabelSmoothing)
+    assert callbacks[0].schedule == Cosine(0.1, 0.0)
+    ours = _run(LitModule(), tmp_path, "yaml", callbacks=callbacks)
+    assert ours["fit"]["train/epsilon"] == pytest.approx(Cosine(0.1, 0.0)(9 / 10))
