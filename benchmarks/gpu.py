@@ -5,6 +5,10 @@
 2. No host synchronisation in a training step's loss + stats + calibration update (CUDA's sync debug mode).
 3. Forward + backward time and peak extra memory against ``F.cross_entropy(label_smoothing=0.1)`` at 8192×32000
    and 4096×128000, float32 and bfloat16; CUDA events, median of interleaved runs.
+4. The fused linear + loss (``linear_label_smoothed_cross_entropy``): correctness against a float64 materialising
+   reference, then time and peak extra memory at 8192 × 4096 → 128000 in bfloat16 against materialising the logits
+   (``F.cross_entropy(F.linear(h, W), y, label_smoothing=0.1)``) and, where it is installed, Liger-Kernel's
+   ``LigerFusedLinearCrossEntropyLoss`` with the same ε.
 
     python benchmarks/gpu.py                 # on a CUDA machine; exits 1 if a correctness check fails
     python benchmarks/gpu.py --device cpu --small   # the same code path checked on the CPU, with small shapes
@@ -22,7 +26,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ls_lightning.functional import label_smoothed_cross_entropy, label_smoothed_cross_entropy_with_stats
+from ls_lightning.functional import (
+    label_smoothed_cross_entropy,
+    label_smoothed_cross_entropy_with_stats,
+    linear_label_smoothed_cross_entropy,
+)
 from ls_lightning.metrics import BinnedCalibrationError
 
 EPS = 0.1
@@ -157,6 +165,85 @@ def speed(device: torch.device, shapes: list[tuple[int, int]], repeats: int) -> 
             )
 
 
+def linear_correctness(device: torch.device) -> list[str]:
+    """The fused linear loss against F.cross_entropy of the materialised logits, in float64 on the device."""
+    failures: list[str] = []
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        h64 = torch.randn(4, 300, 64, generator=gen, dtype=torch.float64)
+        w64 = torch.randn(5000, 64, generator=gen, dtype=torch.float64) / 8
+        b64 = torch.randn(5000, generator=gen, dtype=torch.float64)
+        target = torch.randint(0, 5000, (4, 300), generator=gen)
+        target[:, ::9] = -100
+        h, w, b = (t.to(device=device, dtype=dtype).requires_grad_() for t in (h64, w64, b64))
+        hr, wr, br = (t.detach().double().requires_grad_() for t in (h, w, b))  # exactly the rounded inputs
+        t = target.to(device)
+        out = linear_label_smoothed_cross_entropy(h, w, t, EPS, linear_bias=b)
+        ref = F.cross_entropy(F.linear(hr, wr, br).reshape(-1, 5000), t.reshape(-1), label_smoothing=EPS)
+        label = f"linear {str(dtype).split('.')[-1]} (4, 300, 64)→5000"
+        tol = 1e-4 if dtype == torch.float32 else 2e-2  # bfloat16: the logits are rounded to bfloat16
+        _check(f"{label} loss", out.loss, ref, tol, failures)
+        for name, got, expected in zip(
+            ("dh", "dW", "db"),
+            torch.autograd.grad(out.loss, (h, w, b)),
+            torch.autograd.grad(ref, (hr, wr, br)),
+            strict=True,
+        ):
+            _check(f"{label} {name}", got.float(), expected, tol * 10, failures)
+    return failures
+
+
+def _liger(eps: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    loss_fn = LigerFusedLinearCrossEntropyLoss(label_smoothing=eps)
+
+    def call(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = loss_fn(w, h, y)
+        return out[0] if isinstance(out, tuple) else out
+
+    return call
+
+
+def linear_speed(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, repeats: int) -> None:
+    """Forward + backward (gradients of h and W) of the fused linear loss, materialising, and Liger if installed."""
+    n, d, v = shape
+    h = torch.randn(n, d, device=device, dtype=dtype, requires_grad=True)
+    w = (torch.randn(v, d, device=device, dtype=dtype) / d**0.5).requires_grad_()
+    y = torch.randint(0, v, (n,), device=device)
+    variants: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "ours": lambda h, w, y: linear_label_smoothed_cross_entropy(h, w, y, EPS).loss,
+        "materialising": lambda h, w, y: F.cross_entropy(F.linear(h, w), y, label_smoothing=EPS),
+    }
+    liger = _liger(EPS) if device.type == "cuda" else None
+    if liger is not None:
+        variants["liger"] = liger
+    else:
+        print("  (Liger-Kernel: not installed or no CUDA, skipped)")
+
+    def step(loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        loss(h, w, y).backward()
+        h.grad = w.grad = None
+
+    fns = {name: functools.partial(step, loss) for name, loss in variants.items()}
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_time_ms(fn, device))
+    logits_bytes = n * v * h.element_size()
+    grads_bytes = (h.numel() + w.numel()) * h.element_size()  # dh and dW: returned by any implementation
+    label = f"{n}×{d}→{v} {str(dtype).split('.')[-1]}"
+    ref = statistics.median(times["materialising"])
+    for name, fn in fns.items():
+        t = statistics.median(times[name])
+        mem = _peak_extra(fn, device, logits_bytes) - grads_bytes / logits_bytes
+        print(f"  {label:<28} {name:<14} {t:9.2f} ms  {t / ref:5.2f}× materialising  peak extra {mem:6.2f}× logits")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -173,6 +260,10 @@ def main() -> int:
     print("3. forward + backward time and peak extra memory (× the logits' size)")
     shapes = [(256, 4000), (128, 16000)] if args.small else [(8192, 32000), (4096, 128000)]
     speed(device, shapes, 3 if args.small else args.repeats)
+    print("4. fused linear + loss: correctness, then forward + backward time and peak extra memory (less dh, dW)")
+    failures += linear_correctness(device)
+    linear_shape = (256, 64, 4000) if args.small else (8192, 4096, 128000)
+    linear_speed(device, linear_shape, torch.bfloat16, 3 if args.small else args.repeats)
     if failures:
         print(f"FAILED: {failures}")
         return 1
