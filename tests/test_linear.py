@@ -324,3 +324,81 @@ def test_compiled_inductor_gradients_and_terms(reduction):
     for got, expected in zip(_grads(out.h_pq, (h, w, b)), _grads(ref[1], (h, w, b)), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
     assert stats.confidence.shape == (9,) and not stats.confidence.requires_grad
+
+
+# ------------------------------------------------------------------------------------------------------------- DDP
+
+
+class _TiedLM(torch.nn.Module):
+    """An embedding tied to the output layer, so that DDP reduces one parameter fed by both gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = torch.nn.Embedding(V, D, dtype=torch.float64)
+        self.bias = torch.nn.Parameter(torch.zeros(V, dtype=torch.float64))
+
+    def forward(self, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.embedding(tokens))
+        return linear_label_smoothed_cross_entropy(h, self.embedding.weight, target, EPS, linear_bias=self.bias).loss
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, V, (4, 6), generator=gen), torch.randint(0, V, (4, 6), generator=gen)
+
+
+def _ddp_rank(rank: int, path: str, port: int) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(_TiedLM())
+        tokens, target = _batch()
+        model(
+            tokens[2 * rank : 2 * rank + 2], target[2 * rank : 2 * rank + 2]
+        ).backward()  # equal halves: mean of means
+        if rank == 0:
+            torch.save([p.grad for p in model.module.parameters()], path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_two_processes_equal_one(tmp_path):
+    """Plain autograd: DDP's gradient hooks see the op's gradients like any other (tied weight included)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = str(tmp_path / "grads.pt")
+    mp.spawn(_ddp_rank, args=(path, port), nprocs=2, join=True)
+    model = _TiedLM()
+    model(*_batch()).backward()
+    for got, expected in zip(torch.load(path), (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs():
+    """``benchmarks/linear.py --small`` (timings only) runs, and its memory probe returns a number."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "linear.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--small", "--no-memory"], capture_output=True, text=True, check=True
+    )
+    assert "512×64→4000" in done.stdout and "128×64→16000" in done.stdout
+    probe = subprocess.run(
+        [sys.executable, str(script), "--memory-of", '["ours", 64, 16, 1000]'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(probe.stdout.strip()) < 10
