@@ -1,11 +1,18 @@
 """The label-smoothed cross-entropy, a drop-in for ``F.cross_entropy`` that also returns both of its terms.
 
-Class-index targets go through the fused one-pass kernel in :mod:`ls_lightning._fused`; probability targets and
-code traced by ``torch.compile`` take the exact composite path built on ``log_softmax`` (same values, autograd's
-own gradient). Small inputs without weights or prior (at most ``SMALL_ELEMENTS`` logits) take a short
-``log_softmax`` path: there, each PyTorch op costs microseconds of dispatch whatever its size, and the chunked
-kernel's extra ops cost more than the memory it saves (measured: 64×10 forward + backward 83 µs against the
-kernel's 226 µs and PyTorch's own 66 µs; the kernel wins from about 4096×10).
+Class-index targets go through the fused one-pass kernel in :mod:`ls_lightning._fused`; probability targets take
+the exact composite path built on ``log_softmax`` (same values, autograd's own gradient). Small inputs without
+weights or prior (at most ``SMALL_ELEMENTS`` logits) take a short ``log_softmax`` path: there, each PyTorch op
+costs microseconds of dispatch whatever its size, and the chunked kernel's extra ops cost more than the memory it
+saves (measured: 64×10 forward + backward 83 µs against the kernel's 226 µs and PyTorch's own 66 µs; the kernel
+wins from about 4096×10).
+
+Under ``torch.compile`` class indices take :mod:`ls_lightning._traced`: the same terms written as formulas that
+Inductor fuses into one reduction forward and one pointwise pass backward, with no graph break and nothing read
+back to the host. ε stays data in the graph (the code never branches on its value), so a tensor ε never
+recompiles. The chunked kernel is not used there: its ``out=`` calls and host reads do not trace, and as an opaque
+custom op it would keep its eager time, which the traced formulas match or beat at the shapes of
+``benchmarks/loss.py`` (by far at few classes, where per-op dispatch dominates).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ls_lightning import _fused
+from ls_lightning import _fused, _traced
 
 Reduction = Literal["none", "mean", "sum"]
 _REDUCTIONS = ("none", "mean", "sum")
@@ -71,11 +78,17 @@ def label_smoothed_cross_entropy(
 
     Unlike PyTorch, ``mean`` over positions that are all ignored is 0 with zero gradient, not NaN.
 
+    ``torch.compile(label_smoothed_cross_entropy, fullgraph=True)`` compiles without a graph break, to one fused
+    reduction forward and one pointwise pass backward. A 0-d tensor ε never recompiles when its value changes
+    (:class:`~ls_lightning.losses.LabelSmoothedCrossEntropy` passes one); a Python float ε is Dynamo's to
+    specialise: the first compile takes it as a constant, the first change compiles once more with ε as an input,
+    and no later value recompiles (``dynamic=True`` makes it an input from the start).
+
     Args:
         input: Logits.
         target: Class indices, or class probabilities of ``input``'s shape.
-        label_smoothing: ε in [0, 1]; a float or a 0-d tensor (a tensor on an accelerator is not range-checked,
-            which would need a host synchronisation).
+        label_smoothing: ε in [0, 1]; a float or a 0-d tensor (a tensor on an accelerator, or under
+            ``torch.compile``, is not range-checked: that would need a host synchronisation or a value guard).
         weight: Class weights, shape (C,).
         ignore_index: Target value whose positions contribute nothing (class-index targets only).
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
@@ -154,8 +167,10 @@ def _compute(
     _check_arguments(input, target, eps, weight, ignore_index, reduction, prior)
     unbatched = input.dim() == 1
     x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
-    if t.is_floating_point() or torch.compiler.is_compiling():
+    if t.is_floating_point():
         outputs = _composite(x, t, eps, weight, ignore_index, reduction, prior)
+    elif torch.compiler.is_compiling():
+        outputs = _traced.traced(x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier)
     elif weight is None and prior is None and x.numel() <= SMALL_ELEMENTS:
         outputs = _small(x, t.long(), eps, ignore_index, reduction, with_stats, brier)
     elif torch.is_grad_enabled() and x.requires_grad:
@@ -353,6 +368,11 @@ def check_label_smoothing(eps: float | Tensor) -> None:
         raise ValueError(f"Expected argument `label_smoothing` to be in [0, 1], but got {value}")
 
 
+def _sizes_are(shape: tuple[int, ...], c: int) -> bool:
+    """``shape`` is (c,) or (c, c)."""
+    return len(shape) in (1, 2) and all(size == c for size in shape)
+
+
 def _check_shapes(input: Tensor, target: Tensor, ignore_index: int) -> None:
     """input floating with ≥ 1 dim; target of input's shape (probabilities) or without dim 1 (indices)."""
     if not isinstance(input, Tensor) or not input.is_floating_point() or input.dim() == 0:
@@ -410,7 +430,8 @@ def check_prior(prior: Tensor, num_classes: int | None = None) -> None:
     """
     shape = tuple(prior.shape) if isinstance(prior, Tensor) else ()
     c = num_classes if num_classes is not None else (shape[-1] if shape else 0)
-    if not isinstance(prior, Tensor) or not prior.is_floating_point() or shape not in ((c,), (c, c)):
+    # each size compared on its own: under torch.compile a tuple comparison against symbolic sizes can miss
+    if not isinstance(prior, Tensor) or not prior.is_floating_point() or not _sizes_are(shape, c):
         raise ValueError(
             f"Expected argument `prior` to be a floating point tensor of shape ({c},) or ({c}, {c}), "
             f"but got {getattr(prior, 'dtype', type(prior))} of shape {tuple(getattr(prior, 'shape', ()))}"

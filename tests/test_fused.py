@@ -215,7 +215,7 @@ def test_compiled_model_trains_like_eager():
 
 @pytest.fixture
 def composite_path(monkeypatch):
-    """Take the path that torch.compile traces (composite on log_softmax) without compiling."""
+    """Take the path that torch.compile traces (ls_lightning._traced for class indices) without compiling."""
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
 
 
