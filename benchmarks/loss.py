@@ -1,8 +1,12 @@
-"""Speed and memory of the fused label-smoothed loss against ``F.cross_entropy(label_smoothing=0.1)``.
+"""Speed and memory of the label-smoothed loss against ``F.cross_entropy(label_smoothing=0.1)``, eager and compiled.
 
-Run ``python benchmarks/loss.py`` (about a minute on 2 cores) or ``--quick``. Times are medians of interleaved
-runs in one process with the default number of threads; memory is the peak resident set (VmHWM) of a fresh
-subprocess above its baseline after the logits exist.
+Run ``python benchmarks/loss.py`` (a few minutes on 2 cores, most of it compiling) or ``--quick``; ``--no-compile``
+leaves out the compiled columns. Times are medians of interleaved runs in one process with the default number of
+threads, forward + backward; each function runs once before timing, so compilation is not timed. Compiled means
+``torch.compile(fn, fullgraph=True)`` of ``label_smoothed_cross_entropy`` and of ``F.cross_entropy`` (Inductor).
+Memory is the peak resident set (VmHWM) of a fresh subprocess above its baseline after the logits exist; for the
+compiled functions the subprocess compiles and runs once, then resets the peak (``/proc/self/clear_refs``), so the
+figure is the loss's, not the compiler's.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ _CALLS_PER_SAMPLE_ELEMENTS = 1 << 20
 EPS = 0.1
 
 
-def _fwd_bwd_ours(x: torch.Tensor, y: torch.Tensor) -> None:
-    label_smoothed_cross_entropy(x, y, EPS).loss.backward()
-    x.grad = None
+def _loss_ours(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return label_smoothed_cross_entropy(x, y, EPS).loss
 
 
-def _fwd_bwd_torch(x: torch.Tensor, y: torch.Tensor) -> None:
-    F.cross_entropy(x, y, label_smoothing=EPS).backward()
+def _loss_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(x, y, label_smoothing=EPS)
+
+
+def _fwd_bwd(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
+    loss(x, y).backward()
     x.grad = None
 
 
@@ -83,19 +90,27 @@ def _metrics_torch(x: torch.Tensor, y: torch.Tensor, metric: object) -> None:
 
 
 def _memory(kind: str, n: int, c: int) -> float:
-    """Peak extra resident memory of fwd+bwd / logits size, in a fresh process."""
+    """Peak extra resident memory of fwd+bwd / logits size, in a fresh process (kind: ours, torch, + _compiled)."""
     code = f"""
 import torch, torch.nn.functional as F
-from ls_lightning import _fused
 from ls_lightning.functional import label_smoothed_cross_entropy
 def hwm():
     return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) * 1024
+def ours(x, y):
+    return label_smoothed_cross_entropy(x, y, {EPS}).loss
+def reference(x, y):
+    return F.cross_entropy(x, y, label_smoothing={EPS})
+kind = {kind!r}
+loss = ours if kind.startswith('ours') else reference
 x = torch.randn({n}, {c}, requires_grad=True); y = torch.randint(0, {c}, ({n},))
+if kind.endswith('_compiled'):
+    loss = torch.compile(loss, fullgraph=True)
+    loss(x, y).backward()
+    x.grad = None
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current resident set: the compiler's own peak is not the loss's
 base = hwm()
-if {kind!r} == 'ours':
-    label_smoothed_cross_entropy(x, y, {EPS}).loss.backward()
-else:
-    F.cross_entropy(x, y, label_smoothing={EPS}).backward()
+loss(x, y).backward()
 print((hwm() - base) / (x.numel() * 4))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -106,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, skip the 256×128000 shape")
     parser.add_argument("--chunk", type=int, default=None, help="elements per chunk (default: the library's)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile columns")
     args = parser.parse_args()
     if args.chunk:
         _fused.CHUNK_ELEMENTS = args.chunk
@@ -113,21 +129,36 @@ def main() -> None:
     shapes = [s for s in SHAPES if not (args.quick and s == (256, 128000))]
     print(f"threads={torch.get_num_threads()}  chunk={_fused.CHUNK_ELEMENTS} elements  ε={EPS}")
     print(f"float32, fwd+bwd, median of {repeats} interleaved runs; load average {os.getloadavg()[0]:.2f}")
-    print(f"{'shape':>14} {'ours ms':>9} {'torch ms':>9} {'ratio':>7} {'min ratio':>9}")
+    _time_table(shapes, repeats, compiled=not args.no_compile)
+    print("peak extra memory / logits at 1024×32000:")
+    kinds = ["ours", "torch"] + ([] if args.no_compile else ["ours_compiled", "torch_compiled"])
+    print("  " + "  ".join(f"{kind} {_memory(kind, 1024, 32000):.2f}" for kind in kinds))
+    _compare_metrics(repeats)
+
+
+def _time_table(shapes: list[tuple[int, int]], repeats: int, compiled: bool) -> None:
+    """Eager ours / eager torch (ms, ratios of medians and of minima); with ``compiled``, ratios to compiled torch."""
+    head = f"{'shape':>14} {'ours ms':>9} {'torch ms':>9} {'ratio':>7} {'min ratio':>9}"
+    if compiled:
+        head += f" {'compiled torch ms':>17} {'ours / c.torch':>14} {'c.ours / c.torch':>16} {'min':>6}"
+    print(head)
     for n, c in shapes:
         torch.manual_seed(0)
         x = torch.randn(n, c, requires_grad=True)
         y = torch.randint(0, c, (n,))
         calls = max(1, _CALLS_PER_SAMPLE_ELEMENTS // (n * c))
-        fns = [
-            functools.partial(_repeat, _fwd_bwd_ours, x, y, calls),
-            functools.partial(_repeat, _fwd_bwd_torch, x, y, calls),
-        ]
-        (ours, ours_min), (ref, ref_min) = ((t / calls, m / calls) for t, m in _interleaved(fns, repeats))
-        print(f"{f'{n}×{c}':>14} {ours:9.3f} {ref:9.3f} {ours / ref:7.3f} {ours_min / ref_min:9.3f}")
-    mem_ours, mem_torch = _memory("ours", 1024, 32000), _memory("torch", 1024, 32000)
-    print(f"peak extra memory / logits at 1024×32000: ours {mem_ours:.2f}  torch {mem_torch:.2f}")
-    _compare_metrics(repeats)
+        losses = [_loss_ours, _loss_torch]
+        if compiled:
+            torch._dynamo.reset()  # a fresh compile per shape, as a user with one shape gets
+            losses += [torch.compile(_loss_ours, fullgraph=True), torch.compile(_loss_torch, fullgraph=True)]
+        fns = [functools.partial(_repeat, functools.partial(_fwd_bwd, loss), x, y, calls) for loss in losses]
+        times = [(t / calls, m / calls) for t, m in _interleaved(fns, repeats)]
+        (ours, ours_min), (ref, ref_min) = times[:2]
+        line = f"{f'{n}×{c}':>14} {ours:9.3f} {ref:9.3f} {ours / ref:7.3f} {ours_min / ref_min:9.3f}"
+        if compiled:
+            (c_ours, c_ours_min), (c_ref, c_ref_min) = times[2:]
+            line += f" {c_ref:17.3f} {ours / c_ref:14.3f} {c_ours / c_ref:16.3f} {c_ours_min / c_ref_min:6.3f}"
+        print(line)
 
 
 def _compare_metrics(repeats: int) -> None:
