@@ -1,6 +1,8 @@
-"""``ls-report DIR``: compare the jobs of a Hydra multirun (sweep) directory in a table and a figure.
+"""``ls-report DIR``: compare the jobs of a Hydra multirun (sweep) directory in a table, a ranking and a figure.
 
-Reads what the runs wrote (``.hydra/overrides.yaml``, ``metrics.csv``, ``reliability.json``); trains nothing.
+Reads what the runs wrote (``.hydra/overrides.yaml`` and ``hydra.yaml``, ``metrics.csv``, ``reliability.json``);
+trains nothing. Any launcher's layout is read: the basic and joblib launchers' ``<sweep>/<job number>/``, submitit's
+extra ``.submitit/`` folder, and job directories named by other ``hydra.sweep.subdir`` patterns (nested ones too).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -29,6 +31,8 @@ __all__ = [
     "Setting",
     "find_jobs",
     "main",
+    "rank_settings",
+    "rank_table",
     "read_job",
     "report",
     "report_figure",
@@ -37,20 +41,25 @@ __all__ = [
 
 
 class Column(NamedTuple):
-    """A column of the report: the logged key, its heading, the factor shown (100: percent) and decimals."""
+    """A column of the report: the logged key, its heading, the factor shown (100: percent) and decimals.
+
+    ``better`` says how the ranking orders the column: a ``higher`` or ``lower`` mean, or a mean closer to ``zero``
+    (the signed over-confidence); ``None``: not ranked (the temperature).
+    """
 
     key: str
     heading: str
     scale: float
     decimals: int
+    better: Literal["higher", "lower", "zero"] | None = None
 
 
 def _columns(stage: str) -> list[Column]:
     return [
-        Column(f"{stage}/acc", f"{stage} acc (%)", 100.0, 2),
-        Column(f"{stage}/ece", f"{stage} ECE (%)", 100.0, 2),
-        Column(f"{stage}/h_pq", f"{stage} H(p,q)", 1.0, 4),
-        Column(f"{stage}/overconfidence", f"{stage} conf − acc (%)", 100.0, 2),
+        Column(f"{stage}/acc", f"{stage} acc (%)", 100.0, 2, "higher"),
+        Column(f"{stage}/ece", f"{stage} ECE (%)", 100.0, 2, "lower"),
+        Column(f"{stage}/h_pq", f"{stage} H(p,q)", 1.0, 4, "lower"),
+        Column(f"{stage}/overconfidence", f"{stage} conf − acc (%)", 100.0, 2, "zero"),
     ]
 
 
@@ -58,9 +67,9 @@ COLUMNS: tuple[Column, ...] = (*_columns("val"), *_columns("test"))
 # shown only when some job logged them (calibration.temperature_scaling=true; perplexity: language models)
 OPTIONAL_COLUMNS: tuple[Column, ...] = (
     Column("val/temperature", "val T", 1.0, 3),
-    Column("val/ece_ts", "val ECE after T (%)", 100.0, 2),
-    Column("val/perplexity", "val perplexity", 1.0, 2),
-    Column("test/perplexity", "test perplexity", 1.0, 2),
+    Column("val/ece_ts", "val ECE after T (%)", 100.0, 2, "lower"),
+    Column("val/perplexity", "val perplexity", 1.0, 2, "lower"),
+    Column("test/perplexity", "test perplexity", 1.0, 2, "lower"),
 )
 # a job without these final values did not finish
 REQUIRED = ("val/acc", "test/acc")
@@ -114,22 +123,48 @@ def _override_key(override: str) -> str:
 
 
 def find_jobs(root: Path) -> list[Path]:
-    """The job directories under ``root``: those holding ``.hydra/overrides.yaml``, in job-number order.
+    """The job directories under ``root``, in job-number order (``hydra.job.num``, else a numeric directory name).
 
+    A job directory holds Hydra's output subdirectory: ``.hydra/overrides.yaml``, or, renamed by
+    ``hydra.output_subdir``, an ``overrides.yaml`` beside a ``hydra.yaml``. Job directories may have any name and
+    depth (``hydra.sweep.subdir``: the job number by default, ``${hydra.job.override_dirname}``, ...), and the sweep
+    may hold other files (submitit's ``.submitit/<job id>/`` logs, an Optuna sweep's ``optimization_results.yaml``).
     ``root`` itself counts when it is a single run's directory.
     """
-    found = {p.parent.parent for p in root.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    found = {p.parent.parent for p in root.rglob("overrides.yaml") if _is_hydra_output(p.parent)}
+    return sorted(found, key=lambda path: (_job_number(path), str(path)))
 
-    def order(path: Path) -> tuple[int, int, str]:
-        return (0, int(path.name), str(path)) if path.name.isdigit() else (1, 0, str(path))
 
-    return sorted(found, key=order)
+def _is_hydra_output(path: Path) -> bool:
+    return path.name == ".hydra" or (path / "hydra.yaml").is_file()
+
+
+def _hydra_output(job: Path) -> Path:
+    """The job's Hydra output subdirectory (``.hydra``, or another name given by ``hydra.output_subdir``)."""
+    if (job / ".hydra").is_dir():
+        return job / ".hydra"
+    return next((p for p in job.iterdir() if (p / "overrides.yaml").is_file() and _is_hydra_output(p)), job / ".hydra")
+
+
+def _job_number(path: Path) -> int:
+    """``hydra.job.num`` from the job's ``hydra.yaml`` (launchers may name directories otherwise), else the name."""
+    import yaml  # omegaconf's own dependency
+    from omegaconf import OmegaConf
+
+    hydra_yaml = _hydra_output(path) / "hydra.yaml"
+    try:
+        number = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num") if hydra_yaml.is_file() else None
+    except (OSError, ValueError, yaml.YAMLError):  # a half-written file of a killed job
+        number = None
+    if isinstance(number, int):
+        return number
+    return int(path.name) if path.name.isdigit() else sys.maxsize
 
 
 def _read_overrides(path: Path) -> list[str]:
     from omegaconf import ListConfig, OmegaConf
 
-    loaded = OmegaConf.load(path / ".hydra" / "overrides.yaml")
+    loaded = OmegaConf.load(_hydra_output(path) / "overrides.yaml")
     return [str(o) for o in loaded] if isinstance(loaded, ListConfig) else []
 
 
@@ -223,6 +258,46 @@ def summary_table(settings: Sequence[Setting], columns: Sequence[Column]) -> str
     return _markdown(["setting", "seeds", *(c.heading for c in columns)], rows)
 
 
+def rank_settings(settings: Sequence[Setting], column: Column) -> list[int | None]:
+    """Rank of each setting in ``column``: 1 is the best mean over seeds, and equal means share the better rank.
+
+    Means are compared as the table shows them (in the column's unit, rounded to its decimals), so that two cells that
+    read the same rank the same. ``column.better`` orders them: ``higher`` (accuracy), ``lower`` (ECE, H(p,q)) or
+    ``zero`` (smallest absolute value: the signed over-confidence).
+
+    Returns:
+        One rank per setting (``1, 2, 2, 4``: competition ranking), ``None`` for a setting without a value in the
+        column and for every setting of a column that is not ranked (``better=None``).
+    """
+    if column.better is None:
+        return [None] * len(settings)
+    shown = [_shown_mean(s.values(column.key), column) for s in settings]
+    keys = [None if v is None else -v if column.better == "higher" else abs(v) if column.better == "zero" else v
+            for v in shown]  # fmt: skip
+    return [None if k is None else 1 + sum(1 for other in keys if other is not None and other < k) for k in keys]
+
+
+def _shown_mean(values: Sequence[float], column: Column) -> float | None:
+    return float(f"{statistics.fmean(values) * column.scale:.{column.decimals}f}") if values else None
+
+
+def rank_table(settings: Sequence[Setting], columns: Sequence[Column]) -> str:
+    """The markdown table of each setting's rank (:func:`rank_settings`) in each ranked column; ``–``: no value."""
+    ranked = [c for c in columns if c.better is not None]
+    ranks = [rank_settings(settings, c) for c in ranked]
+    rows = [[s.label, *("–" if r[i] is None else str(r[i]) for r in ranks)] for i, s in enumerate(settings)]
+    return _markdown(["setting", *(c.heading for c in ranked)], rows)
+
+
+RANK_LEGEND = (
+    "Rank of each setting per column (1 = best; equal means as shown share a rank): higher accuracy, lower ECE, "
+    "H(p,q) (the NLL), perplexity and ECE after T, conf − acc closest to 0."
+)
+
+
+FIGURE_ALT = "ECE and accuracy per setting, reliability curves, ECE against H(p,q) per job"
+
+
 def _jobs_table(jobs: Sequence[Job], root: Path, columns: Sequence[Column]) -> str:
     rows = [
         [str(job.path.relative_to(root)), " ".join(job.overrides), *(_cell(_one(job, c.key), c) for c in columns)]
@@ -259,7 +334,9 @@ def _markdown_report(
         + ". Final validation (end of fit) and test values; mean ± sample standard deviation over seeds. "
         "conf − acc is the signed over-confidence (negative: under-confident).",
         summary_table(settings, columns),
-        *(["![ECE, accuracy and reliability curves per setting](report.png)"] if with_figure else []),
+        RANK_LEGEND,
+        rank_table(settings, columns),
+        *([f"![{FIGURE_ALT}](report.png)"] if with_figure else []),
         "## Jobs",
         _jobs_table(finished, root, columns),
     ]
@@ -275,39 +352,67 @@ def _markdown_report(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _bars(ax: Axes, settings: Sequence[Setting], key: str, title: str) -> None:
-    """Val and test bars of ``key`` (percent) per setting, with the standard deviation over seeds as error bars."""
+# (key, legend, face colour): greys for the stages, so that colours stay the settings' own in the other panels
+_ECE_BARS = (("val/ece", "val", "0.35"), ("test/ece", "test", "0.7"), ("val/ece_ts", "val after T", "white"))
+_ACC_BARS = (("val/acc", "val", "0.35"), ("test/acc", "test", "0.7"))
+
+
+def _bars(ax: Axes, settings: Sequence[Setting], series: Sequence[tuple[str, str, str]], title: str) -> None:
+    """Bars of each logged key of ``series`` (percent) per setting, with the standard deviation over seeds."""
     import numpy as np
 
     x = np.arange(len(settings))
-    for offset, stage, colour in ((-0.2, "val", "#1f77b4"), (0.2, "test", "#ff7f0e")):
-        values = [[v * 100 for v in s.values(f"{stage}/{key}")] for s in settings]
+    present = [item for item in series if any(s.values(item[0]) for s in settings)]
+    width = 0.8 / max(len(present), 1)
+    for i, (key, label, colour) in enumerate(present):
+        values = [[v * 100 for v in s.values(key)] for s in settings]
         means = [statistics.fmean(v) if v else math.nan for v in values]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, color=colour, label=stage)
+        offset = (i - (len(present) - 1) / 2) * width
+        ax.bar(x + offset, means, width, yerr=stds, capsize=3, color=colour, edgecolor="0.2", label=label)
     ax.set_xticks(x, [s.label for s in settings], rotation=30, ha="right", fontsize="small")
     ax.set(title=title, ylabel="%")
     ax.legend(fontsize="small", frameon=False)
 
 
+def _ece_against_nll(ax: Axes, settings: Sequence[Setting]) -> None:
+    """One dot per job and stage: ECE against H(p,q), coloured by setting (val: circles, test: triangles)."""
+    for i, setting in enumerate(settings):
+        for stage, marker in (("val", "o"), ("test", "^")):
+            jobs = [j for j in setting.jobs if f"{stage}/h_pq" in j.metrics and f"{stage}/ece" in j.metrics]
+            nll = [j.metrics[f"{stage}/h_pq"] for j in jobs]
+            ece = [100 * j.metrics[f"{stage}/ece"] for j in jobs]
+            label = setting.label if stage == "val" else None
+            ax.scatter(nll, ece, marker=marker, color=f"C{i}", alpha=0.85, edgecolors="0.2", label=label)
+    ax.set(xlabel="H(p,q): negative log-likelihood (nats)", ylabel="ECE (%)")
+    ax.set_title("each job: val ●, test ▲ (lower left is better)")
+    ax.legend(fontsize="small", frameon=False)
+
+
 def report_figure(settings: Sequence[Setting]) -> Figure:
-    """ECE and accuracy per setting (bars, val and test) and the pooled reliability curves of the final validations."""
+    """Four panels: ECE (val, test, val after temperature scaling when logged) and accuracy per setting (bars, with
+    the standard deviation over seeds), the reliability curves of the settings overlaid (final validations, seeds
+    pooled) and ECE against H(p,q) per job. Setting ``i`` has colour ``C{i}`` in the last two."""
+    from matplotlib.colors import to_hex
     from matplotlib.figure import Figure
 
     from ls_lightning.plotting import plot_reliability_curves
 
-    figure = Figure(figsize=(15, 5), layout="constrained")
-    ece_ax, acc_ax, curve_ax = figure.subplots(1, 3)
-    _bars(ece_ax, settings, "ece", "ECE (lower is better)")
-    _bars(acc_ax, settings, "acc", "accuracy")
+    figure = Figure(figsize=(13, 10.5), layout="constrained")
+    (ece_ax, acc_ax), (curve_ax, scatter_ax) = figure.subplots(2, 2)
+    _bars(ece_ax, settings, _ECE_BARS, "ECE (lower is better)")
+    _bars(acc_ax, settings, _ACC_BARS, "accuracy")
     lows = [min(s.values("val/acc") + s.values("test/acc")) * 100 for s in settings if s.values("val/acc")]
     acc_ax.set_ylim(max(0.0, min(lows, default=0.0) - 5), 100)
-    curves = [(s.label, c) for s in settings if (c := s.pooled_curve()) is not None]
+    curves = [(to_hex(f"C{i}"), s.label, c) for i, s in enumerate(settings) if (c := s.pooled_curve()) is not None]
     if curves:
-        plot_reliability_curves(curves, title="final validation, seeds pooled (dot area ∝ samples)", ax=curve_ax)
+        curve_ax.set_prop_cycle(color=[colour for colour, _, _ in curves])  # each setting's colour, as in the scatter
+        title = "reliability: final validation, seeds pooled (dot area ∝ samples)"
+        plot_reliability_curves([(label, c) for _, label, c in curves], title=title, ax=curve_ax)
     else:
         curve_ax.set_axis_off()
         curve_ax.text(0.5, 0.5, "no reliability.json\n(run with calibration.diagrams=true)", ha="center")
+    _ece_against_nll(scatter_ax, settings)
     return figure
 
 
@@ -323,6 +428,7 @@ class ReportResult(NamedTuple):
     settings: list[Setting]
     table: str
     written: list[Path]
+    ranks: str = ""  # the markdown rank table (rank_table)
 
 
 def report(root: str | Path, *, figure: bool = True) -> ReportResult:
@@ -333,7 +439,8 @@ def report(root: str | Path, *, figure: bool = True) -> ReportResult:
         figure: Draw ``report.png``; skipped, with a warning, when matplotlib is missing.
 
     Returns:
-        The jobs read, the settings (jobs grouped over seeds), the markdown summary table and the files written.
+        The jobs read, the settings (jobs grouped over seeds), the markdown summary table, the files written and the
+        markdown table of the settings' ranks per column.
 
     Raises:
         FileNotFoundError: When ``root`` is not a directory or holds no job (no ``.hydra/overrides.yaml``).
@@ -356,7 +463,7 @@ def report(root: str | Path, *, figure: bool = True) -> ReportResult:
         print("ls-report: warning: report.png needs matplotlib: pip install 'ls-lightning[plot]'", file=sys.stderr)
     (root / "report.md").write_text(_markdown_report(root, jobs, settings, common, len(written) > 2))
     _write_csv(root / "report.csv", jobs, root, columns)
-    return ReportResult(jobs, settings, summary_table(settings, columns), written)
+    return ReportResult(jobs, settings, summary_table(settings, columns), written, rank_table(settings, columns))
 
 
 def _has_matplotlib() -> bool:
@@ -369,8 +476,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ls-report",
         description="Compare the jobs of an ls-train sweep (-m): one row per setting (seeds grouped into mean ± std) "
-        "with final val/test accuracy, ECE, H(p,q) and over-confidence. Writes report.md, report.csv and report.png "
-        "into DIR and prints the table.",
+        "with final val/test accuracy, ECE, H(p,q) and over-confidence (and, when logged, the ECE after temperature "
+        "scaling and perplexity), then each setting's rank per column. Writes report.md, report.csv and report.png "
+        "(bars, reliability curves, ECE against H(p,q) per job) into DIR and prints the two tables. Reads the sweeps "
+        "of any Hydra launcher (basic, joblib, submitit, ...) and sweeper (basic, optuna, ...).",
         epilog="Exit status: 0 all jobs finished, 1 some jobs failed (listed in the report), 2 no job found.",
     )
     parser.add_argument("dir", metavar="DIR", type=Path, help="the sweep directory, e.g. multirun/train/<date>/<time>")
@@ -387,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as error:
         parser.error(str(error))  # exits 2 with "ls-report: error: ..."
     print(result.table)
+    print(f"\n{RANK_LEGEND}\n{result.ranks}")
     failed = [job for job in result.jobs if job.error is not None]
     for job in failed:
         print(f"failed: {job.path} ({' '.join(job.overrides)}): {job.error}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,19 @@ import pytest
 import torch
 
 from ls_lightning.metrics import BinStats
-from ls_lightning.report import main, report
+from ls_lightning.report import (
+    COLUMNS,
+    OPTIONAL_COLUMNS,
+    RANK_LEGEND,
+    Job,
+    Setting,
+    find_jobs,
+    main,
+    rank_settings,
+    rank_table,
+    report,
+    report_figure,
+)
 
 BIN = Path(sys.executable).parent
 HEADER = (
@@ -174,3 +187,149 @@ def test_report_over_a_real_two_job_sweep(tmp_path: Path) -> None:
         )
         assert (sweep / str(number) / "reliability.json").is_file()
     assert {"report.md", "report.csv", "report.png"} <= {p.name for p in sweep.iterdir()}
+
+
+# --- ranking ----------------------------------------------------------------------------------------------------
+
+
+def _setting(label: str, values: dict[str, list[float]]) -> Setting:
+    jobs = [Job(Path(f"{label}{i}"), [f"seed={i}"], {k: v[i] for k, v in values.items()}) for i in range(2)]
+    return Setting(label, jobs)
+
+
+def test_ranks_by_the_shown_mean_with_ties_sharing_the_better_rank() -> None:
+    settings = [
+        # val/acc means 0.900, 0.950, 0.950; val/ece means 0.01231 and 0.01234 (both shown as 1.23), 0.0100;
+        # val/overconfidence means 0.05, -0.02, 0.02 (closest to 0: -0.02 and 0.02, tied)
+        _setting("a", {"val/acc": [0.89, 0.91], "val/ece": [0.01230, 0.01232], "val/overconfidence": [0.04, 0.06]}),
+        _setting("b", {"val/acc": [0.94, 0.96], "val/ece": [0.01232, 0.01236], "val/overconfidence": [-0.03, -0.01]}),
+        _setting("c", {"val/acc": [0.95, 0.95], "val/ece": [0.0100, 0.0100], "val/overconfidence": [0.01, 0.03]}),
+        _setting("d", {}),  # no value: no rank
+    ]
+    acc, ece, _, over = (c for c in COLUMNS if c.key.startswith("val/"))
+    assert rank_settings(settings, acc) == [3, 1, 1, None]
+    assert rank_settings(settings, ece) == [2, 2, 1, None]
+    assert rank_settings(settings, over) == [3, 1, 1, None]
+    temperature = next(c for c in OPTIONAL_COLUMNS if c.key == "val/temperature")
+    assert rank_settings(settings, temperature) == [None] * 4  # not ranked
+    lines = rank_table(settings, [acc, temperature, ece]).splitlines()
+    assert lines[0] == "| setting | val acc (%) | val ECE (%) |"
+    assert lines[2:] == ["| a | 3 | 2 |", "| b | 1 | 2 |", "| c | 1 | 1 |", "| d | – | – |"]
+
+
+def test_report_prints_and_writes_the_ranks(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main([str(sweep), "--no-figure"])
+    out = capsys.readouterr().out
+    # constant beats none in every column of FINAL (|−2| < |5| for val conf − acc, |−3| < |6| for test)
+    expected = "\n".join(
+        [
+            "| setting | val acc (%) | val ECE (%) | val H(p,q) | val conf − acc (%) | test acc (%) | test ECE (%) | "
+            "test H(p,q) | test conf − acc (%) |",
+            "|---|---|---|---|---|---|---|---|---|",
+            "| schedule=none | 2 | 2 | 2 | 2 | 2 | 2 | 2 | 2 |",
+            "| schedule=constant | 1 | 1 | 1 | 1 | 1 | 1 | 1 | 1 |",
+        ]
+    )
+    assert f"{RANK_LEGEND}\n{expected}\n" in out
+    assert expected in (sweep / "report.md").read_text()
+
+
+# --- launchers' layouts -----------------------------------------------------------------------------------------
+
+
+def _hydra_yaml(output_dir: Path, number: int) -> None:
+    """The part of Hydra's hydra.yaml that the report reads (the job number), as Hydra writes it."""
+    (output_dir / "hydra.yaml").write_text(
+        f"hydra:\n  job:\n    name: train\n    num: {number}\n    id: '{9000 + number}'\n"
+    )
+
+
+def _schedule_jobs(root: Path, dirs: list[str], output_subdir: str = ".hydra") -> None:
+    """Jobs 0..3 (none/constant × seeds 0, 1, as in FINAL) in the directories ``dirs`` (job number order)."""
+    for number, (name, ((schedule, seed), (val, test))) in enumerate(zip(dirs, FINAL.items(), strict=True)):
+        job = root / name
+        (job / output_subdir).mkdir(parents=True)
+        overrides = [f"label_smoothing/schedule={schedule}", f"seed={seed}"]
+        (job / output_subdir / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        _hydra_yaml(job / output_subdir, number)
+        (job / "metrics.csv").write_text("\n".join([HEADER, *_rows(val, test)]) + "\n")
+
+
+def _first_rows(out: str) -> list[str]:
+    return [line.split(" | ")[0] + " | " + line.split(" | ")[2] for line in out.splitlines()[2:4]]
+
+
+@pytest.mark.parametrize(
+    ("dirs", "output_subdir"),
+    [
+        # joblib and the basic launcher: <sweep>/<hydra.job.num>
+        (["0", "1", "2", "3"], ".hydra"),
+        # hydra.sweep.subdir=${hydra.job.override_dirname}: nested, and name order is not job order
+        (
+            [
+                "label_smoothing/schedule=none,seed=0",
+                "label_smoothing/schedule=none,seed=1",
+                "label_smoothing/schedule=constant,seed=0",
+                "label_smoothing/schedule=constant,seed=1",
+            ],
+            ".hydra",
+        ),
+        # hydra.sweep.subdir=${hydra.job.num}_${hydra.job.id} (submitit's job id) and hydra.output_subdir=hydra_cfg
+        (["0_9000", "1_9001", "2_9002", "3_9003"], "hydra_cfg"),
+    ],
+)
+def test_sweeps_of_other_launchers_and_layouts(
+    tmp_path: Path, dirs: list[str], output_subdir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "multirun"
+    _schedule_jobs(root, dirs, output_subdir)
+    # submitit keeps its logs and pickles beside the jobs; an Optuna sweep writes its result there
+    submitit = root / ".submitit" / "9000"
+    submitit.mkdir(parents=True)
+    for name in ("9000_submitted.pkl", "9000_0_result.pkl", "9000_0_log.out", "9000_0_log.err"):
+        (submitit / name).write_bytes(b"\x80\x04N.")
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    (root / "optimization_results.yaml").write_text("name: optuna\nbest_params: {}\nbest_value: 0.3\n")
+    assert find_jobs(root) == [root / d for d in dirs]
+    assert main([str(root), "--no-figure"]) == 0
+    assert capsys.readouterr().out.startswith(EXPECTED_TABLE + "\n")
+
+
+def test_job_order_falls_back_to_the_directory_name(tmp_path: Path) -> None:
+    for name in ("10", "9", "b", "a"):
+        _write_job(tmp_path / name, ["seed=0"], None)
+    _hydra_yaml(tmp_path / "b" / ".hydra", 1)  # a job number beats a name
+    (tmp_path / "a" / ".hydra" / "hydra.yaml").write_text("hydra: [unclosed\n")  # a half-written file
+    assert [p.name for p in find_jobs(tmp_path)] == ["b", "9", "10", "a"]
+
+
+# --- figure -----------------------------------------------------------------------------------------------------
+
+
+def test_figure_overlays_curves_and_places_each_job_by_nll_and_ece(sweep: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_hex
+
+    settings = report(sweep, figure=False).settings
+    figure = report_figure(settings)
+    ece_ax, _, curve_ax, scatter_ax = figure.axes[:4]
+    # one point per job and stage, at (H(p,q), 100 · ECE) of FINAL
+    points = {
+        (to_hex(c.get_facecolor()[0]), tuple(map(float, xy))) for c in scatter_ax.collections for xy in c.get_offsets()
+    }
+    expected = {
+        (to_hex(f"C{i}"), (stage[2], 100 * stage[1]))
+        for i, schedule in enumerate(("none", "constant"))
+        for (name, _), stages in FINAL.items()
+        if name == schedule
+        for stage in stages
+    }
+    assert len(points) == 8
+    for colour, (x, y) in expected:
+        assert any(c == colour and math.isclose(px, x) and math.isclose(py, y) for c, (px, py) in points)
+    # the reliability curves in the same colours, one per setting with a reliability.json
+    curve_colours = [to_hex(line.get_color()) for line in curve_ax.get_lines()[1:]]
+    assert curve_colours == [to_hex("C0"), to_hex("C1")]
+    # ECE bars: val and test means in percent (no val/ece_ts logged in this sweep)
+    heights = [round(bar.get_height(), 6) for bar in ece_ax.patches]
+    assert heights == [6.0, 3.0, 7.0, 4.0]
