@@ -47,7 +47,7 @@ class _Accumulator:
     """dh, dW and db of one pass, built chunk by chunk (dW and db in float32 for half-precision parameters)."""
 
     def __init__(self, h: Tensor, w: Tensor, b: Tensor | None, need: tuple[bool, bool, bool], acc: torch.dtype):
-        self.h = torch.empty_like(h) if need[0] else None
+        self.h = h.new_empty(h.shape) if need[0] else None  # contiguous: its row slices are matmul outputs
         self.first = True
         # A half-precision dW summed over chunks in its own dtype would round once per chunk: sum in float32.
         self.wide = w.dtype != acc and h.shape[0] > chunk_rows(w.shape[0], h.device)

@@ -141,6 +141,13 @@ def test_only_some_inputs_need_a_gradient(chunks):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
+def test_non_contiguous_hidden_states(chunks):
+    h = torch.randn(D, 9, dtype=torch.float64).t().requires_grad_()
+    _, w, b, target = _data((9,), bias=True)
+    out = linear_label_smoothed_cross_entropy(h, w, target, EPS, linear_bias=b)
+    _assert_matches(out, _reference(h, w, b, target, EPS), (h, w, b))
+
+
 def test_unbatched_input():
     h, w, _, _ = _data((9,))
     out = linear_label_smoothed_cross_entropy(h[0], w, torch.tensor(3), EPS, reduction="none")
