@@ -9,7 +9,8 @@ from omegaconf import DictConfig
 
 from ls_lightning._cli import build_run, collect_metrics, print_summary, run_main
 from ls_lightning._launch import continued_metrics, hydra_job_launch, keep_earlier_metrics, quiet_rank_overrides
-from ls_lightning.config import register_configs, validate_config
+from ls_lightning.config import MissingDependencyError, register_configs, validate_config
+from ls_lightning.search import check_sweeper_plugins
 
 __all__ = ["main", "train"]
 
@@ -61,6 +62,11 @@ def main() -> None:
     A process of global rank > 0 (re-launched by Lightning, or started by torchrun or SLURM) runs the same app in the
     same run directory but writes no Hydra files there.
     """
+    try:
+        check_sweeper_plugins(sys.argv[1:])  # before Hydra's own, less helpful, missing-config error
+    except MissingDependencyError as error:  # exit status 2 and one line, as for every configuration error
+        print(f"ls-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
     sys.argv += quiet_rank_overrides()
     _hydra_main()
 
