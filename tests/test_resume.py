@@ -15,6 +15,8 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
@@ -24,13 +26,13 @@ from ls_lightning.schedules import Cosine
 from ls_lightning.train import train
 
 BIN = Path(sys.executable).parent
-STEPS, EVERY = 160, 20  # 4 epochs of 320 / 8 batches; a checkpoint (last.ckpt) every 20 steps
+STEPS, EVERY = 160, 20  # 4 epochs of 320 / 8 batches; a checkpoint (last.ckpt) every 20 steps and at epoch ends
 RUN = [
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     # only what the comparison needs: the checkpoint and the ε schedule
     "callbacks=[model_checkpoint,label_smoothing]",
-    f"callbacks.model_checkpoint.every_n_train_steps={EVERY}",
+    f"callbacks.step_checkpoint.every_n_train_steps={EVERY}",
     "label_smoothing/schedule=cosine",
     "data=synthetic",
     "data.num_train=320",
@@ -129,6 +131,67 @@ def test_ckpt_path_last_resumes_the_run_in_its_own_directory(runs: dict[str, Pat
     assert (killed / "metrics.1.csv").exists() == had_metrics
 
 
+# --- the default config: last.ckpt at every epoch end --------------------------------------------------------------
+
+# the default job (digits, MLP, default callbacks and CSV logger) for 30 epochs, with an ε that changes at every step
+DEFAULT_JOB = [
+    "trainer.max_epochs=30",
+    "label_smoothing/schedule=cosine",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
+    "calibration.diagrams=false",
+]
+
+
+def start_default_job(run_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "ls_lightning.train", *DEFAULT_JOB, f"hydra.run.dir={run_dir}", *extra]
+    # one thread each: two jobs run side by side, and the small MLP gains nothing from more
+    env = {**environment(), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish(process: subprocess.Popen[bytes]) -> None:
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+
+
+def load(checkpoint: Path) -> dict:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)
+
+
+def kill_once_written(process: subprocess.Popen[bytes], path: Path) -> None:
+    try:
+        while not path.exists() and process.poll() is None:
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+@pytest.mark.slow
+def test_default_run_killed_after_its_first_epoch_resumes_with_ckpt_path_last(tmp_path: Path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    last = killed / "checkpoints" / "last.ckpt"
+    uninterrupted = start_default_job(straight)  # alongside the other two: on 2 cores the test takes half the time
+    kill_once_written(start_default_job(killed), last)
+    interrupted = load(last)  # written at the end of an early epoch by the epoch-end checkpoint
+    finish(start_default_job(killed, "ckpt_path=last"))
+    finish(uninterrupted)
+
+    final = load(straight / "checkpoints" / "last.ckpt")["global_step"]
+    # a checkpoint of the finished run (e.g. written when training ends) would make the rest prove nothing
+    assert 0 < interrupted["global_step"] < final, f"last.ckpt is from epoch {interrupted['epoch']}, the end of the run"
+    assert load(last)["global_step"] == final
+    resumed, expected = epsilon_per_step(killed / "metrics.csv"), epsilon_per_step(straight / "metrics.csv")
+    assert sorted(resumed) == [s for s in sorted(expected) if s >= interrupted["global_step"]]
+    for step, epsilon in resumed.items():
+        assert epsilon == pytest.approx(expected[step], abs=1e-12), step
+    assert len(set(resumed.values())) == len(resumed) > 20  # cosine: a different ε at each logged step
+
+
 # --- callback state in checkpoints, in process -------------------------------------------------------------------
 
 
@@ -150,7 +213,8 @@ class Net(LabelSmoothingMixin, L.LightningModule):
 
 
 def _trainer(tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    return quiet_trainer(tmp_path, max_epochs=1, callbacks=callbacks)
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    return quiet_trainer(tmp_path, max_epochs=1, callbacks=callbacks, enable_checkpointing=checkpointing)
 
 
 def test_each_callback_instance_gets_its_own_state_back(tmp_path: Path) -> None:
@@ -166,6 +230,38 @@ def test_each_callback_instance_gets_its_own_state_back(tmp_path: Path) -> None:
         callback.epsilon = None
     _trainer(tmp_path, list(fresh)).fit(Net(), ckpt_path=path)  # max_epochs reached: restores, trains nothing
     assert sorted((c.state_key, c.epsilon) for c in fresh) == sorted(saved)
+
+
+class LastCheckpointSteps(L.Callback):
+    """Before each training batch and at the end, the step that ``last.ckpt`` holds (None: no file yet)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self.seen.append((trainer.global_step, global_step(self.path) if self.path.exists() else None))
+
+
+@pytest.mark.parametrize("every_n_train_steps", [0, 3])
+def test_default_checkpoints_write_last_ckpt_at_every_epoch_end_and_every_n_steps(
+    every_n_train_steps: int, tmp_path: Path
+) -> None:
+    overrides = [f"callbacks.step_checkpoint.every_n_train_steps={every_n_train_steps}", f"paths.output_dir={tmp_path}"]
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    checkpoints = [instantiate(cfg.callbacks.model_checkpoint), instantiate(cfg.callbacks.step_checkpoint)]
+    recorder = LastCheckpointSteps(tmp_path / "checkpoints" / "last.ckpt")
+    trainer = _trainer(tmp_path, [*checkpoints, recorder])
+    trainer.fit_loop.max_epochs = 3  # 4 steps per epoch
+    trainer.fit(Net())
+
+    def saved(step: int) -> bool:  # at the end of each epoch, and every n steps when set
+        return step % 4 == 0 or (every_n_train_steps > 0 and step % every_n_train_steps == 0)
+
+    expected = [(g, max((s for s in range(1, g + 1) if saved(s)), default=None)) for g in range(12)]
+    assert recorder.seen == expected
+    assert global_step(recorder.path) == 12  # the end of training
+    assert [p.name for p in recorder.path.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_checkpoint_without_the_callbacks_state_warns_when_resumed(tmp_path: Path) -> None:
