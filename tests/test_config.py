@@ -56,7 +56,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.label_smoothing.prior.name == "uniform"
     assert cfg.seed == 0 and cfg.ckpt_path is None
     assert list(cfg.logger) == ["csv"]
-    assert cfg.callbacks.model_checkpoint.filename == "last" and cfg.callbacks.model_checkpoint.every_n_epochs == 1
+    assert cfg.callbacks.model_checkpoint.save_last is True
     assert cfg.trainer.default_root_dir == str(tmp_path)
 
 
@@ -173,7 +173,7 @@ def test_experiments_compose(tmp_path: Path) -> None:
         cfg = compose("train", overrides=["experiment=compare_schedules"], return_hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     params = cfg.hydra.sweeper.params
-    assert params["label_smoothing/schedule"].split(",") == ["none", "constant", "cosine", "two_stage"]
+    assert params["label_smoothing/variant"].split(",") == ["none", "constant", "cosine", "two_stage", "online"]
     cfg = make_cfg(["experiment=cnn_digits"], tmp_path)
     validate_config(cfg)
     assert OmegaConf.get_type(cfg.model) is schemas.CNNConfig
