@@ -56,7 +56,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.label_smoothing.prior.name == "uniform"
     assert cfg.seed == 0 and cfg.ckpt_path is None
     assert list(cfg.logger) == ["csv"]
-    assert cfg.callbacks.model_checkpoint.save_last is True
+    assert cfg.callbacks.model_checkpoint.filename == "last" and cfg.callbacks.model_checkpoint.every_n_epochs == 1
     assert cfg.trainer.default_root_dir == str(tmp_path)
 
 
