@@ -16,8 +16,8 @@ from ls_lightning import LabelSmoothing
 from ls_lightning import config as schemas
 from ls_lightning._cli import build_run
 from ls_lightning.config import ConfigValueError, validate_config
-from ls_lightning.data import DigitsDataModule, SyntheticDataModule
-from ls_lightning.models import CNN, MLP
+from ls_lightning.data import DigitsDataModule, SyntheticDataModule, TextDataModule
+from ls_lightning.models import CNN, MLP, Transformer
 from ls_lightning.schedules import Constant, Cosine, Exponential, Linear, Step, TwoStage
 
 CONF = resources.files("ls_lightning.conf")
@@ -77,7 +77,8 @@ def test_every_option_composes_and_builds(group: str, tmp_path: Path) -> None:
         validate_config(cfg)
         run = build_run(cfg)
         assert run.trainer.default_root_dir == str(tmp_path)
-        assert isinstance(run.model, (MLP, CNN)) and isinstance(run.datamodule, (DigitsDataModule, SyntheticDataModule))
+        assert isinstance(run.model, (MLP, CNN, Transformer))
+        assert isinstance(run.datamodule, (DigitsDataModule, SyntheticDataModule, TextDataModule))
 
 
 SCHEDULES = {
