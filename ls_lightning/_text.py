@@ -70,7 +70,10 @@ def stdlib_documents(max_bytes: int, root: Path | str | None = None) -> list[Doc
         ValueError: if no file fits under ``max_bytes``.
     """
     root = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
-    paths = [p for p in root.rglob("*.py") if not _SKIPPED_DIRS.intersection(p.relative_to(root).parts[:-1])]
+    paths: list[Path] = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in _SKIPPED_DIRS]  # not walked at all
+        paths += [Path(folder, name) for name in files if name.endswith(".py")]
     paths.sort(key=lambda p: (len(p.relative_to(root).parts), p.relative_to(root).as_posix()))
     documents, total = [], 0
     for path in paths:
