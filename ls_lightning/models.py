@@ -258,6 +258,11 @@ class Transformer(Classifier):
 
     def hidden(self, tokens: Tensor) -> Tensor:
         """The final hidden states (N, T, D) of (N, T) token ids: position t sees the tokens up to t."""
+        if tokens.is_floating_point() or tokens.is_complex():
+            raise TypeError(
+                f"Expected argument `tokens` to hold integer token ids, but got {tokens.dtype} (the Transformer reads"
+                " token blocks: use it with data=text)"
+            )
         length = tokens.shape[-1]
         if length > self.position_embedding.num_embeddings:
             raise ValueError(
