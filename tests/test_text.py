@@ -200,7 +200,7 @@ def test_transformer_is_causal_and_ties_its_output_layer_to_the_embedding() -> N
         small_model(num_heads=3)
     with pytest.raises(ValueError, match="at most 16 tokens"):
         model.hidden(torch.zeros(1, 17, dtype=torch.int64))
-    with pytest.raises(TypeError, match="integer token ids, but got torch.float32"):
+    with pytest.raises(TypeError, match=r"integer token ids, but got torch\.float32"):
         model.hidden(torch.zeros(1, 16))
 
 
