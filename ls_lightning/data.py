@@ -478,7 +478,13 @@ class TextDataModule(TensorDataModule):
 
     def unigram_perplexity(self, split: str = "val") -> float:
         """The perplexity on ``split`` of the unigram model of the training targets (add-one smoothed): the
-        baseline a language model must beat."""
+        baseline a language model must beat.
+
+        Raises:
+            ValueError: if ``split`` is not one of ``"train"``, ``"val"``, ``"test"``, or the data are not set up.
+        """
+        if split not in self.splits:
+            raise ValueError(f"Expected argument `split` to be 'train', 'val' or 'test' after setup, but got {split!r}")
         targets = self.splits["train"].tensors[1]
         counts = torch.bincount(targets[targets != self.ignore_index], minlength=self.num_classes).double() + 1.0
         log_p = counts.log() - counts.sum().log()

@@ -147,6 +147,20 @@ def test_split_is_a_partition_fixed_by_split_seed_only(cache: Path) -> None:
     assert len(rows) == len({tuple(r.tolist()) for d in other.splits.values() for r in torch.cat(d.tensors, 1)})
 
 
+def test_unigram_perplexity_is_the_add_one_unigram_model_of_the_training_targets(cache: Path) -> None:
+    from collections import Counter
+
+    dm = tiny()
+    train, val = (dm.splits[s].tensors[1] for s in ("train", "val"))
+    counts = Counter(t for t in train.flatten().tolist() if t != -100)
+    total = sum(counts.values()) + dm.num_classes
+    log_likelihood = [math.log((counts[t] + 1) / total) for t in val.flatten().tolist() if t != -100]
+    reference = math.exp(-sum(log_likelihood) / len(log_likelihood))
+    assert math.isclose(dm.unigram_perplexity("val"), reference, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="`split`"):
+        dm.unigram_perplexity("valid")
+
+
 def test_sequences_per_epoch_sampler_walks_shuffles_and_splits_them_across_processes() -> None:
     data = range(10)
     ranks = [SequencesPerEpochSampler(data, samples_per_epoch=4, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
