@@ -2,7 +2,7 @@
 
     python benchmarks/linear.py              # 4096×512→32000 and 1024×512→128000 (several minutes on 2 cores)
     python benchmarks/linear.py --small      # a quick check of the script itself
-    python benchmarks/linear.py --chunk N    # logits per chunk of the fused loss (default: the library's)
+    python benchmarks/linear.py --chunk N --min-rows R   # the fused loss's chunk (default: the library's)
 
 Forward + backward in float32 (gradients of the hidden states and the weight), ε = 0.1. Times are medians of
 interleaved runs in one process. Memory is measured in a fresh process per variant: after one warm-up call (which
@@ -96,11 +96,13 @@ def measure_memory(variant: str, n: int, d: int, v: int) -> float:
     return (peak - grads) / (n * v * 4)
 
 
-def memory(variant: str, n: int, d: int, v: int, chunk: int | None) -> float:
+def memory(variant: str, n: int, d: int, v: int, chunk: int | None, min_rows: int | None) -> float:
     """:func:`measure_memory` in a fresh process."""
     args = [sys.executable, __file__, "--memory-of", json.dumps([variant, n, d, v])]
     if chunk:
         args += ["--chunk", str(chunk)]
+    if min_rows:
+        args += ["--min-rows", str(min_rows)]
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -110,24 +112,32 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="small shapes and few repeats (a check of the script)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=None, help="logits per chunk of the fused loss (CPU)")
+    parser.add_argument("--min-rows", type=int, default=None, help="least rows per chunk of the fused loss")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # the subprocess of :func:`memory`
     args = parser.parse_args()
     if args.chunk:
         _linear.CHUNK_ELEMENTS = args.chunk
+    if args.min_rows:
+        _linear.MIN_CHUNK_ROWS = args.min_rows
     if args.memory_of:
         variant, n, d, v = json.loads(args.memory_of)
         print(measure_memory(variant, n, d, v))
         return
     shapes, repeats = (SMALL_SHAPES, 3) if args.small else (SHAPES, args.repeats)
-    print(f"threads={torch.get_num_threads()}  chunk={_linear.CHUNK_ELEMENTS} logits  ε={EPS}  float32, fwd+bwd")
+    chunk = f"chunk={_linear.CHUNK_ELEMENTS} logits, ≥ {_linear.MIN_CHUNK_ROWS} rows"
+    print(f"threads={torch.get_num_threads()}  {chunk}  ε={EPS}  float32, fwd+bwd")
     print(f"median of {repeats} interleaved runs; load average {os.getloadavg()[0]:.2f}")
     header = f"{'tokens×hidden→classes':>22} {'ours ms':>9} {'eager ms':>9} {'compiled ms':>11}"
     print(f"{header} {'/eager':>7} {'/compiled':>9}   peak extra memory / logits: ours, eager, compiled")
     for n, d, v in shapes:
         t = times(n, d, v, repeats)
         ours_ms, eager_ms, compiled_ms = t["ours"][0], t["eager"][0], t["compiled"][0]
-        mem = "" if args.no_memory else "  ".join(f"{memory(x, n, d, v, args.chunk):.2f}" for x in VARIANTS)
+        mem = (
+            ""
+            if args.no_memory
+            else "  ".join(f"{memory(x, n, d, v, args.chunk, args.min_rows):.2f}" for x in VARIANTS)
+        )
         print(
             f"{f'{n}×{d}→{v}':>22} {ours_ms:9.1f} {eager_ms:9.1f} {compiled_ms:11.1f} "
             f"{ours_ms / eager_ms:7.2f} {ours_ms / compiled_ms:9.2f}   {mem}"

@@ -18,11 +18,13 @@ from torch import Tensor
 
 from ls_lightning import _fused
 
-# Logits per chunk on the CPU: two buffers of this many elements (the logits and their float32 gradient), 32 MiB.
-# Each chunk also reads and writes the whole of dW (V×D) once, which favours large chunks; 4096×512→32000 measured
-# flat from 2**21 to 2**24 on the 2-core machine (noisy: the matmuls dominate). Sweep with
-# `python benchmarks/linear.py --chunk N`.
-CHUNK_ELEMENTS = 1 << 22
+# Logits per chunk on the CPU (64 MiB of float32; the gradient overwrites its chunk of logits, so that is all the
+# workspace), and at least MIN_CHUNK_ROWS rows whatever the vocabulary. Each chunk streams the whole of W twice and
+# dW (V×D) once from memory, so rows, not elements, set the speed at large V: 1024×512→128000 fwd+bwd took 12.1 s
+# in 32-row chunks, 8.1 s in 131, 5.8 s in 262 and 5.2 s in one chunk (2 loaded cores). 4096×512→32000 takes
+# 524-row chunks: 0.125× the logits. Sweep with `python benchmarks/linear.py --chunk N`.
+CHUNK_ELEMENTS = 1 << 24
+MIN_CHUNK_ROWS = 256
 # On an accelerator: kernel launches, not cache, are the per-chunk cost (as in _fused). Not yet measured on a GPU.
 ACCELERATOR_CHUNK_ELEMENTS = 1 << 26
 # A (V, V) prior holds V² numbers (1 GiB of float32 at this size) and is refused above it: use a (V,) prior.
@@ -38,9 +40,10 @@ class Grads(NamedTuple):
 
 
 def chunk_rows(num_classes: int, device: torch.device) -> int:
-    """Rows per chunk of logits: the element budget of the device over the number of classes (at least one)."""
+    """Rows per chunk of logits: the element budget of the device over the number of classes, at least
+    ``MIN_CHUNK_ROWS``."""
     budget = CHUNK_ELEMENTS if device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
-    return max(1, budget // max(1, num_classes))
+    return max(MIN_CHUNK_ROWS, 1, budget // max(1, num_classes))
 
 
 class _Accumulator:
@@ -90,24 +93,30 @@ def _pass(
     """Chunk by chunk: logits, the fused pass (with ``coefs``: their gradient), and that gradient's matmuls.
 
     ``stats`` asks the pass for (argmax, ‖q‖); ``uniform`` is :func:`_fused.uniform_coefficients` of ``coefs``.
+    In float32 and float64 the gradient overwrites its chunk of logits in place (one buffer, not two): the pass
+    then takes its argmax path, which reads each logit before it writes the softmax over it, and z_y is read first.
     """
     m, num_classes = h.shape[0], w.shape[0]
     acc = prep.valid.dtype
     rows = min(max(m, 1), chunk_rows(num_classes, h.device))
     logits = h.new_empty(rows, num_classes)
-    grad = None if coefs is None else h.new_empty(rows, num_classes, dtype=acc)
-    narrow = None if grad is None or h.dtype == acc else h.new_empty(rows, num_classes)  # g in the matmul dtype
+    in_place = coefs is not None and h.dtype == acc
+    grad = logits if in_place else None if coefs is None else h.new_empty(rows, num_classes, dtype=acc)
+    narrow = None if grad is None or in_place else h.new_empty(rows, num_classes)  # half: g in the matmul dtype
     sums = _Accumulator(h, w, b, need if coefs is not None else (False, False, False), acc)
     terms = []
     for r0 in range(0, max(m, 1), rows):
         r = slice(r0, min(m, r0 + rows))
-        hc, n = h[r], r.stop - r0
+        hc, n, y = h[r], r.stop - r0, prep.y[r]
         lc = torch.mm(hc, w.t(), out=logits[:n]) if b is None else torch.addmm(b, hc, w.t(), out=logits[:n])
+        z_y = lc.gather(1, y.unsqueeze(1))  # (n, 1), read before the pass may overwrite the logits
         gc = None if grad is None else grad[:n]
         chunk_coefs = None if coefs is None else (coefs[0][r], coefs[1][r], coefs[2][r])
-        row_stats = _fused.row_pass(lc, prep.y[r], prep.smoothing, chunk_coefs, gc, stats[0], stats[1], uniform)
-        part = _fused.Prepared(prep.y[r], prep.valid[r], prep.wy[r], prep.total[r], prep.smoothing)
-        terms.append(_fused.row_terms(lc, part, row_stats))
+        argmax, sqnorm = stats[0] or in_place, stats[1]
+        row_stats = _fused.row_pass(lc, y, prep.smoothing, chunk_coefs, gc, argmax, sqnorm, uniform)
+        # row_terms reads z_y from its first argument at the rows' labels: here the (n, 1) column, label 0
+        part = _fused.Prepared(torch.zeros_like(y), prep.valid[r], prep.wy[r], prep.total[r], prep.smoothing)
+        terms.append(_fused.row_terms(z_y, part, row_stats))
         if gc is not None:
             sums.add(gc if narrow is None else narrow[:n].copy_(gc), gc, hc, w, r)
     return terms, sums.result(w, b)
@@ -122,7 +131,7 @@ def _concat(terms: list[_fused.Terms]) -> _fused.Terms:
         return None if parts[0] is None else torch.cat(parts)
 
     rows = _fused.RowStats(*(cat([t.rows[i] for t in terms]) for i in range(len(_fused.RowStats._fields))))
-    h_pq, h_uq, lse, z_y = (torch.cat([t[i] for t in terms]) for i in range(4))
+    h_pq, h_uq, lse, z_y = (cat([t[i] for t in terms]) for i in range(4))
     return _fused.Terms(h_pq, h_uq, lse, z_y, rows)
 
 
@@ -447,11 +456,12 @@ def linear_label_smoothed_cross_entropy(
     Equal in value and in the gradients of ``input``, ``linear_weight`` and ``linear_bias`` to
     ``label_smoothed_cross_entropy(F.linear(input, linear_weight, linear_bias).reshape(-1, V), target.reshape(-1),
     ...)`` (reshaped back to the target's shape for ``reduction="none"``). The logits are made one chunk of rows at a
-    time (``CHUNK_ELEMENTS`` logits on the CPU, ``ACCELERATOR_CHUNK_ELEMENTS`` elsewhere) and each chunk's
-    gradient goes at once into the gradients of the hidden states, the weight and the bias: the loss holds one chunk
-    of logits and its gradient besides those. Backward scales them by grad_output; it remakes the logits only for a
-    gradient through ``h_pq`` or ``h_uq`` themselves, or with ``reduction="none"`` (each position's weight is
-    known only then). Without a gradient (validation) no gradient is made.
+    time (``CHUNK_ELEMENTS`` logits on the CPU, ``ACCELERATOR_CHUNK_ELEMENTS`` elsewhere, at least
+    ``MIN_CHUNK_ROWS`` rows) and each chunk's gradient goes at once into the gradients of the hidden states, the
+    weight and the bias: besides those, the loss holds one chunk of logits, which their gradient overwrites (half
+    precision: also a float32 chunk for the gradient). Backward scales them by grad_output; it remakes the logits
+    only for a gradient through ``h_pq`` or ``h_uq`` themselves, or with ``reduction="none"`` (each position's
+    weight is known only then). Without a gradient (validation) no gradient is made.
 
     Half-precision ``input`` and ``linear_weight`` are multiplied in their dtype, the softmax statistics summed in
     float32, dW summed over chunks in float32; gradients come back in the parameters' dtype. Under autocast the

@@ -54,6 +54,7 @@ def _grads(output, tensors):
 def chunks(request, monkeypatch):
     """Chunk budgets of 1 and 3 rows (several chunks, one of them short) and of the whole input."""
     monkeypatch.setattr(_linear, "CHUNK_ELEMENTS", request.param * V)
+    monkeypatch.setattr(_linear, "MIN_CHUNK_ROWS", 1)
     return request.param
 
 
