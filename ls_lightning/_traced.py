@@ -32,26 +32,43 @@ def _class_row(v: Tensor | None, y: Tensor, x: Tensor) -> Tensor | float:
 
 
 class _RowTerms(torch.autograd.Function):
-    """Per-position H(p,q), H(u,q) and lse of (N, C, d1, …) logits; ``wy`` and ``total`` None mean ``valid``."""
+    """Per-position H(p,q), H(u,q), lse, top logit and (``with_argmax``, else None) its class, of (N, C, d1, …)
+    logits; ``wy`` and ``total`` None mean ``valid``. The argmax comes from the max's own reduction: asked for
+    separately it would cost a pass over the logits of its own."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, y: Tensor, valid: Tensor, wy: Tensor | None, total: Tensor | None, v: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        ctx: Any,
+        x: Tensor,
+        y: Tensor,
+        valid: Tensor,
+        wy: Tensor | None,
+        total: Tensor | None,
+        v: Tensor | None,
+        with_argmax: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         xf = x.to(valid.dtype)
-        top = xf.amax(1, keepdim=True)  # keepdim: the form Inductor's online-softmax rewrite matches (GPU)
-        lse = (top + (xf - top).exp().sum(1, keepdim=True).log()).squeeze(1)
+        if with_argmax:
+            top, index = xf.max(1, keepdim=True)
+        else:  # amax with keepdim: the form that Inductor's online-softmax rewrite matches (GPU)
+            top, index = xf.amax(1, keepdim=True), None
+        shifted = xf - top
+        log_sum = shifted.exp().sum(1).log()
+        # H(u,q) = V·lse − v·z = V·log Σ exp(z − top) − v·(z − top): v·(z − top) is read in the same loop as the
+        # sum of exponentials (v·z itself would be a reduction of its own, a pass more when the argmax is asked for)
+        v_shifted = shifted.sum(1) / x.shape[1] if v is None else (shifted * _class_row(v, y, x)).sum(1)
+        top = top.squeeze(1)
+        lse = top + log_sum
         z_y = xf.gather(1, y.unsqueeze(1)).squeeze(1)
-        vz = xf.sum(1) / x.shape[1] if v is None else (xf * _class_row(v, y, x)).sum(1)
         h_pq = (valid if wy is None else wy) * (lse - z_y)
-        h_uq = (valid if total is None else total) * lse - valid * vz
+        h_uq = (valid if total is None else total) * log_sum - valid * v_shifted
         ctx.save_for_backward(x, y, valid, wy, total, v, lse)
-        ctx.mark_non_differentiable(lse)
-        return h_pq, h_uq, lse
+        ctx.mark_non_differentiable(lse, top, *([] if index is None else [index]))
+        return h_pq, h_uq, lse, top, None if index is None else index.squeeze(1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g_pq: Tensor, g_uq: Tensor, _: Any) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g_pq: Tensor, g_uq: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
         x, y, valid, wy, total, v, lse = ctx.saved_tensors
         alpha = g_pq * (valid if wy is None else wy)
         beta = g_uq * valid
@@ -60,7 +77,7 @@ class _RowTerms(torch.autograd.Function):
         classes = torch.arange(x.shape[1], device=x.device).view(1, -1, *([1] * (x.dim() - 2)))
         label = torch.where(classes == y.unsqueeze(1), alpha.unsqueeze(1), 0.0)
         grad = a.unsqueeze(1) * q - beta.unsqueeze(1) * _class_row(v, y, x) - label
-        return grad.to(x.dtype), None, None, None, None, None
+        return grad.to(x.dtype), None, None, None, None, None, None
 
 
 def traced(
@@ -77,13 +94,14 @@ def traced(
     """loss, h_pq, h_uq and the LossStats fields (empty unless ``with_stats``) of (N, C, d1, …) logits."""
     prep = _fused.prepare(x, target, weight, prior, ignore_index)
     shape, v = target.shape, prep.smoothing.v
-    h_pq, h_uq, lse = _RowTerms.apply(
+    h_pq, h_uq, lse, top, argmax = _RowTerms.apply(
         x,
         prep.y.view(shape),
         prep.valid.view(shape),
         None if prep.wy is prep.valid else prep.wy.view(shape),
         None if prep.total is prep.valid else prep.total.view(shape),
         None if isinstance(v, float) else v,
+        with_stats,
     )
     weight_sum = prep.wy.sum()
     denominator = _fused.mean_denominator(weight_sum, reduction)
@@ -94,18 +112,15 @@ def traced(
     if not with_stats:
         empty = [x.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)]
         return (loss, h_pq, h_uq, *empty, weight_sum.float())
-    return (loss, h_pq, h_uq, *_stats(x.detach(), target, prep, lse, brier), weight_sum.float())
-
-
-def _stats(x: Tensor, target: Tensor, prep: _fused.Prepared, lse: Tensor, brier: bool) -> tuple[Tensor, ...]:
-    """confidence, correct, valid and Brier (empty unless ``brier``) per position, flattened."""
-    xf = x.to(lse.dtype)
-    top, argmax = xf.max(1)
     confidence = (top - lse).exp().reshape(-1).float()
     correct = (argmax == target).reshape(-1)
-    if not brier:
-        return confidence, correct, prep.valid.bool(), confidence.new_empty(0)
+    values = _brier(x.detach(), target, prep, lse) if brier else confidence.new_empty(0)
+    return (loss, h_pq, h_uq, confidence, correct, prep.valid.bool(), values, weight_sum.float())
+
+
+def _brier(x: Tensor, target: Tensor, prep: _fused.Prepared, lse: Tensor) -> Tensor:
+    """Σ_c (q_c − onehot_c)² per position, flattened: a pass over the logits of its own (Σ q² needs lse first)."""
+    xf = x.to(lse.dtype)
     z_y = xf.gather(1, prep.y.view(target.shape).unsqueeze(1)).squeeze(1)
     square_sum = (2 * (xf - lse.unsqueeze(1))).exp().sum(1)
-    values = square_sum - 2 * (z_y - lse).exp() + 1
-    return confidence, correct, prep.valid.bool(), values.reshape(-1).float()
+    return (square_sum - 2 * (z_y - lse).exp() + 1).reshape(-1).float()
