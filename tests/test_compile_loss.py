@@ -153,6 +153,19 @@ def test_compiled_matrix_prior_and_probability_targets(fresh_dynamo):
     torch.testing.assert_close(compiled(x, probabilities, 0.3).loss, expected)
 
 
+def test_compiled_all_ignored_and_unbatched(fresh_dynamo):
+    """Every position ignored: 0 with zero gradient, not NaN; an unbatched (C) input: PyTorch's value."""
+    x, target = _data((4, C))
+    compiled = torch.compile(label_smoothed_cross_entropy, backend="aot_eager", fullgraph=True)
+    out = compiled(x, torch.full_like(target, -100), 0.1)
+    assert out.loss.item() == 0.0 and torch.equal(_grad(out.loss, x), torch.zeros_like(x))
+    row, label = x[0].detach().requires_grad_(), target.new_tensor(3)
+    expected = F.cross_entropy(row, label, label_smoothing=0.1)
+    out = compiled(row, label, 0.1)
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(_grad(out.loss, row), _grad(expected, row))
+
+
 def test_inductor_with_stats_matches_eager(fresh_dynamo):
     """The default backend (Inductor) on the mixin's call: loss, gradient and stats against the eager kernel."""
     x, target = _data((6, C, 2), dtype=torch.float32)
