@@ -104,6 +104,7 @@ def _pass(
     grad = logits if in_place else None if coefs is None else h.new_empty(rows, num_classes, dtype=acc)
     narrow = None if grad is None or in_place else h.new_empty(rows, num_classes)  # half: g in the matmul dtype
     sums = _Accumulator(h, w, b, need if coefs is not None else (False, False, False), acc)
+    fast = _prior_projection(w, b, prep.smoothing) if in_place and not any(stats) and h.device.type == "cpu" else None
     terms = []
     for r0 in range(0, max(m, 1), rows):
         r = slice(r0, min(m, r0 + rows))
@@ -112,14 +113,67 @@ def _pass(
         z_y = lc.gather(1, y.unsqueeze(1))  # (n, 1), read before the pass may overwrite the logits
         gc = None if grad is None else grad[:n]
         chunk_coefs = None if coefs is None else (coefs[0][r], coefs[1][r], coefs[2][r])
-        argmax, sqnorm = stats[0] or in_place, stats[1]
-        row_stats = _fused.row_pass(lc, y, prep.smoothing, chunk_coefs, gc, argmax, sqnorm, uniform)
+        if fast is not None and chunk_coefs is not None:
+            row_stats = _loss_pass(lc, hc, w, b, y, z_y, fast, prep.smoothing, chunk_coefs, uniform)
+        else:
+            argmax, sqnorm = stats[0] or in_place, stats[1]
+            row_stats = _fused.row_pass(lc, y, prep.smoothing, chunk_coefs, gc, argmax, sqnorm, uniform)
         # row_terms reads z_y from its first argument at the rows' labels: here the (n, 1) column, label 0
         part = _fused.Prepared(torch.zeros_like(y), prep.valid[r], prep.wy[r], prep.total[r], prep.smoothing)
         terms.append(_fused.row_terms(z_y, part, row_stats))
         if gc is not None:
             sums.add(gc if narrow is None else narrow[:n].copy_(gc), gc, hc, w, r)
     return terms, sums.result(w, b)
+
+
+def _prior_projection(w: Tensor, b: Tensor | None, smoothing: _fused.Smoothing) -> tuple[Tensor, Tensor] | None:
+    """(W^T v, b·v) so that v·z = h·(W^T v) + b·v for a (V,) or uniform v (uniform: v = 1, the kernel's Σz);
+    None for a (V, V) prior, or for few classes (there _fused's separate-ops kernel is the faster one)."""
+    v = smoothing.v
+    if (isinstance(v, Tensor) and v.dim() == 2) or w.shape[0] < _fused.SOFTMAX_MIN_CLASSES:
+        return None
+    if isinstance(v, float):
+        return w.sum(0), (w.new_zeros(()) if b is None else b.sum())
+    v = v.to(w.dtype)
+    return torch.mv(w.t(), v), (w.new_zeros(()) if b is None else torch.dot(b, v))
+
+
+def _loss_pass(
+    lc: Tensor,
+    hc: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    y: Tensor,
+    z_y: Tensor,
+    projection: tuple[Tensor, Tensor],
+    smoothing: _fused.Smoothing,
+    coefs: tuple[Tensor, Tensor, Tensor],
+    uniform: tuple[float, float] | None,
+) -> _fused.RowStats:
+    """The loss alone, on the CPU, in place: the chunk's logits become its gradient in three passes, not six.
+
+    v·z comes from the hidden states (``projection``, no pass over the logits); lse = z_y − log q_y from the
+    label's own pair after a softmax in place (no max passes); then :func:`_fused._chunk_grad`. Rows go in blocks
+    of ``_fused.CHUNK_ELEMENTS`` (cache-sized); a block where some q_y is not a normal float (its log would lose
+    digits) has its logits remade and takes :func:`_fused.row_pass` instead (reading that costs no sync on the CPU).
+    """
+    n, num_classes = lc.shape
+    vz = torch.addmv(projection[1], hc, projection[0])
+    q_y, top = lc.new_empty(n), z_y.reshape(-1).clone()
+    step = max(1, _fused.CHUNK_ELEMENTS // num_classes)
+    tiny = torch.finfo(lc.dtype).tiny
+    for s0 in range(0, n, step):
+        s = slice(s0, min(n, s0 + step))
+        block, label, block_coefs = lc[s], y[s], (coefs[0][s], coefs[1][s], coefs[2][s])
+        torch._softmax(block, 1, False, out=block)
+        torch.gather(block, 1, label.unsqueeze(1), out=q_y[s].unsqueeze(1))
+        if bool((q_y[s] >= tiny).all()):
+            _fused._chunk_grad(block, label, smoothing, block_coefs, uniform)
+            continue
+        torch.mm(hc[s], w.t(), out=block) if b is None else torch.addmm(b, hc[s], w.t(), out=block)
+        rows = _fused.row_pass(block, label, smoothing, block_coefs, block, True, False, uniform)
+        q_y[s], top[s], vz[s] = rows.qmax, rows.top, rows.vz
+    return _fused.RowStats(q_y, top, None, vz, None)
 
 
 def _concat(terms: list[_fused.Terms]) -> _fused.Terms:

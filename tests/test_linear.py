@@ -87,7 +87,7 @@ def test_matches_materialised_logits(chunks, kernel, shape, reduction, bias, wei
 @pytest.mark.parametrize("kind", ["vector", "matrix"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_priors(chunks, kind, reduction, weighted):
+def test_priors(chunks, kernel, kind, reduction, weighted):
     h, w, b, target = _data((2, 5), bias=True)
     prior = torch.rand((V, V) if kind == "matrix" else (V,), dtype=torch.float64) + 0.1
     prior /= prior.sum(-1, keepdim=True)
@@ -96,6 +96,26 @@ def test_priors(chunks, kind, reduction, weighted):
         h, w, target, EPS, linear_bias=b, weight=weight, prior=prior, reduction=reduction
     )
     _assert_matches(out, _reference(h, w, b, target, EPS, weight, prior, reduction), (h, w, b))
+
+
+@pytest.mark.parametrize("far", [False, True])
+def test_label_probability_underflow_falls_back(chunks, kernel, far):
+    """The CPU training pass takes lse from the label's own probability; where that underflows in float32 (a label
+    logit 200 below the top one) its block must remake the logits, take the full pass, and stay exact."""
+    h, w, b, target = _data((9,), bias=True, dtype=torch.float32, ignored=False)
+    if far:
+        with torch.no_grad():
+            h[4] = 0.0
+            h[4, 0] = 1.0
+            w[:, 0] = 0.0
+            w[target[4], 0] = -100.0
+            w[(target[4] + 1) % V, 0] = 100.0
+    out = linear_label_smoothed_cross_entropy(h, w, target, EPS, linear_bias=b)
+    hr, wr, br = (t.detach().double().requires_grad_() for t in (h, w, b))
+    ref = F.cross_entropy(F.linear(hr, wr, br), target, label_smoothing=EPS)
+    torch.testing.assert_close(out.loss.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(_grads(out.loss, (h, w, b)), _grads(ref, (hr, wr, br)), strict=True):
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_loss_equals_pytorch_cross_entropy(chunks):
