@@ -430,3 +430,18 @@ def test_benchmark_script_runs():
         check=True,
     )
     assert float(probe.stdout.strip()) < 10
+
+
+def test_compiled_without_gradient_gives_the_stats():
+    """Validation under torch.compile: no gradient made, the statistics as in eager."""
+    h, w, b, target = _data((2, 5), bias=True)
+    torch._dynamo.reset()
+    fn = torch.compile(linear_label_smoothed_cross_entropy_with_stats, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        out, stats = fn(h, w, target, EPS, linear_bias=b)
+    assert not out.loss.requires_grad
+    torch.testing.assert_close(out.loss, _reference(h, w, b, target, EPS)[0], rtol=1e-9, atol=1e-9)
+    q = torch.softmax(F.linear(h, w, b).detach().reshape(-1, V), 1)
+    torch.testing.assert_close(stats.confidence, q.max(1).values.float())
+    assert torch.equal(stats.correct, q.argmax(1) == target.reshape(-1))
+    assert torch.equal(stats.valid, target.reshape(-1) != -100)
