@@ -21,8 +21,9 @@ from ls_lightning import _fused
 # Logits per chunk on the CPU (64 MiB of float32; the gradient overwrites its chunk of logits, so that is all the
 # workspace), and at least MIN_CHUNK_ROWS rows whatever the vocabulary. Each chunk streams the whole of W twice and
 # dW (V×D) once from memory, so rows, not elements, set the speed at large V: 1024×512→128000 fwd+bwd took 12.1 s
-# in 32-row chunks, 8.1 s in 131, 5.8 s in 262 and 5.2 s in one chunk (2 loaded cores). 4096×512→32000 takes
-# 524-row chunks: 0.125× the logits. Sweep with `python benchmarks/linear.py --chunk N`.
+# in 32-row chunks, 8.1 s in 131, 5.8 s in 262 and 5.2 s in one chunk (2 loaded cores; with the three-pass CPU
+# training pass, 512 and 1024 rows then took 0.98× and 0.95× the time of 256). 4096×512→32000 takes 524-row
+# chunks: 0.125× the logits. Sweep with `python benchmarks/linear.py --chunk N --min-rows R`.
 CHUNK_ELEMENTS = 1 << 24
 MIN_CHUNK_ROWS = 256
 # On an accelerator: kernel launches, not cache, are the per-chunk cost (as in _fused). Not yet measured on a GPU.
