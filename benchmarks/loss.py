@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -56,15 +57,20 @@ def _interleaved(fns: list[Callable[[], None]], repeats: int) -> list[tuple[floa
     """(median, min) milliseconds of each function, run in turn so that drifts in machine speed hit all alike.
 
     The min is printed beside the median because on a shared 2-core machine another process's OpenMP threads can
-    stall every parallel region of ours for a time slice; the min shows the cost without such stalls.
+    stall every parallel region of ours for a time slice; the min shows the cost without such stalls. Each repeat
+    runs the functions in a new (seeded) random order: what runs just after eager PyTorch ops can pay for them
+    (measured at 64×10: whichever compiled function came right after the eager ones ran about 1.4× slower).
     """
     times: list[list[float]] = [[] for _ in fns]
     for fn in fns:  # warm-up
         fn()
+    order = list(range(len(fns)))
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
+        shuffle(order)
+        for i in order:
             start = time.perf_counter()
-            fn()
+            fns[i]()
             times[i].append((time.perf_counter() - start) * 1e3)
     return [(statistics.median(t), min(t)) for t in times]
 
