@@ -11,8 +11,7 @@ Under ``torch.compile`` class indices take :mod:`ls_lightning._traced`: the same
 Inductor fuses into one reduction forward and one pointwise pass backward, with no graph break and nothing read
 back to the host. ε stays data in the graph (the code never branches on its value), so a tensor ε never
 recompiles. The chunked kernel is not used there: its ``out=`` calls and host reads do not trace, and as an opaque
-custom op it would keep its eager time: measured with ``benchmarks/loss.py``, slower than the traced formulas
-compiled at 1024×32000, 256×128000 and (by 2×, per-op dispatch) 4096×10, about level at 4096×1000.
+custom op it would keep at best its eager time (see :mod:`ls_lightning._traced` for the measurements).
 """
 
 from __future__ import annotations
