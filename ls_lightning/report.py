@@ -402,8 +402,8 @@ def report_figure(settings: Sequence[Setting]) -> Figure:
     (ece_ax, acc_ax), (curve_ax, scatter_ax) = figure.subplots(2, 2)
     _bars(ece_ax, settings, _ECE_BARS, "ECE (lower is better)")
     _bars(acc_ax, settings, _ACC_BARS, "accuracy")
-    lows = [min(s.values("val/acc") + s.values("test/acc")) * 100 for s in settings if s.values("val/acc")]
-    acc_ax.set_ylim(max(0.0, min(lows, default=0.0) - 5), 100)
+    accuracies = [100 * v for s in settings for v in s.values("val/acc") + s.values("test/acc")]
+    acc_ax.set_ylim(max(0.0, min(accuracies, default=0.0) - 5), min(100.0, max(accuracies, default=100.0) + 5))
     curves = [(to_hex(f"C{i}"), s.label, c) for i, s in enumerate(settings) if (c := s.pooled_curve()) is not None]
     if curves:
         curve_ax.set_prop_cycle(color=[colour for colour, _, _ in curves])  # each setting's colour, as in the scatter
