@@ -115,9 +115,9 @@ def test_three_trials_on_digits(tmp_path: Path) -> None:
     tiny = ["trainer.max_epochs=1", "calibration.diagrams=false", "trainer.accelerator=cpu"]
     quiet = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
     command = [str(BIN / "ls-train"), "hparams_search=optuna", "hydra.sweeper.n_trials=3", *tiny, *quiet]
-    result = subprocess.run(
-        [*command, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
-    )
+    # a database storage, as for a study resumed or read later (optuna 2.10 needs SQLAlchemy < 2 for it)
+    command += [f"hydra.sweep.dir={sweep}", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2"]
@@ -131,4 +131,5 @@ def test_three_trials_on_digits(tmp_path: Path) -> None:
     schedule = params["label_smoothing/schedule"]
     assert set(params) == {"label_smoothing/schedule", f"label_smoothing.schedule.{PEAK_KEYS[schedule]}"}
     overrides = list(OmegaConf.load(best_job / ".hydra" / "overrides.yaml"))
-    assert [f"{k}={v}" for k, v in params.items()] == overrides[:2]
+    assert {f"{k}={v}" for k, v in params.items()} <= set(overrides)
+    assert (tmp_path / "optuna.db").stat().st_size > 0
