@@ -9,7 +9,8 @@ Each workload compares ours with two plain modules that compute ``F.cross_entrop
 logs only its loss (step and epoch), the usual minimum; one logs the keys ours logs (loss, H(p,q), H(u,q) on step and
 epoch, ε on step, accuracy and torchmetrics' ECE on epoch) the way Lightning's and torchmetrics' documentation show, a
 ``self.log`` per key and step. On ``lm`` a second row of ours uses the fused linear loss
-(``label_smoothed_linear_loss``, which never builds the logits). Fits are interleaved and the median of each is compared, in one process.
+(``label_smoothed_linear_loss``, which never builds the logits). Fits are interleaved and the median of each is
+compared, in one process.
 
     python benchmarks/step.py [--workload digits lm] [--repeats 7]
 """

@@ -384,7 +384,8 @@ class TextDataModule(TensorDataModule):
         ValueError: if an argument is out of range.
 
     Example:
-        >>> cache = getfixture("tmp_path")  # ~/.cache/ls_lightning when not given
+        >>> import tempfile
+        >>> cache = tempfile.mkdtemp()  # ~/.cache/ls_lightning when not given
         >>> dm = TextDataModule(vocab_size=300, block_size=16, max_corpus_bytes=20_000, cache_dir=cache)
         >>> dm.setup()
         >>> x, y = dm.splits["train"].tensors  # inputs and next-token targets
