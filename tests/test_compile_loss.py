@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_data import grad_of_sum as _grad
+from loss_data import logits_and_target as _data
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 from ls_lightning import functional
@@ -12,20 +14,6 @@ from ls_lightning.functional import label_smoothed_cross_entropy, label_smoothed
 from ls_lightning.losses import LabelSmoothedCrossEntropy
 
 C = 7
-
-
-def _data(shape, ignored=True, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2).to(dtype)
-    target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=gen)
-    if ignored:
-        target.view(-1)[1::4] = -100
-    return x.requires_grad_(), target
-
-
-def _grad(output, x):
-    (grad,) = torch.autograd.grad(output.sum(), x)
-    return grad
 
 
 def _prior(matrix: bool) -> torch.Tensor:
