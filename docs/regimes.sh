@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates the tables and figures of the README's "Does label smoothing help my model?": each experiment's sweep
-# (ls-train experiment=NAME) into multirun/NAME/<date>_<time>, its report (ls-report) there, printed and kept as
+# Regenerates the tables and figures of docs/does-it-help.md ("Does label smoothing help my model?"; copy the new
+# tables into it): each experiment's sweep (ls-train experiment=NAME) into multirun/NAME/<date>_<time>, its report
+# (ls-report) there, printed and kept as
 # docs/report_NAME.md, and its figure copied to docs/report_NAME.png. The digits sweep also gives
 # docs/reliability_diagram_constant.png (constant ε, seed 0).
 #
