@@ -24,8 +24,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ls_lightning import _fused
 from ls_lightning.functional import label_smoothed_cross_entropy, label_smoothed_cross_entropy_with_stats
+from ls_lightning.losses.ops import fused as _fused
 from ls_lightning.metrics import BinnedCalibrationError
 
 # The four shapes, and the digits model's step (64×10), which takes the short path for small inputs.

@@ -1,7 +1,9 @@
 """Label smoothing for PyTorch Lightning: exact fused loss, ε schedules, calibration metrics and Hydra configs.
 
+The package is layered, imports going down only: :mod:`ls_lightning.losses` (torch) → :mod:`ls_lightning.metrics`
+(torchmetrics) → :mod:`ls_lightning.integration` (Lightning) → :mod:`ls_lightning.cli` (Hydra, the ``cli`` extra).
 Names are resolved lazily so that ``from ls_lightning import label_smoothed_cross_entropy`` does not pay for
-importing Lightning and Hydra.
+importing Lightning.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "label_smoothed_cross_entropy": "ls_lightning.functional",
-    "LabelSmoothedCE": "ls_lightning.functional",
-    "linear_label_smoothed_cross_entropy": "ls_lightning.functional",
+    "label_smoothed_cross_entropy": "ls_lightning.losses",
+    "LabelSmoothedCE": "ls_lightning.losses",
+    "linear_label_smoothed_cross_entropy": "ls_lightning.losses",
     "LabelSmoothedCrossEntropy": "ls_lightning.losses",
-    "LabelSmoothingMixin": "ls_lightning.mixin",
-    "LabelSmoothing": "ls_lightning.callback",
+    "LabelSmoothingMixin": "ls_lightning.integration",
+    "LabelSmoothing": "ls_lightning.integration",
     "BinnedCalibrationError": "ls_lightning.metrics",
 }
 
@@ -33,15 +35,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ls_lightning.callback import LabelSmoothing
-    from ls_lightning.functional import (
+    from ls_lightning.integration import LabelSmoothing, LabelSmoothingMixin
+    from ls_lightning.losses import (
         LabelSmoothedCE,
+        LabelSmoothedCrossEntropy,
         label_smoothed_cross_entropy,
         linear_label_smoothed_cross_entropy,
     )
-    from ls_lightning.losses import LabelSmoothedCrossEntropy
     from ls_lightning.metrics import BinnedCalibrationError
-    from ls_lightning.mixin import LabelSmoothingMixin
 
 
 def __getattr__(name: str) -> Any:

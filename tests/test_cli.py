@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ls_lightning._cli import run_main
+from ls_lightning.cli.run import run_main
 from ls_lightning.data import MissingDependencyError
 
 BIN = Path(sys.executable).parent

@@ -13,9 +13,9 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 from ls_lightning import LabelSmoothing
-from ls_lightning import config as schemas
-from ls_lightning._cli import build_run
-from ls_lightning.config import ConfigValueError, validate_config
+from ls_lightning.cli import config as schemas
+from ls_lightning.cli.config import ConfigValueError, validate_config
+from ls_lightning.cli.run import build_run
 from ls_lightning.data import DigitsDataModule, SyntheticDataModule, TextDataModule
 from ls_lightning.models import CNN, MLP, Transformer
 from ls_lightning.schedules import Constant, Cosine, Exponential, Linear, Step, TwoStage

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.data import TensorDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
+from ls_lightning.cli.data import TensorDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
 from ls_lightning.schedules import Cosine
 
 C, FEATURES, IGNORE = 4, 5, -100
@@ -251,6 +251,9 @@ def test_an_empty_rank_gets_one_empty_batch_of_the_right_shapes(tmp_path: Path) 
 
 
 def test_docstring_examples() -> None:
-    from ls_lightning import data
+    from ls_lightning.cli import data
+    from ls_lightning.integration import samplers
 
     assert doctest.testmod(data, raise_on_error=False).failed == 0
+    result = doctest.testmod(samplers, raise_on_error=False)
+    assert result.attempted > 0 and result.failed == 0

@@ -16,8 +16,8 @@ from torchmetrics.classification import MulticlassCalibrationError
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothingMixin
-from ls_lightning import diagrams as diagrams_module
 from ls_lightning.diagrams import ReliabilityDiagram, bin_stats_from_dict, bin_stats_to_dict
+from ls_lightning.integration.callbacks import reliability_diagram as diagrams_module
 from ls_lightning.metrics import BinStats
 
 C = 4

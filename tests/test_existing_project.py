@@ -212,7 +212,7 @@ def test_log_options_from_hydra() -> None:
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    from ls_lightning.config import register_configs
+    from ls_lightning.cli.config import register_configs
 
     register_configs()
     overrides = ["callbacks.label_smoothing.log_prefix=ls_", "callbacks.label_smoothing.log_metrics=[terms,acc]"]

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from ls_lightning.config import validate_config
+from ls_lightning.cli.config import validate_config
 
 BIN = Path(sys.executable).parent
 VARIANTS = ["none", "constant", "cosine", "two_stage", "online"]

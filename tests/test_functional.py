@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ls_lightning import functional, losses
+from ls_lightning import losses
 from ls_lightning.functional import LabelSmoothedCE, label_smoothed_cross_entropy
-from ls_lightning.losses import LabelSmoothedCrossEntropy
+from ls_lightning.losses import LabelSmoothedCrossEntropy, functional
 
 C = 5
 SHAPES = [(C,), (6, C), (3, C, 4), (2, C, 3, 2)]

@@ -9,9 +9,9 @@ from loss_data import grad_of_sum as _grad
 from loss_data import logits_and_target as _data
 from torch._dynamo.testing import CompileCounter
 
-from ls_lightning import _fused, functional
 from ls_lightning.functional import label_smoothed_cross_entropy, label_smoothed_cross_entropy_with_stats
-from ls_lightning.losses import LabelSmoothedCrossEntropy
+from ls_lightning.losses import LabelSmoothedCrossEntropy, functional
+from ls_lightning.losses.ops import fused as _fused
 
 C = 7
 
@@ -203,7 +203,7 @@ def test_compiled_model_trains_like_eager():
 
 @pytest.fixture
 def composite_path(monkeypatch):
-    """Take the path that torch.compile traces (ls_lightning._traced for class indices) without compiling."""
+    """Take the path that torch.compile traces (ls_lightning.losses.ops.traced for class indices) without compiling."""
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
 
 

@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
-from ls_lightning.config import register_configs
+from ls_lightning.cli.config import register_configs
 
 CONF = resources.files("ls_lightning.conf")
 CONFIGS = ("train", "eval")

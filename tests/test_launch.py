@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from ls_lightning._launch import env_rank_is_zero, hydra_job_launch, job_argv, keep_earlier_metrics
-from ls_lightning.config import validate_config
+from ls_lightning.cli.config import validate_config
+from ls_lightning.cli.launch import env_rank_is_zero, hydra_job_launch, job_argv, keep_earlier_metrics
 from ls_lightning.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ def test_the_slurm_script_is_valid_bash_and_uses_the_slurm_groups() -> None:
 
 
 def test_docstring_examples() -> None:
-    from ls_lightning import _launch
+    from ls_lightning.cli import launch as _launch
 
     assert doctest.testmod(_launch, raise_on_error=False).failed == 0
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ls_lightning import _fused, _linear, linear_label_smoothed_cross_entropy
+from ls_lightning import linear_label_smoothed_cross_entropy
 from ls_lightning.functional import linear_label_smoothed_cross_entropy_with_stats
+from ls_lightning.losses import linear as _linear
+from ls_lightning.losses.ops import fused as _fused
 
 V, D = 11, 6
 EPS = 0.2

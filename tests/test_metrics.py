@@ -12,8 +12,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassCalibrationError
 from trainers import quiet_trainer
 
-from ls_lightning import metrics as metrics_module
-from ls_lightning.metrics import (
+from ls_lightning.metrics import calibration as metrics_module
+from ls_lightning.metrics.calibration import (
     AdaptiveCalibrationError,
     BinnedCalibrationError,
     BinStats,

@@ -134,24 +134,25 @@ def test_epoch_values_equal_whole_data_reference(tmp_path, seq, ignore_frac, log
 
 def test_loss_terms_add_each_batch_weighted_and_reset_drops_them() -> None:
     from ls_lightning.functional import label_smoothed_cross_entropy_with_stats
-    from ls_lightning.metrics import BinnedCalibrationError
+    from ls_lightning.integration.mixin import _new_metrics, _update_metrics
 
     torch.manual_seed(0)
     batches = [(torch.randn(n, C), torch.randint(0, C, (n,))) for n in (6, 3, 7)]
-    bins = BinnedCalibrationError(n_bins=15)
-    terms = mixin._LossTerms(sinks=[bins])
+    metrics = _new_metrics("val", n_bins=15)
+    names = list(metrics.keys())
     for logits, target in batches:
-        terms.add(*label_smoothed_cross_entropy_with_stats(logits, target, 0.2))
-    assert terms.update_count == 3 and bins.update_count == 3
+        _update_metrics(metrics, names, *label_smoothed_cross_entropy_with_stats(logits, target, 0.2), step=False)
+    assert all(metrics[name].update_count == 3 for name in names if name != "brier")
 
     logits, target = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     expected = [F.cross_entropy(logits, target, label_smoothing=0.2), F.cross_entropy(logits, target)]
-    torch.testing.assert_close(terms.compute()[:2].float(), torch.stack(expected))
+    computed = torch.stack([metrics["loss"].compute(), metrics["h_pq"].compute()]).float()
+    torch.testing.assert_close(computed, torch.stack(expected))
     reference = MulticlassCalibrationError(num_classes=C, n_bins=15)(logits.softmax(-1), target)
-    torch.testing.assert_close(bins.compute().float(), reference)
+    torch.testing.assert_close(metrics["ece"].compute().float(), reference)
 
-    terms.reset()  # what Lightning does at the epoch's end
-    assert terms.update_count == 0 and terms.weight.item() == 0
+    metrics["loss"].reset()  # what Lightning does at the epoch's end
+    assert metrics["loss"].update_count == 0 and metrics["loss"].weight_sum.item() == 0
 
 
 def test_training_logs_every_key_and_epsilon(tmp_path) -> None:
@@ -425,7 +426,7 @@ def test_padding_sampler_detection() -> None:
     from torch.utils.data import DistributedSampler
 
     from ls_lightning.data import UnpaddedDistributedSampler
-    from ls_lightning.mixin import _pads_samples
+    from ls_lightning.integration.samplers import pads_samples as _pads_samples
 
     data = list(range(7))
     padded = DistributedSampler(data, num_replicas=2, rank=1, shuffle=False)

@@ -13,7 +13,7 @@ import matplotlib.image
 from matplotlib.figure import Figure
 
 from ls_lightning.metrics import BinnedCalibrationError, BinStats
-from ls_lightning.plotting import (
+from ls_lightning.metrics.plotting import (
     _display_bins,
     plot_reliability_curves,
     plot_reliability_diagram,

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ls_lightning.metrics import BinStats
-from ls_lightning.report import (
+from ls_lightning.cli.report import (
     COLUMNS,
     OPTIONAL_COLUMNS,
     RANK_LEGEND,
@@ -27,6 +26,7 @@ from ls_lightning.report import (
     report,
     report_figure,
 )
+from ls_lightning.metrics import BinStats
 
 BIN = Path(sys.executable).parent
 HEADER = (

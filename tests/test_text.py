@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from trainers import quiet_trainer
 
-from ls_lightning import _text
+from ls_lightning.cli import text as _text
 from ls_lightning.data import SequencesPerEpochSampler, TextDataModule
 from ls_lightning.models import Transformer
 from ls_lightning.report import main
@@ -92,7 +92,7 @@ def test_processes_started_together_write_one_tokenizer_that_later_processes_reu
 def test_default_config_trains_a_vocabulary_of_at_least_8k_tokens(cache: Path) -> None:
     from hydra import compose, initialize_config_module
 
-    from ls_lightning.config import register_configs
+    from ls_lightning.cli.config import register_configs
 
     register_configs()
     with initialize_config_module("ls_lightning.conf", version_base="1.3"):

@@ -4,6 +4,6 @@ Importing the package registers the structured-config schemas that the YAML file
 only needs ``hydra.searchpath: [pkg://ls_lightning.conf]`` (Hydra imports this package to read the files).
 """
 
-from ls_lightning.config import register_configs
+from ls_lightning.cli.config import register_configs
 
 register_configs()

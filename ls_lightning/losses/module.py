@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ls_lightning.functional import (
+from ls_lightning.losses.functional import (
     LabelSmoothedCE,
     Reduction,
     check_label_smoothing,

@@ -1,6 +1,6 @@
 r"""The fused linear + label-smoothed loss: logits ``h @ W.T + b`` made and consumed one chunk of rows at a time.
 
-Each chunk of logits goes through the one-pass kernel of :mod:`ls_lightning._fused` (row statistics and, when a
+Each chunk of logits goes through the one-pass kernel of :mod:`.ops.fused` (row statistics and, when a
 gradient is needed, the gradient ``g`` of the logits), and is then folded at once into the gradients the loss must
 return: ``dh = g @ W``, ``dW += g.T @ h``, ``db += Σ g``. Backward only scales those by grad_output, so the loss
 never holds more than one chunk of logits (and its gradient) on top of the gradients of its inputs.
@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ls_lightning import _fused
+from ls_lightning.losses.functional import LabelSmoothedCE, LossStats, Reduction, _check_arguments
+from ls_lightning.losses.ops import fused as _fused
 
 # Logits per chunk on the CPU (64 MiB of float32; the gradient overwrites its chunk of logits, so that is all the
 # workspace), and at least MIN_CHUNK_ROWS rows whatever the vocabulary. Each chunk streams the whole of W twice and
@@ -166,7 +167,7 @@ def _loss_pass(
     for s0 in range(0, n, step):
         s = slice(s0, min(n, s0 + step))
         block, label, block_coefs = lc[s], y[s], (coefs[0][s], coefs[1][s], coefs[2][s])
-        torch._softmax(block, 1, False, out=block)
+        torch.softmax(block, 1, out=block)
         torch.gather(block, 1, label.unsqueeze(1), out=q_y[s].unsqueeze(1))
         if bool((q_y[s] >= tiny).all()):
             _fused._chunk_grad(block, label, smoothing, block_coefs, uniform)
@@ -552,7 +553,7 @@ def linear_label_smoothed_cross_entropy(
 
     Example:
         >>> import torch
-        >>> from ls_lightning.functional import label_smoothed_cross_entropy
+        >>> from ls_lightning.losses.functional import label_smoothed_cross_entropy
         >>> h, w = torch.randn(2, 5, 8), torch.randn(100, 8)
         >>> target = torch.randint(0, 100, (2, 5))
         >>> out = linear_label_smoothed_cross_entropy(h, w, target, 0.1)
@@ -575,11 +576,13 @@ def linear_label_smoothed_cross_entropy_with_stats(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     prior: Tensor | None = None,
+    brier: bool = True,
 ) -> tuple[LabelSmoothedCE, LossStats]:
     """:func:`linear_label_smoothed_cross_entropy` plus per-position :class:`~ls_lightning.functional.LossStats`.
 
     The statistics (confidence, correctness, Brier score per position) come from the same chunked pass; nothing of
-    the logits' size is kept. Positions are those of ``target.reshape(-1)``.
+    the logits' size is kept. Positions are those of ``target.reshape(-1)``. ``brier=False`` leaves the Brier
+    values empty and saves computing ‖q‖.
 
     Example:
         >>> import torch
@@ -589,7 +592,7 @@ def linear_label_smoothed_cross_entropy_with_stats(
         ([True, False], [True, False], 1.0)
     """
     return _linear_compute(
-        input, linear_weight, target, label_smoothing, linear_bias, weight, ignore_index, reduction, prior, True
+        input, linear_weight, target, label_smoothing, linear_bias, weight, ignore_index, reduction, prior, True, brier
     )
 
 
@@ -687,7 +690,3 @@ def _check_arguments_linear(
         )
     logits = h.new_zeros(()).expand(target.numel(), num_classes)  # stand-in of the (M, V) logits: no memory
     _check_arguments(logits, target.reshape(-1), eps, weight, ignore_index, reduction, prior)
-
-
-# functional re-exports this module's entry points, so it is imported last (either module may be imported first).
-from ls_lightning.functional import LabelSmoothedCE, LossStats, Reduction, _check_arguments  # noqa: E402

@@ -1,7 +1,7 @@
 r"""The label-smoothed loss for class indices as formulas Inductor fuses: the path ``torch.compile`` traces.
 
 Forward is one reduction over the logits (max, Σ exp, v·z), backward one pointwise pass that recomputes q from
-the saved lse and writes the gradient ``a·q − b·v − c·δ_y`` (notation of :mod:`ls_lightning._fused`); nothing
+the saved lse and writes the gradient ``a·q − b·v − c·δ_y`` (notation of :mod:`ls_lightning.losses.ops.fused`); nothing
 of the logits' size is kept between them or built besides that gradient, and ε is only ever multiplied, never
 compared, so its value is never guarded on. Compiled ``F.cross_entropy`` has the same shape: one kernel forward,
 one backward.
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ls_lightning import _fused
+from ls_lightning.losses.ops import fused as _fused
 
 
 def _class_row(v: Tensor | None, y: Tensor, x: Tensor) -> Tensor | float:

@@ -16,6 +16,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
+
 # OmegaConf 2.3 reads annotations at run time and does not understand ``X | None``: the dataclasses below use
 # ``Optional`` on purpose (hence the UP045 exemption).
 # ruff: noqa: UP045
@@ -41,18 +43,6 @@ __all__ = [
     "register_configs",
     "validate_config",
 ]
-
-
-class MissingDependencyError(ModuleNotFoundError):
-    """An optional dependency is not installed; the message says which extra to install."""
-
-
-class ConfigValueError(ValueError):
-    """A composed config holds a value outside its allowed range; ``errors`` lists one message per key."""
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        super().__init__("invalid configuration: " + "; ".join(errors))
 
 
 @dataclass(frozen=True)
@@ -456,7 +446,7 @@ def _check_prior(cfg: DictConfig) -> list[str]:
         return []
     if OmegaConf.is_missing(prior, "values") or prior["values"] is None:
         return ["label_smoothing.prior.values is required with label_smoothing/prior=fixed: a list of C floats"]
-    from ls_lightning.priors import fixed_prior
+    from ls_lightning.integration.priors import fixed_prior
 
     values = list(prior["values"])
     try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from ls_lightning.config import MissingDependencyError
+from ls_lightning.cli.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -27,7 +27,7 @@ _BUCKETIZE_MAX = 1 << 14
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _binned_calibration_arg_validation(n_bins: int, norm: str = "l1", ignore_index: int | None = None) -> None:
+def binned_calibration_arg_validation(n_bins: int, norm: str = "l1", ignore_index: int | None = None) -> None:
     if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
         raise ValueError(f"Expected argument `n_bins` to be an integer larger than 0, but got {n_bins}")
     if norm not in _ALLOWED_NORMS:
@@ -276,7 +276,7 @@ def binned_calibration_error(
         >>> binned_calibration_error(torch.tensor([0.9, 0.6]), torch.tensor([True, False]), n_bins=10)
         tensor(0.3500)
     """
-    _binned_calibration_arg_validation(n_bins, norm, ignore_index)
+    binned_calibration_arg_validation(n_bins, norm, ignore_index)
     confidence, correct, w = _as_top_label(preds, target, ignore_index, weight, validate_args)
     return _binned_calibration_compute(*_binned_calibration_update(confidence, correct, n_bins, w), norm=norm)
 
@@ -379,7 +379,7 @@ def brier_score(
         >>> brier_score(torch.tensor([[0.8, 0.2], [0.4, 0.6]]), torch.tensor([0, 0]))
         tensor(0.4000)
     """
-    _binned_calibration_arg_validation(1, "l1", ignore_index)
+    binned_calibration_arg_validation(1, "l1", ignore_index)
     value, w = _brier_update(preds, target, ignore_index, weight, validate_args)
     return _weighted_mean_compute(*_weighted_mean_update(value, w))
 
@@ -491,7 +491,7 @@ class _TopLabelBinnedMetric(Metric):
 
     def bin_stats(self, *, sync: bool = False) -> BinStats:
         """A copy of the per-bin sums; ``sync=True`` sums them over processes (a collective: call on every rank)."""
-        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=sync and self._to_sync):
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=sync and self.sync_on_compute):
             return BinStats(self.count.clone(), self.conf_sum.clone(), self.correct_sum.clone())
 
     @property
@@ -543,7 +543,7 @@ class BinnedCalibrationError(_TopLabelBinnedMetric):
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        _binned_calibration_arg_validation(n_bins, norm, ignore_index)
+        binned_calibration_arg_validation(n_bins, norm, ignore_index)
         super().__init__(n_bins, ignore_index, validate_args, **kwargs)
         self.n_bins = n_bins
         self.norm = norm
@@ -573,7 +573,7 @@ class Overconfidence(_TopLabelBinnedMetric):
     def __init__(
         self, n_bins: int = 15, ignore_index: int | None = None, validate_args: bool = True, **kwargs: Any
     ) -> None:
-        _binned_calibration_arg_validation(n_bins, "l1", ignore_index)
+        binned_calibration_arg_validation(n_bins, "l1", ignore_index)
         super().__init__(n_bins, ignore_index, validate_args, **kwargs)
         self.n_bins = n_bins
 
@@ -620,7 +620,7 @@ class AdaptiveCalibrationError(_TopLabelBinnedMetric):
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        _binned_calibration_arg_validation(n_bins, "l1", ignore_index)
+        binned_calibration_arg_validation(n_bins, "l1", ignore_index)
         if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < n_bins:
             raise ValueError(
                 f"Expected argument `resolution` to be an integer of at least `n_bins`={n_bins}, but got {resolution}"
@@ -671,26 +671,35 @@ class WeightedMean(Metric):
         value = torch.as_tensor(value, device=self.device)
         w = None if weight is None else torch.as_tensor(weight, device=self.device)
         value_sum, weight_sum = _weighted_mean_update(value, w)
-        self.value_sum += value_sum
-        self.weight_sum += weight_sum
+        self.value_sum.add_(value_sum)  # in place: no module attribute assignment per state on the training step
+        self.weight_sum.add_(weight_sum)
 
     def compute(self) -> Tensor:
         return _weighted_mean_compute(self.value_sum, self.weight_sum)
 
-    def forward(self, value: Tensor | float, weight: Tensor | float | None = None) -> Tensor:
-        """Add the batch and return its own weighted mean (the value Lightning logs on step).
 
-        The batch mean needs no state: this skips torchmetrics' generic forward, which copies, resets and merges
-        the states on every call (about 4× the cost of ``update`` on CPU).
-        """
-        if self.dist_sync_on_step:
-            return super().forward(value, weight)
-        self.update(value, weight)
-        value = torch.as_tensor(value, device=self.device)
-        w = None if weight is None else torch.as_tensor(weight, device=self.device)
-        batch_mean = _weighted_mean_compute(*_weighted_mean_update(value, w))
-        self._forward_cache = batch_mean  # type: ignore[assignment]  # torchmetrics declares it as None
-        return batch_mean
+class Perplexity(WeightedMean):
+    r"""Perplexity from per-batch mean cross-entropies (in nats): the exponential of their weighted mean.
+
+    .. math::
+        \text{PPL} = \exp\left(\frac{\sum_b n_b \bar H_b}{\sum_b n_b}\right)
+
+    ``update(value, weight)`` takes a batch's mean cross-entropy H(p,q) and its count of positions, so the epoch
+    value is the perplexity of all counted positions, exact across batches and processes (unlike torchmetrics'
+    ``Perplexity``, it needs no logits: the loss has the cross-entropy already).
+
+    Example:
+            >>> metric = Perplexity()
+            >>> metric.update(torch.tensor(1.0), torch.tensor(3.0))
+            >>> metric.update(torch.tensor(3.0), torch.tensor(1.0))
+            >>> metric.compute()
+            tensor(4.4817)
+    """
+
+    higher_is_better = False
+
+    def compute(self) -> Tensor:
+        return super().compute().exp()
 
 
 class BrierScore(WeightedMean):
@@ -713,7 +722,7 @@ class BrierScore(WeightedMean):
     higher_is_better = False
 
     def __init__(self, ignore_index: int | None = None, validate_args: bool = True, **kwargs: Any) -> None:
-        _binned_calibration_arg_validation(1, "l1", ignore_index)
+        binned_calibration_arg_validation(1, "l1", ignore_index)
         super().__init__(**kwargs)
         self.ignore_index = ignore_index
         self.validate_args = validate_args

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ls_lightning.config import ConfigValueError, MissingDependencyError
+from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
 
 if TYPE_CHECKING:
     import lightning.pytorch as L
 
-    from ls_lightning.schedules import Schedule
+    from ls_lightning.integration.schedules import Schedule
 
 # shown in the final table, in this order
 SUMMARY_METRICS = ("acc", "ece", "h_pq", "loss")
@@ -39,7 +39,7 @@ def build_run(cfg: DictConfig) -> Run:
     """
     from lightning.pytorch.utilities import rank_zero_warn
 
-    from ls_lightning.callback import LabelSmoothing
+    from ls_lightning.integration.callbacks.label_smoothing import LabelSmoothing
 
     datamodule = _make(cfg, "data")
     schedule = _make(cfg, "label_smoothing.schedule")

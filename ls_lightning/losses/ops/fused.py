@@ -147,7 +147,7 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
             # The loss alone, on the CPU: the label's own pair, z_y and q_y, saves two max reductions (~25% of
             # the pass at 1024×32000). Where some q_y is not a normal float its log loses digits: that chunk takes
             # the max pair instead (reading the check costs no device sync on the CPU).
-            torch._softmax(xc, 1, False, out=work)
+            torch.softmax(xc, 1, out=work)
             label = yc.unsqueeze(1)
             torch.gather(work, 1, label, out=qmax.unsqueeze(1))
             if bool((qmax >= torch.finfo(qmax.dtype).tiny).all()):
@@ -157,7 +157,7 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
             torch.amax(work, 1, out=qmax)
             return True
         torch.amax(xc, 1, out=top)  # before the softmax: for half precision ``xc`` is ``work``
-        torch._softmax(xc, 1, False, out=work)
+        torch.softmax(xc, 1, out=work)
         if index is None:
             torch.amax(work, 1, out=qmax)
         else:

@@ -1,0 +1,291 @@
+"""Built-in models of the command line: an MLP and a small CNN (classifiers), and a small decoder-only Transformer
+language model, trained with the label-smoothed loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor, nn
+
+from ls_lightning.integration.mixin import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup
+
+__all__ = ["CNN", "MLP", "Classifier", "Transformer"]
+
+
+class Classifier(LabelSmoothingMixin, L.LightningModule):
+    """Base of the built-in models: ``self.net`` maps (N, num_features) inputs to (N, num_classes) logits.
+
+    Training, validation and test steps are the mixin's ``label_smoothed_loss``, which logs ``{stage}/loss``,
+    ``h_pq``, ``h_uq``, ``acc`` and ``ece``. The optimizer is AdamW.
+
+    Args:
+        lr: AdamW learning rate, > 0.
+        weight_decay: AdamW decoupled weight decay, >= 0.
+        label_smoothing: the initial ε (the :class:`~ls_lightning.LabelSmoothing` callback schedules it).
+        prior: the smoothing prior u, ``None`` for uniform.
+
+    Raises:
+        ValueError: if ``lr`` or ``weight_decay`` is out of range.
+    """
+
+    net: nn.Module
+
+    def __init__(
+        self, *, lr: float = 1e-3, weight_decay: float = 0.0, label_smoothing: float = 0.1, prior: Tensor | None = None
+    ) -> None:
+        super().__init__(label_smoothing=label_smoothing, prior=prior)
+        if not lr > 0:
+            raise ValueError(f"Expected argument `lr` to be a positive float, but got {lr!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"Expected argument `weight_decay` to be a non-negative float, but got {weight_decay!r}")
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return self.label_smoothed_loss(self(x), y)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return self.label_smoothed_loss(self(x), y)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return self.label_smoothed_loss(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def _check_sizes(name: str, sizes: Sequence[int]) -> list[int]:
+    sizes = list(sizes)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"Expected argument `{name}` to be a list of positive ints, but got {sizes!r}")
+    return sizes
+
+
+def _check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"Expected argument `dropout` to be a float in [0, 1), but got {dropout!r}")
+
+
+class MLP(Classifier):
+    """Multi-layer perceptron: Linear-ReLU(-Dropout) blocks of widths ``hidden_sizes``, then a linear classifier.
+
+    Args:
+        num_features: input dimension.
+        num_classes: number of classes C.
+        hidden_sizes: widths of the hidden layers; empty gives a linear (logistic regression) model.
+        dropout: dropout after each hidden layer, in [0, 1).
+        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+
+    Shape:
+        - Input: (N, num_features).
+        - Output: (N, num_classes) logits.
+
+    Example:
+        >>> model = MLP(num_features=64, num_classes=10, hidden_sizes=[32])
+        >>> model(torch.zeros(2, 64)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        hidden_sizes: Sequence[int] = (128,),
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        hidden = _check_sizes("hidden_sizes", hidden_sizes)
+        _check_dropout(dropout)
+        # the prior is a buffer (saved in the state dict); as a hyper-parameter it would bloat hparams.yaml
+        self.save_hyperparameters(ignore=["prior"])
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip([num_features, *hidden], hidden, strict=False):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+        layers.append(nn.Linear(([num_features, *hidden])[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+
+
+class CNN(Classifier):
+    """Small CNN for square one-channel images given as flat features (digits: 64 = 8×8).
+
+    Each of ``channels`` is a 3×3 conv (padding 1) and ReLU; every block but the last is followed by a 2×2 max pool.
+    Then a hidden linear layer of ``hidden_size``, dropout and the classifier.
+
+    Args:
+        num_features: input dimension; must equal ``image_size ** 2``.
+        num_classes: number of classes C.
+        image_size: side of the square image.
+        channels: output channels of the conv blocks.
+        hidden_size: width of the hidden linear layer.
+        dropout: dropout before the classifier, in [0, 1).
+        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+
+    Raises:
+        ValueError: if ``num_features != image_size ** 2`` or the image is too small for the pools.
+
+    Shape:
+        - Input: (N, image_size²).
+        - Output: (N, num_classes) logits.
+
+    Example:
+        >>> model = CNN(num_features=64, num_classes=10)
+        >>> model(torch.zeros(2, 64)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        image_size: int = 8,
+        channels: Sequence[int] = (16, 32),
+        hidden_size: int = 64,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        chans = _check_sizes("channels", channels)
+        _check_dropout(dropout)
+        if num_features != image_size**2:
+            raise ValueError(
+                f"Expected the data's `num_features` to equal `image_size` ** 2 = {image_size**2}, but got"
+                f" {num_features} (the CNN takes square one-channel images; use model=mlp for other data)"
+            )
+        side = image_size // 2 ** (len(chans) - 1)
+        if side < 1:
+            raise ValueError(f"Expected `image_size` = {image_size} to survive {len(chans) - 1} 2×2 pools, but got 0")
+        self.save_hyperparameters(ignore=["prior"])
+        self.image_size = image_size
+        blocks: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip([1, *chans], chans, strict=False)):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+            blocks += [nn.MaxPool2d(2)] if i < len(chans) - 1 else []
+        head = [nn.Flatten(), nn.Linear(chans[-1] * side * side, hidden_size), nn.ReLU(), nn.Dropout(dropout)]
+        self.net = nn.Sequential(*blocks, *head, nn.Linear(hidden_size, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.view(-1, 1, self.image_size, self.image_size))
+
+
+class Transformer(Classifier):
+    """Small decoder-only Transformer language model: next-token prediction on (N, T) token ids.
+
+    Token and learned position embeddings, ``num_layers`` pre-norm blocks (causal self-attention and a GELU
+    feed-forward layer, ``torch.nn.TransformerEncoderLayer`` with a causal mask), a final LayerNorm and a linear
+    output layer, whose weight is the token embedding's when ``tie_weights``. The steps never build the (N, T, V)
+    logits: the loss is the mixin's ``label_smoothed_linear_loss`` of the final hidden states and the output weight,
+    so the memory of a step does not grow with N·T·V. Targets equal to the mixin's ``ignore_index`` (padding) count
+    nowhere. Logs perplexity (exp of the epoch's H(p,q)) besides the mixin's keys, token by token.
+
+    Args:
+        num_features: the context length T of the data (its ``block_size``): the number of learned positions.
+        num_classes: the vocabulary size V.
+        d_model: the width of the hidden states D.
+        num_layers: the number of blocks.
+        num_heads: attention heads; must divide ``d_model``.
+        dim_feedforward: the width of each block's feed-forward layer.
+        dropout: dropout of the blocks and of the embeddings, in [0, 1).
+        tie_weights: use the token embedding as the output layer's weight.
+        log_metrics: the mixin's groups of logged keys (see :class:`~ls_lightning.LabelSmoothingMixin`).
+        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+
+    Raises:
+        ValueError: if ``num_heads`` does not divide ``d_model`` or a size is out of range.
+
+    Shape:
+        - Input: (N, T) token ids, T <= ``num_features``.
+        - Output of ``hidden``: (N, T, d_model); of ``forward``: (N, T, num_classes) logits (built in full: for
+          inference on short inputs).
+
+    Example:
+        >>> model = Transformer(num_features=16, num_classes=300, d_model=32, num_heads=2, dim_feedforward=64)
+        >>> tokens = torch.randint(0, 300, (2, 16))
+        >>> model.hidden(tokens).shape, model(tokens).shape
+        (torch.Size([2, 16, 32]), torch.Size([2, 16, 300]))
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        d_model: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        dim_feedforward: int = 512,
+        dropout: float = 0.0,
+        tie_weights: bool = True,
+        log_metrics: Sequence[MetricGroup] = (*DEFAULT_LOG_METRICS, "perplexity"),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        sizes = dict(num_features=num_features, num_classes=num_classes, d_model=d_model, num_layers=num_layers)
+        for name, value in {**sizes, "num_heads": num_heads, "dim_feedforward": dim_feedforward}.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}")
+        _check_dropout(dropout)
+        if d_model % num_heads:
+            raise ValueError(f"Expected argument `num_heads` to divide `d_model` = {d_model}, but got {num_heads}")
+        self.ls_log_metrics = log_metrics
+        self.save_hyperparameters(ignore=["prior"])
+        self.token_embedding = nn.Embedding(num_classes, d_model)
+        self.position_embedding = nn.Embedding(num_features, d_model)
+        self.dropout = nn.Dropout(dropout)
+        block = nn.TransformerEncoderLayer(
+            d_model, num_heads, dim_feedforward, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.lm_head = None if tie_weights else nn.Linear(d_model, num_classes, bias=False)
+        for weight in [self.token_embedding.weight, self.position_embedding.weight]:
+            # GPT-2's scale: with N(0, 1) rows, tied logits of a unit-variance hidden state would start at std √D
+            nn.init.normal_(weight, std=0.02)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    @property
+    def lm_head_weight(self) -> Tensor:
+        """The (V, D) weight of the output layer: the token embedding's when the weights are tied."""
+        return self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden(self, tokens: Tensor) -> Tensor:
+        """The final hidden states (N, T, D) of (N, T) token ids: position t sees the tokens up to t."""
+        if tokens.is_floating_point() or tokens.is_complex():
+            raise TypeError(
+                f"Expected argument `tokens` to hold integer token ids, but got {tokens.dtype} (the Transformer reads"
+                " token blocks: use it with data=text)"
+            )
+        length = tokens.shape[-1]
+        if length > self.position_embedding.num_embeddings:
+            raise ValueError(
+                f"Expected inputs of at most {self.position_embedding.num_embeddings} tokens (`num_features`), but"
+                f" got {length}"
+            )
+        positions = torch.arange(length, device=tokens.device)
+        h = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device, dtype=h.dtype)
+        return self.norm(self.blocks(h, mask=mask, is_causal=True))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return nn.functional.linear(self.hidden(tokens), self.lm_head_weight)
+
+    def _step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        tokens, target = batch
+        return self.label_smoothed_linear_loss(self.hidden(tokens), self.lm_head_weight, target)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch)

@@ -1,0 +1,570 @@
+"""`LabelSmoothingMixin`: the label-smoothed loss and its metrics for any LightningModule."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from ls_lightning.integration.samplers import pads_samples
+from ls_lightning.losses import (
+    LabelSmoothedCE,
+    LossStats,
+    label_smoothed_cross_entropy_with_stats,
+    linear_label_smoothed_cross_entropy_with_stats,
+)
+from ls_lightning.metrics import (
+    AdaptiveCalibrationError,
+    BinnedCalibrationError,
+    BinStats,
+    BrierScore,
+    Overconfidence,
+    Perplexity,
+    WeightedMean,
+)
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
+Stage = Literal["train", "val", "test"]
+MetricGroup = Literal["loss", "terms", "acc", "calibration", "perplexity"]
+
+# Lightning's running stage (``trainer.state.stage``) -> our key prefix. Sanity checking and prediction log nothing.
+_STAGE_PREFIX: dict[str, Stage] = {"train": "train", "validate": "val", "test": "test"}
+_STAGES: tuple[Stage, ...] = ("train", "val", "test")
+_LOSS_TERMS = ("loss", "h_pq", "h_uq")
+# The module's step methods: the mixin logs a batch's keys as the outermost step call returns, when the module's own
+# `self.log` calls for the batch are known (and before any batch-end hook reads `trainer.callback_metrics`).
+_STEP_METHODS = ("training_step", "validation_step", "test_step")
+# The keys of each group the mixin can log (``log_metrics``); mce, rmsce, ece_adaptive, brier and overconfidence are
+# logged for val and test only.
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "loss": ("loss",),
+    "terms": ("h_pq", "h_uq"),
+    "acc": ("acc",),
+    "calibration": ("ece", "mce", "rmsce", "ece_adaptive", "brier", "overconfidence"),
+    "perplexity": ("perplexity",),
+}
+DEFAULT_LOG_METRICS: tuple[MetricGroup, ...] = ("loss", "terms", "acc", "calibration")
+_ALL_KEYS = frozenset(key for keys in METRIC_GROUPS.values() for key in keys)
+
+
+def check_log_metrics(groups: Any) -> tuple[MetricGroup, ...]:
+    """Validate ``log_metrics``: a sequence of names of :data:`METRIC_GROUPS`."""
+    if isinstance(groups, str) or not isinstance(groups, Iterable):
+        raise TypeError(
+            f"Expected argument `log_metrics` to be a sequence of {tuple(METRIC_GROUPS)}, but got {groups!r}"
+        )
+    groups = tuple(groups)
+    unknown = [g for g in groups if g not in METRIC_GROUPS]
+    if unknown:
+        raise ValueError(
+            f"Expected argument `log_metrics` to hold names from {tuple(METRIC_GROUPS)}, but got {unknown[0]!r}"
+        )
+    return cast("tuple[MetricGroup, ...]", groups)
+
+
+def check_log_prefix(prefix: Any) -> str:
+    """Validate ``log_prefix``: a string put between ``{stage}/`` and the metric's name."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"Expected argument `log_prefix` to be a str (e.g. 'ls_' or 'ls/'), but got {prefix!r}")
+    return prefix
+
+
+def _check_epsilon(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Expected argument `label_smoothing` to be a float in [0, 1], but got {value!r}")
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(f"Expected argument `label_smoothing` to be a float in [0, 1], but got {value!r}")
+    return float(value)
+
+
+_TRAIN_KEYS = frozenset(("loss", "h_pq", "h_uq", "acc", "ece", "perplexity"))
+# Rows of logits built at a time for the callbacks that need them from the fused linear loss (online prior, TS).
+_LOGIT_CHUNK_ELEMENTS = 1 << 22
+
+
+def _logit_chunks(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, mask: Tensor
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(logits, target, mask) of the rows where ``mask`` (M,) is set, a chunk of rows at a time, without autograd."""
+    rows = mask.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    flat, labels = hidden.detach().reshape(-1, hidden.shape[-1]), target.reshape(-1)
+    step = max(1, _LOGIT_CHUNK_ELEMENTS // weight.shape[0])
+    with torch.no_grad():
+        for start in range(0, rows.numel(), step):
+            index = rows[start : start + step]
+            logits = torch.nn.functional.linear(flat.index_select(0, index), weight.detach(), bias)
+            yield logits.float(), labels.index_select(0, index), torch.ones_like(index, dtype=torch.bool)
+
+
+def _new_metrics(stage: Stage, n_bins: int) -> nn.ModuleDict:
+    """One torchmetrics ``Metric`` per key the mixin can log for ``stage``; ``ece`` also serves ``calibration_bins``."""
+    metrics: dict[str, Metric] = {name: WeightedMean() for name in (*_LOSS_TERMS, "acc")}
+    metrics.update(perplexity=Perplexity(), ece=BinnedCalibrationError(n_bins=n_bins, norm="l1"))
+    if stage != "train":
+        metrics.update(
+            mce=BinnedCalibrationError(n_bins=n_bins, norm="max"),
+            rmsce=BinnedCalibrationError(n_bins=n_bins, norm="l2"),
+            ece_adaptive=AdaptiveCalibrationError(n_bins=n_bins),
+            brier=BrierScore(),
+            overconfidence=Overconfidence(n_bins=n_bins),
+        )
+    return nn.ModuleDict(metrics)
+
+
+def _update_metrics(
+    metrics: nn.ModuleDict, names: Sequence[str], loss: LabelSmoothedCE, stats: LossStats, *, step: bool
+) -> None:
+    """Add one batch to the metrics of ``names`` (and always to ``ece``, the calibration bins).
+
+    Loss terms enter as batch means weighted by the batch's count of positions (the mixin uses no class weights),
+    so the epoch value is the mean over positions, exact across batches and processes. ``step``: the loss terms go
+    through the metric's ``forward``, whose batch value Lightning logs on step.
+    """
+    count = stats.weight_sum
+    metric = cast("Mapping[str, Metric]", metrics)
+    for name, value in zip(_LOSS_TERMS, loss, strict=True):
+        if name in names:
+            (metric[name] if step else metric[name].update)(value.detach(), count)
+    if "perplexity" in names:
+        metric["perplexity"].update(loss.h_pq.detach(), count)
+    if "acc" in names:
+        metric["acc"].update(stats.correct, stats.valid)
+    for name in ("ece", "mce", "rmsce", "ece_adaptive", "overconfidence"):
+        if name == "ece" or (name in names and name in metric):
+            metric[name].update(stats.confidence, stats.correct, weight=stats.valid)
+    if "brier" in names and "brier" in metric and stats.brier.numel():
+        metric["brier"].update(stats.brier, weight=stats.valid)
+
+
+def _logs_after(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` followed by the mixin's logging of the batch (see ``LabelSmoothingMixin.__init_subclass__``).
+
+    ``functools.wraps`` keeps the signature and ``__wrapped__``, which Lightning reads to tell an overridden step and
+    its arguments. Only the outermost call logs: a step that calls ``super()``'s may log its own keys afterwards.
+    """
+
+    @functools.wraps(step)
+    def logged_step(self: LabelSmoothingMixin, *args: Any, **kwargs: Any) -> Any:
+        self._ls_step_depth += 1
+        try:
+            output = step(self, *args, **kwargs)
+        finally:
+            self._ls_step_depth -= 1
+        if self._ls_step_depth == 0:
+            self.ls_log_batch()
+        return output
+
+    logged_step.ls_logs_after = True  # type: ignore[attr-defined]
+    return logged_step
+
+
+class LabelSmoothingMixin:
+    r"""Mix into a LightningModule to get the label-smoothed loss and its logged terms and calibration.
+
+    .. math::
+        L = (1 - \varepsilon)\, H(p, q) + \varepsilon\, H(u, q)
+
+    ``label_smoothed_loss`` returns the same value as ``F.cross_entropy(logits, target, label_smoothing=ε)`` and
+    logs, for the trainer's current stage, ``{stage}/loss``, ``{stage}/h_pq``, ``{stage}/h_uq`` (step and epoch
+    during training, epoch otherwise), ``{stage}/acc`` and ``{stage}/ece`` (epoch), and for val and test also
+    ``mce``, ``rmsce``, ``ece_adaptive``, ``brier`` and ``overconfidence`` (epoch). Epoch values are torchmetrics
+    states weighted by the number of counted positions, so they are exact over all samples of all processes.
+    Confidence and correctness come from the loss's own pass over the logits: no second softmax. Each key is a
+    torchmetrics ``Metric`` handed to ``self.log`` as the module's step returns; step
+    values come from the metric's ``forward`` on every training step, so ``trainer.callback_metrics`` holds them
+    after each step and the loggers get them every ``log_every_n_steps``.
+
+    The module's own keys win: a key that the module logs itself (say ``train/loss`` from its own ``MeanMetric``)
+    keeps the module's value, and the mixin stops logging it (a message says which); its other keys are logged as
+    usual. ``log_metrics`` chooses the groups the mixin logs and ``log_prefix`` renames its keys
+    (``{stage}/{log_prefix}{name}``), e.g. ``log_prefix="ls_"`` to keep both ``train/loss`` and ``train/ls_loss``.
+
+    Put the mixin first among the bases. The user's ``__init__`` need not know about it: every argument has a
+    default, and a module whose ``__init__`` never reaches the mixin's (the mixin placed after LightningModule)
+    still works with the defaults. The keys are logged as the module's ``training_step`` (``validation_step``,
+    ``test_step``) returns, where a ``self.log`` in the step would be.
+
+    Args:
+        label_smoothing: ε, the initial weight of the prior; the :class:`~ls_lightning.LabelSmoothing` callback
+            overwrites it on every training batch.
+        prior: u, a (C,) distribution or a (C, C) matrix whose row y is u(·|y); ``None`` is uniform.
+        ignore_index: target value whose positions count in neither the loss nor the metrics.
+        n_bins: number of equal-width confidence bins of the expected calibration error.
+        log_metrics: the groups of keys to log, from ``"loss"`` (loss), ``"terms"`` (h_pq, h_uq), ``"acc"``,
+            ``"calibration"`` (ece; for val/test also mce, rmsce, ece_adaptive, brier, overconfidence) and
+            ``"perplexity"`` (exp of the epoch's H(p,q); off by default).
+        log_prefix: put between ``{stage}/`` and each key's name.
+
+    Raises:
+        TypeError, ValueError: for an ε outside [0, 1], a prior that is not a tensor, an unknown metric group, or a
+            prefix that is not a string.
+
+    Example:
+        >>> import lightning as L
+        >>> class Model(LabelSmoothingMixin, L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = torch.nn.Linear(4, 3)
+        >>> model = Model()
+        >>> model.label_smoothing
+        0.1
+        >>> logits, target = torch.randn(8, 3), torch.randint(0, 3, (8,))
+        >>> loss = model.label_smoothed_loss(logits, target)  # not attached to a trainer: logs nothing
+        >>> torch.allclose(loss, torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1))
+        True
+    """
+
+    _label_smoothing: float = 0.1
+    _ls_log_metrics: tuple[MetricGroup, ...] = DEFAULT_LOG_METRICS
+    _ls_log_prefix: str = ""
+    _ls_epsilon_tensor: Tensor | None = None
+    # The logging state: keys the module logs itself, the batch waiting to be logged, each stage's epoch.
+    _ls_user_keys: frozenset[str] = frozenset()
+    _ls_pending: tuple[Stage, frozenset[str]] | None = None
+    _ls_epochs: tuple[tuple[Stage, Any], ...] = ()
+    _ls_logging_own: bool = False
+    _ls_step_depth: int = 0
+    _ls_padding_checked: frozenset[str] = frozenset()
+    ls_ignore_index: int = -100
+    ls_n_bins: int = 15
+
+    def __init__(
+        self,
+        *args: Any,
+        label_smoothing: float = 0.1,
+        prior: Tensor | None = None,
+        ignore_index: int = -100,
+        n_bins: int = 15,
+        log_metrics: Sequence[MetricGroup] = DEFAULT_LOG_METRICS,
+        log_prefix: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_smoothing = label_smoothing
+        self.label_smoothing_prior = prior
+        self.ls_ignore_index = ignore_index
+        self.ls_n_bins = n_bins
+        self.ls_log_metrics = log_metrics
+        self.ls_log_prefix = log_prefix
+        cast(nn.Module, self).register_load_state_dict_pre_hook(_adopt_saved_prior)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The mixin logs a batch's keys once the module's step has returned: each subclass's step methods are wrapped
+        # (a plain Python class hook), so the user's steps stay as they are written.
+        super().__init_subclass__(**kwargs)
+        for name in _STEP_METHODS:
+            step = getattr(cls, name, None)
+            if step is not None and not getattr(step, "ls_logs_after", False):
+                setattr(cls, name, _logs_after(step))
+
+    @property
+    def label_smoothing(self) -> float:
+        """The current ε, a float in [0, 1]."""
+        return self._label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value: float) -> None:
+        self._label_smoothing = _check_epsilon(value)
+        if self._ls_epsilon_tensor is None:
+            self._ls_epsilon_tensor = torch.tensor(self._label_smoothing)
+        else:
+            self._ls_epsilon_tensor.fill_(self._label_smoothing)
+
+    def _ls_epsilon(self) -> float | Tensor:
+        """ε for the loss: the float, or in a step traced by ``torch.compile`` a 0-d CPU tensor holding it (data, not
+        a constant of the graph, so that a new ε does not recompile the step)."""
+        if not torch.compiler.is_compiling():
+            return self._label_smoothing
+        tensor = self._ls_epsilon_tensor
+        return tensor if tensor is not None else self._label_smoothing
+
+    @property
+    def ls_log_metrics(self) -> tuple[MetricGroup, ...]:
+        """The groups of keys the mixin logs (see the class's ``log_metrics``)."""
+        return self._ls_log_metrics
+
+    @ls_log_metrics.setter
+    def ls_log_metrics(self, groups: Sequence[MetricGroup]) -> None:
+        self._ls_log_metrics = check_log_metrics(groups)
+
+    @property
+    def ls_log_prefix(self) -> str:
+        """Put between ``{stage}/`` and the name of each key the mixin (and the callback) logs."""
+        return self._ls_log_prefix
+
+    @ls_log_prefix.setter
+    def ls_log_prefix(self, prefix: str) -> None:
+        self._ls_log_prefix = check_log_prefix(prefix)
+
+    @property
+    def label_smoothing_prior(self) -> Tensor | None:
+        """The prior u: ``None`` (uniform), a (C,) distribution or a (C, C) matrix; a buffer, so it follows
+        the module's device and is saved in checkpoints."""
+        return cast("Tensor | None", getattr(self, "_ls_prior", None))
+
+    @label_smoothing_prior.setter
+    def label_smoothing_prior(self, prior: Tensor | None) -> None:
+        if prior is not None and not isinstance(prior, Tensor):
+            raise TypeError(f"Expected argument `prior` to be a Tensor of shape (C,) or (C, C), but got {prior!r}")
+        cast(nn.Module, self).register_buffer("_ls_prior", prior)
+
+    def label_smoothed_loss(self, logits: Tensor, target: Tensor, *, stage: Stage | None = None) -> Tensor:
+        """Return the label-smoothed cross-entropy of ``logits`` and log its terms and calibration.
+
+        Args:
+            logits: (N, C) or (N, C, d1, ...) logits (log-probabilities work as well: the loss is invariant to
+                a per-position shift of the logits).
+            target: (N,) or (N, d1, ...) class indices, or class probabilities of the logits' shape.
+            stage: ``"train"``, ``"val"`` or ``"test"``; taken from the trainer when ``None``. Nothing is logged
+                outside a trainer or during the sanity check.
+
+        Returns:
+            The scalar loss (``reduction="mean"``), with gradient.
+        """
+        stage = self._ls_resolve_stage(stage)
+        loss, stats = label_smoothed_cross_entropy_with_stats(
+            logits,
+            target,
+            self._ls_epsilon(),
+            ignore_index=self.ls_ignore_index,
+            prior=self.label_smoothing_prior,
+            brier=stage not in (None, "train"),  # the Brier score is a val/test measure
+        )
+        if stage is not None:
+            self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
+        return loss.loss
+
+    def label_smoothed_linear_loss(
+        self,
+        hidden: Tensor,
+        linear_weight: Tensor,
+        target: Tensor,
+        *,
+        linear_bias: Tensor | None = None,
+        stage: Stage | None = None,
+    ) -> Tensor:
+        """The loss of the logits ``F.linear(hidden, linear_weight, linear_bias)``, computed without building them.
+
+        The same value, keys and calibration statistics as ``label_smoothed_loss`` on those logits (class-last:
+        ``hidden`` is (..., D), as language models produce it), from
+        :func:`~ls_lightning.linear_label_smoothed_cross_entropy`, which holds one chunk of logits at a time.
+        Nothing of size N × V is kept, except for what callbacks that need the logits themselves ask for (online
+        label smoothing's per-class sums, temperature scaling's validation logits), which get them chunk by chunk.
+
+        Args:
+            hidden: (..., D) hidden states.
+            linear_weight: (V, D) weight of the output layer (tied embeddings work: autograd sums the gradients).
+            target: (...) class indices (the mixin's ``ignore_index`` marks padding).
+            linear_bias: (V,) bias of the output layer, or ``None``.
+            stage: as in :meth:`label_smoothed_loss`.
+
+        Returns:
+            The scalar loss (``reduction="mean"``), with gradient.
+        """
+        stage = self._ls_resolve_stage(stage)
+        loss, stats = linear_label_smoothed_cross_entropy_with_stats(
+            hidden,
+            linear_weight,
+            target,
+            self._ls_epsilon(),
+            linear_bias=linear_bias,
+            ignore_index=self.ls_ignore_index,
+            prior=self.label_smoothing_prior,
+            brier=stage not in (None, "train"),
+        )
+        if stage is not None:
+            self._ls_record(
+                stage, loss, stats, lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)
+            )
+        return loss.loss
+
+    def calibration_bins(self, stage: Stage, *, sync: bool = True) -> BinStats | None:
+        """Per-bin sums (count, confidence, correct) of ``stage``'s ECE state for the current epoch.
+
+        Args:
+            stage: ``"train"``, ``"val"`` or ``"test"``.
+            sync: sum the states over processes; a collective call, so every rank must make it.
+
+        Returns:
+            The :class:`~ls_lightning.metrics.BinStats`, or ``None`` before the stage's first logged batch.
+        """
+        metrics = getattr(self, f"ls_{stage}_metrics", None)
+        if metrics is None:
+            return None
+        return cast(BinnedCalibrationError, metrics["ece"]).bin_stats(sync=sync)
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``self.log``; a key that the module logs itself is then no longer logged by the mixin."""
+        if not self._ls_logging_own and name not in self._ls_user_keys:
+            self._ls_claim(name)
+        super().log(name, value, *args, **kwargs)  # type: ignore[misc]
+
+    def ls_log(self, name: str, value: Any, **kwargs: Any) -> None:
+        """``self.log`` for the plugin's own keys (the mixin's and its callbacks'): never taken for the module's."""
+        self._ls_logging_own = True
+        try:
+            self.log(name, value, **kwargs)
+        finally:
+            self._ls_logging_own = False
+
+    @torch.compiler.disable
+    def ls_log_batch(self) -> None:
+        """Log the keys of the batch the loss last saw; called as the module's step returns.
+
+        By then the module's own ``self.log`` calls for the batch are known, so a key the module logs itself is left
+        to it. Step values (the training loss terms) are logged on every step, epoch values once per epoch: they are
+        metrics that Lightning computes, syncs and resets at the epoch's end.
+        """
+        pending, self._ls_pending = self._ls_pending, None
+        trainer = self._ls_trainer()
+        if pending is None or trainer is None or trainer.barebones:
+            return
+        stage, fresh = pending
+        for name in self._ls_logged_names(stage):
+            on_step = stage == "train" and name in _LOSS_TERMS
+            if on_step or name in fresh:
+                prog_bar = name == "loss" if on_step else (name == "acc" and stage == "val")
+                self.ls_log(
+                    self._ls_key(stage, name),
+                    getattr(self, f"ls_{stage}_metrics")[name],
+                    on_step=on_step,
+                    on_epoch=True,
+                    prog_bar=prog_bar,
+                    metric_attribute=f"ls_{stage}_metrics.{name}",
+                )
+
+    def _ls_trainer(self) -> Trainer | None:
+        try:
+            return cast("Trainer", cast(Any, self).trainer)
+        except RuntimeError:  # not attached to a trainer
+            return None
+
+    def _ls_resolve_stage(self, stage: Stage | None) -> Stage | None:
+        if stage is not None and stage not in _STAGES:
+            raise ValueError(f"Expected argument `stage` to be one of {_STAGES}, but got {stage!r}")
+        return stage if stage is not None else self._ls_stage()
+
+    def _ls_stage(self) -> Stage | None:
+        trainer = self._ls_trainer()
+        if trainer is None or trainer.sanity_checking:
+            return None
+        stage = trainer.state.stage
+        return None if stage is None else _STAGE_PREFIX.get(stage.value)
+
+    @torch.compiler.disable  # metric states run eagerly in a compiled step (a graph break)
+    def _ls_record(
+        self,
+        stage: Stage,
+        loss: LabelSmoothedCE,
+        stats: LossStats,
+        logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
+    ) -> None:
+        """Add the batch to the stage's metrics (logged at the batch's end); hand the logits to the callbacks that
+        need them (``logits(mask)`` yields ``(logits, target, mask)`` parts of the batch, ``mask`` (M,) selecting
+        positions)."""
+        trainer = self._ls_trainer()
+        if trainer is not None:
+            self._ls_update(stage, trainer, loss, stats)
+        estimator = getattr(self, "ls_prior_estimator", None)
+        if stage == "train" and estimator is not None:  # online label smoothing: the correctly classified positions
+            for part in logits(stats.correct & stats.valid):
+                estimator.update(*part)
+        observers = getattr(self, "ls_val_observers", ()) if stage == "val" else ()
+        if observers:  # e.g. TemperatureScaling: callbacks that need the validation logits themselves
+            for part in logits(stats.valid):
+                for observer in observers:
+                    observer.update(*part)
+
+    def _ls_update(self, stage: Stage, trainer: Trainer, loss: LabelSmoothedCE, stats: LossStats) -> None:
+        if stage != "train":
+            self._ls_warn_if_padded(stage, trainer)
+        metrics = self._ls_metrics_for(stage, loss.loss.device)
+        self._ls_start_epoch(stage, trainer, metrics)
+        names = self._ls_logged_names(stage)
+        # A metric without updates is new to this epoch (Lightning resets the logged ones at the epoch's end): it is
+        # handed to `self.log` once, and Lightning computes it at the epoch's end.
+        fresh = frozenset(name for name in names if cast(Metric, metrics[name]).update_count == 0)
+        _update_metrics(metrics, names, loss, stats, step=stage == "train")
+        pending = self._ls_pending
+        if pending is not None and pending[0] == stage:  # a second loss in the same step (two heads)
+            fresh |= pending[1]
+        self._ls_pending = (stage, fresh)
+
+    def _ls_logged_names(self, stage: Stage) -> list[str]:
+        """Names of the keys the mixin logs for ``stage``: its groups, less those the module logs itself."""
+        return [
+            name
+            for group in self._ls_log_metrics
+            for name in METRIC_GROUPS[group]
+            if (stage != "train" or name in _TRAIN_KEYS) and self._ls_key(stage, name) not in self._ls_user_keys
+        ]
+
+    def _ls_key(self, stage: Stage, name: str) -> str:
+        return f"{stage}/{self._ls_log_prefix}{name}"
+
+    def _ls_warn_if_padded(self, stage: Stage, trainer: Trainer) -> None:
+        if stage in self._ls_padding_checked:
+            return
+        self._ls_padding_checked = self._ls_padding_checked | {stage}
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            if pads_samples(getattr(loader, "sampler", None)):
+                rank_zero_warn(
+                    f"The {stage} dataloader's DistributedSampler pads the data with repeated samples, so `{stage}/...`"
+                    " metrics count them twice. Give the loader `ls_lightning.data.UnpaddedDistributedSampler(dataset)`"
+                    " (Lightning keeps a sampler that is already a DistributedSampler), or evaluate on one device."
+                )
+                return
+
+    @torch.compiler.disable
+    def _ls_claim(self, name: str) -> None:
+        """The module logs ``name`` itself: the mixin no longer logs it."""
+        self._ls_user_keys = self._ls_user_keys | {name}
+        if any(name == self._ls_key(stage, key) for stage in _STAGES for key in _ALL_KEYS):
+            rank_zero_info(
+                f"`{type(self).__name__}` logs `{name}` itself: the label-smoothing mixin leaves that key to it. Set"
+                " `log_prefix` (e.g. 'ls_') to log the mixin's value beside it."
+            )
+
+    def _ls_start_epoch(self, stage: Stage, trainer: Trainer, metrics: nn.ModuleDict) -> None:
+        """Reset the stage's metrics when a new epoch (or evaluation run) starts.
+
+        Lightning resets the logged metrics at each epoch's end; this also covers those nobody logs (all taken by the
+        module, or ``log_metrics`` empty), whose states still feed ``calibration_bins``.
+        """
+        mark = (trainer.state.fn, trainer.current_epoch, trainer.global_step if stage != "train" else 0)
+        epochs = dict(self._ls_epochs)
+        if epochs.get(stage) == mark:
+            return
+        epochs[stage] = mark
+        self._ls_epochs = tuple(epochs.items())
+        for metric in metrics.values():
+            cast(Metric, metric).reset()
+
+    def _ls_metrics_for(self, stage: Stage, device: torch.device) -> nn.ModuleDict:
+        # Created on first use rather than in __init__, so a module whose __init__ never reached ours still works;
+        # the states are not persistent, so checkpoints do not change.
+        name = f"ls_{stage}_metrics"
+        metrics = getattr(self, name, None)
+        if metrics is None:
+            metrics = _new_metrics(stage, self.ls_n_bins).to(device)
+            cast(nn.Module, self).add_module(name, metrics)
+        return cast(nn.ModuleDict, metrics)
+
+
+def _adopt_saved_prior(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """A prior set during training (class frequencies, online label smoothing) is a checkpointed buffer that a freshly
+    built module does not have yet: adopt it, so that ``load_state_dict`` and resume restore it."""
+    key = f"{prefix}_ls_prior"
+    if key in state_dict and isinstance(module, LabelSmoothingMixin) and module.label_smoothing_prior is None:
+        module.label_smoothing_prior = torch.empty_like(state_dict[key])

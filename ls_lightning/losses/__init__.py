@@ -1,0 +1,35 @@
+"""The losses: the label-smoothed cross-entropy, its fused lm-head form and their kernels. Needs torch only.
+
+:mod:`ls_lightning.losses.ops` holds the kernels (autograd Functions and the code ``torch.compile`` traces); the
+functions and the module here are what other layers and users call.
+"""
+
+from ls_lightning.losses.functional import (
+    LabelSmoothedCE,
+    LossStats,
+    Reduction,
+    check_label_smoothing,
+    check_prior,
+    label_smoothed_cross_entropy,
+    label_smoothed_cross_entropy_with_stats,
+)
+from ls_lightning.losses.linear import (
+    linear_label_smoothed_cross_entropy,
+    linear_label_smoothed_cross_entropy_with_stats,
+)
+from ls_lightning.losses.module import LabelSmoothedCrossEntropy
+from ls_lightning.losses.temperature import fit_temperature
+
+__all__ = [
+    "LabelSmoothedCE",
+    "LabelSmoothedCrossEntropy",
+    "LossStats",
+    "Reduction",
+    "check_label_smoothing",
+    "check_prior",
+    "fit_temperature",
+    "label_smoothed_cross_entropy",
+    "label_smoothed_cross_entropy_with_stats",
+    "linear_label_smoothed_cross_entropy",
+    "linear_label_smoothed_cross_entropy_with_stats",
+]

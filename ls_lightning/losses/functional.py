@@ -1,0 +1,464 @@
+"""The label-smoothed cross-entropy, a drop-in for ``F.cross_entropy`` that also returns both of its terms.
+
+Class-index targets go through the fused one-pass kernel in :mod:`.ops.fused`; probability targets take
+the exact composite path built on ``log_softmax`` (same values, autograd's own gradient). Small inputs without
+weights or prior (at most ``SMALL_ELEMENTS`` logits) take a short ``log_softmax`` path: there, each PyTorch op
+costs microseconds of dispatch whatever its size, and the chunked kernel's extra ops cost more than the memory it
+saves (measured: 64×10 forward + backward 83 µs against the kernel's 226 µs and PyTorch's own 66 µs; the kernel
+wins from about 4096×10).
+
+Under ``torch.compile`` class indices take :mod:`.ops.traced`: the same terms written as formulas that
+Inductor fuses into one reduction forward and one pointwise pass backward, with no graph break and nothing read
+back to the host. ε stays data in the graph (the code never branches on its value), so a tensor ε never
+recompiles. The chunked kernel is not used there: its ``out=`` calls and host reads do not trace, and as an opaque
+custom op it would keep at best its eager time (see :mod:`ls_lightning.losses.ops.traced` for the measurements).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ls_lightning.losses.ops import fused as _fused
+from ls_lightning.losses.ops import traced as _traced
+
+Reduction = Literal["none", "mean", "sum"]
+_REDUCTIONS = ("none", "mean", "sum")
+_PRIOR_TOLERANCE = 1e-4
+# Up to this many logits, the short log_softmax path (a few small ops and three autograd nodes) is faster than the
+# chunked kernel (see the module docstring); its full-size temporaries are at most 128 KiB of float32 here.
+SMALL_ELEMENTS = 1 << 15
+
+
+class LabelSmoothedCE(NamedTuple):
+    """Result of :func:`label_smoothed_cross_entropy`: ``loss == (1 - ε)·h_pq + ε·h_uq``."""
+
+    loss: Tensor
+    h_pq: Tensor
+    h_uq: Tensor
+
+
+class LossStats(NamedTuple):
+    """Per-position statistics from the same pass as the loss (detached), for accuracy and calibration metrics.
+
+    ``M`` is the number of positions (N·d1·…, 1 for an unbatched (C) input).
+    """
+
+    confidence: Tensor  # (M,) float32: max softmax probability
+    correct: Tensor  # (M,) bool: argmax(input) == target class (probability targets: argmax of the target)
+    valid: Tensor  # (M,) bool: position is not ignore_index (all True for probability targets)
+    brier: Tensor  # (M,) float32: Σ_c (q_c − onehot_c)², onehot of the target class
+    weight_sum: Tensor  # 0-d float32: the denominator of reduction="mean"
+
+
+def label_smoothed_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    label_smoothing: float | Tensor = 0.0,
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    prior: Tensor | None = None,
+) -> LabelSmoothedCE:
+    r"""Label-smoothed cross-entropy and its two terms, equal to ``F.cross_entropy(..., label_smoothing=ε)``.
+
+    .. math::
+        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q), \qquad q = \mathrm{softmax}(\text{input})
+
+    With class weights ``w``, position i with label y contributes ``H(p,q)_i = w_y (−log q_y)`` and
+    ``H(u,q)_i = Σ_c w_c u_c (−log q_c)``, and ``mean`` divides both by Σ w_y over non-ignored positions, as
+    PyTorch does. With a ``prior`` and no weights this equals ``F.cross_entropy(input, (1-ε)·onehot + ε·u)``; with
+    weights too, ``none`` and ``sum`` equal that soft-target call, while ``mean`` keeps the class-index
+    denominator Σ w_y (the soft-target call divides by the number of positions). Probability targets follow
+    PyTorch: smoothing applies on top of the given p, ``mean`` divides by the number of positions.
+
+    Unlike PyTorch, ``mean`` over positions that are all ignored is 0 with zero gradient, not NaN.
+
+    ``torch.compile(label_smoothed_cross_entropy, fullgraph=True)`` compiles without a graph break, to one fused
+    reduction forward and one pointwise pass backward. A 0-d tensor ε never recompiles when its value changes
+    (:class:`~ls_lightning.losses.LabelSmoothedCrossEntropy` passes one); a Python float ε is Dynamo's to
+    specialise: the first compile takes it as a constant, the first change compiles once more with ε as an input,
+    and no later value recompiles (``dynamic=True`` makes it an input from the start).
+
+    Args:
+        input: Logits.
+        target: Class indices, or class probabilities of ``input``'s shape.
+        label_smoothing: ε in [0, 1]; a float or a 0-d tensor (a tensor on an accelerator, or under
+            ``torch.compile``, is not range-checked: that would need a host synchronisation or a value guard).
+        weight: Class weights, shape (C,).
+        ignore_index: Target value whose positions contribute nothing (class-index targets only).
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        prior: Smoothing distribution u: shape (C,), or (C, C) whose row y is u(·|y) (for probability targets
+            the row mixture ``p @ prior``). Uniform when None.
+
+    Returns:
+        LabelSmoothedCE ``(loss, h_pq, h_uq)``, each reduced like ``F.cross_entropy``'s result; float32 for
+        half-precision input.
+
+    Raises:
+        ValueError: If ε is outside [0, 1], a class index is outside [0, C) and not ``ignore_index``, the prior is
+            not a distribution, shapes do not match, ``weight`` is not (C,), or ``reduction`` is unknown. Checks
+            that need tensor values run where reading them is free: on CPU tensors. On an accelerator the class
+            indices and prior are checked by an asynchronous device assert (a RuntimeError at the next
+            synchronisation) and a tensor ε is not checked, so that no step waits on the device.
+
+    Shape:
+        - input: (C), (N, C) or (N, C, d1, …).
+        - target: () / (N) / (N, d1, …) class indices, or the input's shape for probabilities.
+        - output: () for ``mean``/``sum``, else the target's shape without the class dimension.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+        >>> out = label_smoothed_cross_entropy(logits, torch.tensor([0, 2]), 0.1)
+        >>> torch.allclose(out.loss, torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2]),
+        ...                                                            label_smoothing=0.1))
+        True
+        >>> torch.allclose(out.loss, 0.9 * out.h_pq + 0.1 * out.h_uq)
+        True
+    """
+    result, _ = _compute(input, target, label_smoothing, weight, ignore_index, reduction, prior, with_stats=False)
+    return result
+
+
+def label_smoothed_cross_entropy_with_stats(
+    input: Tensor,
+    target: Tensor,
+    label_smoothing: float | Tensor = 0.0,
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    prior: Tensor | None = None,
+    brier: bool = True,
+) -> tuple[LabelSmoothedCE, LossStats]:
+    """:func:`label_smoothed_cross_entropy` plus per-position :class:`LossStats` from the same pass.
+
+    Makes no host synchronisation for accelerator tensors, so it can run every step. ``brier=False`` may leave
+    ``LossStats.brier`` empty where computing it costs a pass of its own.
+
+    Example:
+        >>> import torch
+        >>> _, stats = label_smoothed_cross_entropy_with_stats(torch.tensor([[3.0, 0.0], [0.0, 0.0]]),
+        ...                                                    torch.tensor([0, -100]))
+        >>> stats.correct.tolist(), stats.valid.tolist(), stats.weight_sum.item()
+        ([True, False], [True, False], 1.0)
+    """
+    return _compute(input, target, label_smoothing, weight, ignore_index, reduction, prior, True, brier)
+
+
+def _compute(
+    input: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    prior: Tensor | None,
+    with_stats: bool,
+    brier: bool = True,
+) -> tuple[LabelSmoothedCE, LossStats]:
+    """Validate, add a batch dimension to (C) input, dispatch, and drop that dimension again.
+
+    ``brier=False`` may leave ``LossStats.brier`` empty where computing it costs a pass of its own.
+    """
+    _check_arguments(input, target, eps, weight, ignore_index, reduction, prior)
+    unbatched = input.dim() == 1
+    x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
+    if t.is_floating_point():
+        outputs = _composite(x, t, eps, weight, ignore_index, reduction, prior)
+    elif torch.compiler.is_compiling():
+        outputs = _traced.traced(x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier)
+    elif weight is None and prior is None and x.numel() <= SMALL_ELEMENTS:
+        outputs = _small(x, t.long(), eps, ignore_index, reduction, with_stats, brier)
+    elif torch.is_grad_enabled() and x.requires_grad:
+        outputs = _fused.FusedLabelSmoothedCE.apply(
+            x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier
+        )
+    else:
+        outputs = _fused_no_grad(x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier)
+    loss, h_pq, h_uq, *stats = outputs
+    if unbatched and reduction == "none":
+        loss, h_pq, h_uq = loss.squeeze(0), h_pq.squeeze(0), h_uq.squeeze(0)
+    return LabelSmoothedCE(loss, h_pq, h_uq), LossStats(*stats)
+
+
+def _fused_no_grad(
+    x: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    weight: Tensor | None,
+    prior: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    brier: bool,
+) -> tuple[Tensor, ...]:
+    """The fused forward without autograd and without a gradient buffer (validation, inference)."""
+    _, out, stats = _fused.run(x, target, eps, weight, prior, ignore_index, reduction, with_stats, None, brier)
+    return (out.loss, out.h_pq, out.h_uq, *stats)
+
+
+def _small(
+    x: Tensor, target: Tensor, eps: float | Tensor, ignore_index: int, reduction: str, with_stats: bool, brier: bool
+) -> tuple[Tensor, ...]:
+    """Few-op path for small inputs (uniform prior, no weights); autograd differentiates it.
+
+    The loss is ``Σ log q · t`` with the smoothed target ``t = −s·((1 − ε)·onehot + ε/C)`` built without autograd
+    (``s``: 1 per valid position, over the count for ``mean``), so backward runs three nodes; ``h_pq`` and ``h_uq``
+    branch off ``log q`` and cost backward nothing unless differentiated themselves.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    num_classes = x.shape[1]
+    logp = torch.log_softmax(x, 1, dtype=acc)
+    keep = target != ignore_index
+    valid = keep.to(acc)
+    weight_sum = valid.sum()
+    denominator = weight_sum.clamp(min=1)  # all ignored: every term is 0, and so is the mean
+    scale = valid / denominator if reduction == "mean" else valid
+    y = torch.where(keep, target, 0).unsqueeze(1)
+    if isinstance(eps, float):  # −ε/C everywhere, −(1 − ε + ε/C) at the label, times the row's scale
+        smoothed = torch.full_like(logp, -eps / num_classes).scatter_(1, y, eps - 1.0 - eps / num_classes)
+    else:
+        e = eps.to(acc)
+        smoothed = (-e / num_classes).expand(logp.shape).scatter_add(1, y, (e - 1).expand(y.shape))
+    smoothed.mul_(scale.unsqueeze(1))
+    if reduction == "none":
+        loss = (logp * smoothed).sum(1)
+        h_pq = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="none")  # 0 where ignored
+        h_uq = logp.sum(1) * (scale / -num_classes)
+    else:
+        loss = (logp * smoothed).sum()
+        h_pq = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="sum")
+        h_uq = torch.dot(logp.sum(1).reshape(-1), scale.reshape(-1)) / -num_classes
+        if reduction == "mean":
+            h_pq = h_pq / denominator
+    if not with_stats:
+        empty = [x.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)]
+        return (loss, h_pq, h_uq, *empty, weight_sum.float())
+    return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), target, keep, weight_sum, brier))
+
+
+def _composite(
+    x: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    prior: Tensor | None,
+) -> tuple[Tensor, ...]:
+    """Exact path on ``log_softmax`` (probability targets; traced by torch.compile): autograd differentiates it."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    logp = torch.log_softmax(x, 1, dtype=acc)
+    if target.is_floating_point():
+        h_pq, h_uq, label, valid, wsum = _soft_terms(logp, target.to(acc), weight, prior)
+    else:
+        h_pq, h_uq, label, valid, wsum = _index_terms(logp, target, weight, ignore_index, prior)
+    shape, denominator = h_pq.shape, _fused.mean_denominator(wsum, reduction)
+    h_pq = _fused.reduce(h_pq.reshape(-1), reduction, denominator, shape)
+    h_uq = _fused.reduce(h_uq.reshape(-1), reduction, denominator, shape)
+    return ((1 - eps) * h_pq + eps * h_uq, h_pq, h_uq, *_composite_stats(logp.detach(), label, valid, wsum))
+
+
+def _class_view(t: Tensor, logp: Tensor) -> Tensor:
+    """A (C,) tensor shaped to broadcast along the class dimension of ``logp``."""
+    return t.to(logp.dtype).view(1, -1, *([1] * (logp.dim() - 2)))
+
+
+def _soft_terms(
+    logp: Tensor, p: Tensor, weight: Tensor | None, prior: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-position H(p,q), H(u,q) for probability targets; the mean divides by the number of positions."""
+    wlogp = logp if weight is None else logp * _class_view(weight, logp)
+    if prior is None:
+        h_uq = -wlogp.sum(1) / logp.shape[1]
+    elif prior.dim() == 1:
+        h_uq = -(wlogp * _class_view(prior, logp)).sum(1)
+    else:  # the label is itself a distribution: smooth towards the mixture of the prior's rows
+        u = torch.movedim(p.movedim(1, -1) @ prior.to(p.dtype), -1, 1)
+        h_uq = -(wlogp * u).sum(1)
+    h_pq = -(wlogp * p).sum(1)
+    valid = torch.ones(h_pq.shape, dtype=torch.bool, device=p.device)
+    return h_pq, h_uq, p.argmax(1), valid, h_pq.new_full((), float(h_pq.numel()))
+
+
+def _index_terms(
+    logp: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, prior: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-position H(p,q), H(u,q) for class indices, PyTorch's weighting; the mean divides by Σ w_y."""
+    valid = target != ignore_index
+    y = torch.where(valid, target, 0).long()
+    validf = valid.to(logp.dtype)
+    wy = validf if weight is None else weight.to(logp.dtype)[y] * validf
+    wlogp = logp if weight is None else logp * _class_view(weight, logp)
+    if prior is None:
+        h_uq = -wlogp.sum(1) / logp.shape[1]
+    elif prior.dim() == 1:
+        h_uq = -(wlogp * _class_view(prior, logp)).sum(1)
+    else:
+        h_uq = -(wlogp * prior.to(logp.dtype)[y].movedim(-1, 1)).sum(1)
+    h_pq = -logp.gather(1, y.unsqueeze(1)).squeeze(1) * wy
+    return h_pq, h_uq * validf, target, valid, wy.sum()
+
+
+def _composite_stats(
+    logp: Tensor, label: Tensor, valid: Tensor, wsum: Tensor, brier: bool = True
+) -> tuple[Tensor, ...]:
+    """LossStats fields from log-probabilities (Brier against the one-hot of ``label``; empty unless ``brier``)."""
+    top, argmax = logp.max(1)
+    confidence, correct = top.exp().reshape(-1).float(), (argmax == label).reshape(-1)
+    if not brier:
+        return confidence, correct, valid.reshape(-1), confidence.new_empty(0), wsum.float()
+    q = logp.exp()
+    q_y = q.gather(1, torch.where(valid, label, 0).long().unsqueeze(1)).squeeze(1)
+    brier_values = q.square().sum(1) - 2 * q_y + 1
+    return confidence, correct, valid.reshape(-1), brier_values.reshape(-1).float(), wsum.float()
+
+
+# ----------------------------------------------------------------------------------------------- argument checks
+
+
+def _check_arguments(
+    input: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    prior: Tensor | None,
+) -> None:
+    """Raise ValueError/TypeError naming the argument and the value for every malformed argument."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
+    check_label_smoothing(eps)
+    _check_shapes(input, target, ignore_index)
+    num_classes = input.shape[1] if input.dim() > 1 else input.shape[0]
+    if weight is not None and (weight.shape != (num_classes,) or not weight.is_floating_point()):
+        raise ValueError(
+            f"Expected argument `weight` to be a floating point tensor of shape ({num_classes},), "
+            f"but got {weight.dtype} of shape {tuple(weight.shape)}"
+        )
+    if prior is not None:
+        check_prior(prior, num_classes)
+    if not target.is_floating_point():
+        _check_class_indices(target, num_classes, ignore_index)
+
+
+def check_label_smoothing(eps: float | Tensor) -> None:
+    """ε in [0, 1]; a tensor ε is range-checked only on the CPU, where reading it costs no device sync."""
+    if isinstance(eps, Tensor):
+        if eps.numel() != 1 or not eps.is_floating_point():
+            raise ValueError(
+                f"Expected argument `label_smoothing` to be a float or a 0-d floating point tensor, "
+                f"but got {eps.dtype} of shape {tuple(eps.shape)}"
+            )
+        if eps.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        value = float(eps)
+    elif isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ValueError(f"Expected argument `label_smoothing` to be a float in [0, 1], but got {eps!r}")
+    else:
+        value = eps
+    if torch.compiler.is_compiling():
+        return  # a traced comparison of ε would guard on its value and recompile when ε changes
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"Expected argument `label_smoothing` to be in [0, 1], but got {value}")
+
+
+def _sizes_are(shape: tuple[int, ...], c: int) -> bool:
+    """``shape`` is (c,) or (c, c)."""
+    return len(shape) in (1, 2) and all(size == c for size in shape)
+
+
+def _check_shapes(input: Tensor, target: Tensor, ignore_index: int) -> None:
+    """input floating with ≥ 1 dim; target of input's shape (probabilities) or without dim 1 (indices)."""
+    if not isinstance(input, Tensor) or not input.is_floating_point() or input.dim() == 0:
+        raise ValueError(
+            f"Expected argument `input` to be a floating point tensor of shape (C), (N, C) or "
+            f"(N, C, d1, ...), but got {getattr(input, 'dtype', type(input))} "
+            f"of shape {tuple(getattr(input, 'shape', ()))}"
+        )
+    if not isinstance(target, Tensor) or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(
+            f"Expected argument `target` to be a tensor of class indices or probabilities, "
+            f"but got {getattr(target, 'dtype', type(target))}"
+        )
+    if target.is_floating_point():
+        expected = tuple(input.shape)
+        if ignore_index >= 0:
+            raise ValueError(
+                f"Expected argument `ignore_index` to be negative (unused) for probability targets, "
+                f"but got {ignore_index}"
+            )
+    else:
+        expected = (*input.shape[:1], *input.shape[2:]) if input.dim() > 1 else ()
+    if tuple(target.shape) != expected:
+        kind = "probability" if target.is_floating_point() else "class-index"
+        raise ValueError(
+            f"Expected argument `target` ({kind}) to have shape {expected} for input of shape "
+            f"{tuple(input.shape)}, but got {tuple(target.shape)}"
+        )
+
+
+# torch's device-side assert: the one way to check values on an accelerator without a host sync each step. Private
+# (so read once, with a fallback: the synchronous check); tests/test_architecture.py fails when it changes.
+_ASSERT_ASYNC = getattr(torch, "_assert_async", None)
+
+
+def _assert_on_device(condition: Tensor, message: str) -> None:
+    """Fail with ``message`` where ``condition`` (a 0-d bool tensor on an accelerator) is false, without a sync."""
+    if _ASSERT_ASYNC is not None:
+        _ASSERT_ASYNC(condition, message)
+    elif not bool(condition):
+        raise ValueError(message)
+
+
+def _check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Indices in [0, C) or ignore_index: read on the CPU; on accelerators an async device assert (no sync)."""
+    if torch.compiler.is_compiling() or target.numel() == 0:
+        return
+    if target.device.type != "cpu":
+        bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+        _assert_on_device(~bad.any(), "Expected argument `target` to hold class indices in [0, C) or ignore_index")
+        return
+    low, high = torch.aminmax(target)  # one op in the common case; reading CPU scalars costs no device sync
+    if low.item() >= 0 and high.item() < num_classes:
+        return
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bad.any():
+        raise ValueError(
+            f"Expected argument `target` to hold class indices in [0, {num_classes}) or ignore_index={ignore_index}, "
+            f"but got {target[bad].flatten()[0].item()}"
+        )
+
+
+def check_prior(prior: Tensor, num_classes: int | None = None) -> None:
+    """A (C,) distribution or a (C, C) matrix of distributions (rows); values checked on the CPU only.
+
+    Raises:
+        ValueError: If ``prior`` has the wrong shape, a negative entry, or a row whose sum is not 1.
+    """
+    shape = tuple(prior.shape) if isinstance(prior, Tensor) else ()
+    c = num_classes if num_classes is not None else (shape[-1] if shape else 0)
+    # each size compared on its own: under torch.compile a tuple comparison against symbolic sizes can miss
+    if not isinstance(prior, Tensor) or not prior.is_floating_point() or not _sizes_are(shape, c):
+        raise ValueError(
+            f"Expected argument `prior` to be a floating point tensor of shape ({c},) or ({c}, {c}), "
+            f"but got {getattr(prior, 'dtype', type(prior))} of shape {tuple(getattr(prior, 'shape', ()))}"
+        )
+    if torch.compiler.is_compiling():
+        return
+    ok = (prior >= 0).all() & ((prior.sum(-1) - 1).abs() <= _PRIOR_TOLERANCE).all()
+    if prior.device.type != "cpu":
+        _assert_on_device(ok, "Expected argument `prior` to hold distributions: non-negative, summing to 1")
+    elif not ok:
+        raise ValueError(
+            f"Expected argument `prior` to hold distributions (non-negative entries, rows summing to 1 "
+            f"within {_PRIOR_TOLERANCE}), but got min {prior.min().item():.4g} and row sums "
+            f"{prior.sum(-1).flatten()[:4].tolist()}"
+        )
