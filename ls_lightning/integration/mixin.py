@@ -155,17 +155,33 @@ def _logs_after(step: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(step)
     def logged_step(self: LabelSmoothingMixin, *args: Any, **kwargs: Any) -> Any:
-        self._ls_step_depth += 1
+        state = self._ls_state
+        state.step_depth += 1
         try:
             output = step(self, *args, **kwargs)
         finally:
-            self._ls_step_depth -= 1
-        if self._ls_step_depth == 0:
+            state.step_depth -= 1
+        if state.step_depth == 0:
             self.ls_log_batch()
         return output
 
     logged_step.ls_logs_after = True  # type: ignore[attr-defined]
     return logged_step
+
+
+class _LoggingState:
+    """The mixin's bookkeeping of logging, one object per module: its fields change every step, and a plain object's
+    attributes cost less to set than a module's (``nn.Module.__setattr__`` checks for parameters and submodules)."""
+
+    __slots__ = ("epochs", "logging_own", "padding_checked", "pending", "step_depth", "user_keys")
+
+    def __init__(self) -> None:
+        self.user_keys: set[str] = set()  # keys the module logs itself
+        self.pending: tuple[Stage, frozenset[str]] | None = None  # the batch waiting to be logged
+        self.epochs: dict[Stage, Any] = {}  # each stage's current epoch (or evaluation run)
+        self.logging_own = False
+        self.step_depth = 0
+        self.padding_checked: set[str] = set()
 
 
 class LabelSmoothingMixin:
@@ -229,12 +245,7 @@ class LabelSmoothingMixin:
     _ls_log_prefix: str = ""
     _ls_epsilon_tensor: Tensor | None = None
     # The logging state: keys the module logs itself, the batch waiting to be logged, each stage's epoch.
-    _ls_user_keys: frozenset[str] = frozenset()
-    _ls_pending: tuple[Stage, frozenset[str]] | None = None
-    _ls_epochs: tuple[tuple[Stage, Any], ...] = ()
-    _ls_logging_own: bool = False
-    _ls_step_depth: int = 0
-    _ls_padding_checked: frozenset[str] = frozenset()
+    _ls_logging_state: _LoggingState | None = None
     ls_ignore_index: int = -100
     ls_n_bins: int = 15
 
@@ -405,17 +416,19 @@ class LabelSmoothingMixin:
 
     def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
         """Lightning's ``self.log``; a key that the module logs itself is then no longer logged by the mixin."""
-        if not self._ls_logging_own and name not in self._ls_user_keys:
+        state = self._ls_state
+        if not state.logging_own and name not in state.user_keys:
             self._ls_claim(name)
         super().log(name, value, *args, **kwargs)  # type: ignore[misc]
 
     def ls_log(self, name: str, value: Any, **kwargs: Any) -> None:
         """``self.log`` for the plugin's own keys (the mixin's and its callbacks'): never taken for the module's."""
-        self._ls_logging_own = True
+        state = self._ls_state
+        state.logging_own = True
         try:
             self.log(name, value, **kwargs)
         finally:
-            self._ls_logging_own = False
+            state.logging_own = False
 
     @torch.compiler.disable
     def ls_log_batch(self) -> None:
@@ -425,7 +438,8 @@ class LabelSmoothingMixin:
         to it. Step values (the training loss terms) are logged on every step, epoch values once per epoch: they are
         metrics that Lightning computes, syncs and resets at the epoch's end.
         """
-        pending, self._ls_pending = self._ls_pending, None
+        state = self._ls_state
+        pending, state.pending = state.pending, None
         trainer = self._ls_trainer()
         if pending is None or trainer is None or trainer.barebones:
             return
@@ -442,6 +456,13 @@ class LabelSmoothingMixin:
                     prog_bar=prog_bar,
                     metric_attribute=f"ls_{stage}_metrics.{name}",
                 )
+
+    @property
+    def _ls_state(self) -> _LoggingState:
+        state = self._ls_logging_state
+        if state is None:  # made on first use: a module whose __init__ never reached the mixin's works too
+            state = self._ls_logging_state = _LoggingState()
+        return state
 
     def _ls_trainer(self) -> Trainer | None:
         try:
@@ -495,10 +516,10 @@ class LabelSmoothingMixin:
         # handed to `self.log` once, and Lightning computes it at the epoch's end.
         fresh = frozenset(name for name in names if cast(Metric, metrics[name]).update_count == 0)
         _update_metrics(metrics, names, loss, stats, step=stage == "train")
-        pending = self._ls_pending
-        if pending is not None and pending[0] == stage:  # a second loss in the same step (two heads)
-            fresh |= pending[1]
-        self._ls_pending = (stage, fresh)
+        state = self._ls_state
+        if state.pending is not None and state.pending[0] == stage:  # a second loss in the same step (two heads)
+            fresh |= state.pending[1]
+        state.pending = (stage, fresh)
 
     def _ls_logged_names(self, stage: Stage) -> list[str]:
         """Names of the keys the mixin logs for ``stage``: its groups, less those the module logs itself."""
@@ -506,16 +527,17 @@ class LabelSmoothingMixin:
             name
             for group in self._ls_log_metrics
             for name in METRIC_GROUPS[group]
-            if (stage != "train" or name in _TRAIN_KEYS) and self._ls_key(stage, name) not in self._ls_user_keys
+            if (stage != "train" or name in _TRAIN_KEYS) and self._ls_key(stage, name) not in self._ls_state.user_keys
         ]
 
     def _ls_key(self, stage: Stage, name: str) -> str:
         return f"{stage}/{self._ls_log_prefix}{name}"
 
     def _ls_warn_if_padded(self, stage: Stage, trainer: Trainer) -> None:
-        if stage in self._ls_padding_checked:
+        checked = self._ls_state.padding_checked
+        if stage in checked:
             return
-        self._ls_padding_checked = self._ls_padding_checked | {stage}
+        checked.add(stage)
         loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
             if pads_samples(getattr(loader, "sampler", None)):
@@ -529,7 +551,7 @@ class LabelSmoothingMixin:
     @torch.compiler.disable
     def _ls_claim(self, name: str) -> None:
         """The module logs ``name`` itself: the mixin no longer logs it."""
-        self._ls_user_keys = self._ls_user_keys | {name}
+        self._ls_state.user_keys.add(name)
         if any(name == self._ls_key(stage, key) for stage in _STAGES for key in _ALL_KEYS):
             rank_zero_info(
                 f"`{type(self).__name__}` logs `{name}` itself: the label-smoothing mixin leaves that key to it. Set"
@@ -543,11 +565,10 @@ class LabelSmoothingMixin:
         module, or ``log_metrics`` empty), whose states still feed ``calibration_bins``.
         """
         mark = (trainer.state.fn, trainer.current_epoch, trainer.global_step if stage != "train" else 0)
-        epochs = dict(self._ls_epochs)
+        epochs = self._ls_state.epochs
         if epochs.get(stage) == mark:
             return
         epochs[stage] = mark
-        self._ls_epochs = tuple(epochs.items())
         for metric in metrics.values():
             cast(Metric, metric).reset()
 
