@@ -306,3 +306,15 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("script", ["train_main", "eval_main", "report_main"])
+def test_the_command_line_without_its_extra_exits_2_naming_the_install(script: str) -> None:
+    code = (
+        "import sys; sys.modules['hydra'] = sys.modules['omegaconf'] = None\n"  # as if the cli extra were missing
+        f"from ls_lightning.cli import {script}; sys.argv = ['prog']; {script}()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'ls-lightning[cli]'" in lines[0], result.stderr

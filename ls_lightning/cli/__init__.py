@@ -8,7 +8,6 @@ the functions here, which say what to install when the extra is missing.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from typing import Any
 
@@ -22,7 +21,12 @@ _CLI_MODULES = ("hydra", "omegaconf")
 
 def require_cli_extra() -> None:
     """Raise :class:`MissingDependencyError` naming the ``pip install`` command when the ``cli`` extra is missing."""
-    missing = [name for name in _CLI_MODULES if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in _CLI_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise MissingDependencyError(f"the command line needs {', '.join(missing)}: {CLI_INSTALL}")
 
