@@ -33,10 +33,7 @@ SIZES = {"train": 26, "val": 7, "test": 1}
 BATCH = 3
 SCHEDULE = Cosine(0.2, 0.0)
 
-pytestmark = [
-    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
-    pytest.mark.xdist_group("test_ddp"),  # the runs fixture, once, on one worker
-]
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 
 class Data(TensorDataModule):
@@ -140,7 +137,7 @@ def _read(out: Path, stage: str, rank: int = 0) -> dict[str, Any]:
     return json.loads((out / f"{stage}_rank{rank}.json").read_text())
 
 
-@pytest.fixture(scope="session")  # session: the worker may run other modules between its tests
+@pytest.fixture(scope="session")  # once per worker: a worker may run other modules between its tests
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """fit (2 epochs, validation each epoch) then test, on 1 process and on 2; the same initial weights."""
     dirs = {}

@@ -27,8 +27,6 @@ from trainers import quiet_trainer
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.schedules import Cosine
 
-pytestmark = pytest.mark.xdist_group("test_existing_project")  # the fixture runs once, on one worker
-
 C, FEATURES, EPS = 5, 6, 0.1
 OWN_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc")
 
@@ -139,7 +137,7 @@ def _run(module: L.LightningModule, tmp_path: Path, name: str, **trainer_args: A
     return json.loads(path.read_text())
 
 
-@pytest.fixture(scope="session")  # session: the worker may run other modules between its tests
+@pytest.fixture(scope="session")  # once per worker: a worker may run other modules between its tests
 def plain_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
     return _run(LitModule(label_smoothing=EPS), tmp_path_factory.mktemp("plain"), "plain")
 

@@ -25,8 +25,6 @@ from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.schedules import Cosine
 from ls_lightning.train import train
 
-pytestmark = pytest.mark.xdist_group("test_resume")  # the fixture runs once, on one worker
-
 BIN = Path(sys.executable).parent
 STEPS, EVERY = 160, 20  # 4 epochs of 320 / 8 batches; a checkpoint (last.ckpt) every 20 steps and at epoch ends
 RUN = [
@@ -88,7 +86,7 @@ def kill_after_first_checkpoint(run_dir: Path) -> int:
     return global_step(last)  # complete: Lightning writes checkpoints to a temporary file and renames it
 
 
-@pytest.fixture(scope="session")  # session: the worker may run other modules between its tests
+@pytest.fixture(scope="session")  # once per worker: a worker may run other modules between its tests
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     ls_train(root / "straight")
