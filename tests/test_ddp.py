@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from trainers import quiet_trainer
+from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.cli.data import TensorDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
@@ -137,17 +137,20 @@ def _read(out: Path, stage: str, rank: int = 0) -> dict[str, Any]:
     return json.loads((out / f"{stage}_rank{rank}.json").read_text())
 
 
-@pytest.fixture(scope="session")  # once per worker: a worker may run other modules between its tests
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """fit (2 epochs, validation each epoch) then test, on 1 process and on 2; the same initial weights."""
-    dirs = {}
+def _fit_and_test(root: Path) -> None:
     for devices in (1, 2):
-        out = tmp_path_factory.mktemp(f"devices{devices}")
+        out = root / f"devices{devices}"
+        out.mkdir()
         trainer = _trainer(out, devices)
         trainer.fit(Net(), datamodule=Data(batch_size=BATCH))
         trainer.test(Net(), datamodule=Data(batch_size=BATCH), verbose=False)
-        dirs[f"devices{devices}"] = out
-    return dirs
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fit (2 epochs, validation each epoch) then test, on 1 process and on 2; the same initial weights."""
+    root = run_once(tmp_path_factory, "test_ddp", _fit_and_test)
+    return {f"devices{devices}": root / f"devices{devices}" for devices in (1, 2)}
 
 
 def _whole_split_reference(split: str) -> dict[str, float]:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import Accuracy
-from trainers import quiet_trainer
+from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.schedules import Cosine
@@ -137,9 +137,12 @@ def _run(module: L.LightningModule, tmp_path: Path, name: str, **trainer_args: A
     return json.loads(path.read_text())
 
 
-@pytest.fixture(scope="session")  # once per worker: a worker may run other modules between its tests
+@pytest.fixture(scope="session")
 def plain_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
-    return _run(LitModule(label_smoothing=EPS), tmp_path_factory.mktemp("plain"), "plain")
+    root = run_once(
+        tmp_path_factory, "test_existing_project", lambda out: _run(LitModule(label_smoothing=EPS), out, "plain")
+    )
+    return json.loads((root / "plain.json").read_text())
 
 
 def _check_own_keys(ours: dict[str, dict[str, float]], plain: dict[str, dict[str, float]]) -> None:

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer
+from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.schedules import Cosine
@@ -86,15 +86,18 @@ def kill_after_first_checkpoint(run_dir: Path) -> int:
     return global_step(last)  # complete: Lightning writes checkpoints to a temporary file and renames it
 
 
-@pytest.fixture(scope="session")  # once per worker: a worker may run other modules between its tests
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
+def _straight_and_killed(root: Path) -> None:
     ls_train(root / "straight")
     killed = root / "killed"
     killed.mkdir()
     step = kill_after_first_checkpoint(killed)
     assert 0 < step < STEPS and step % EVERY == 0
-    return {"root": root, "straight": root / "straight", "killed": killed}
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = run_once(tmp_path_factory, "test_resume", _straight_and_killed)
+    return {"root": root, "straight": root / "straight", "killed": root / "killed"}
 
 
 def assert_continues_the_straight_run(resumed: dict[int, float], straight: dict[int, float], start: int) -> None:
