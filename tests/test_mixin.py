@@ -288,7 +288,7 @@ def test_perplexity_is_the_exponential_of_the_epoch_h_pq(tmp_path) -> None:
     torch.manual_seed(0)
     model = Net()
     model.ls_log_metrics = ("terms", "perplexity")
-    data = _data(29)
+    data = _data(7)
     (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
     x, y = data.tensors
     with torch.no_grad():
@@ -550,3 +550,22 @@ def test_linear_loss_feeds_the_online_prior_and_temperature_scaling(tmp_path) ->
     (prior, temperature), (linear_prior, linear_temperature) = results
     torch.testing.assert_close(linear_prior, prior, rtol=1e-5, atol=1e-6)
     assert linear_temperature == pytest.approx(temperature, rel=1e-4)
+
+
+def test_a_loss_computed_in_a_hook_is_logged_too(tmp_path) -> None:
+    """Outside the module's steps (here in ``on_validation_batch_end``) the batch is logged at once: with one batch,
+    no later step would log it."""
+
+    class InHook(Net):
+        def validation_step(self, batch, batch_idx):
+            return self(batch[0])
+
+        def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
+            self.label_smoothed_loss(outputs, batch[1])
+
+    torch.manual_seed(0)
+    model = InHook()
+    data = _data(7)
+    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
+    for name, value in _reference(model, data, eps=0.1).items():
+        assert logged[f"val/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name

@@ -496,6 +496,8 @@ class LabelSmoothingMixin:
         trainer = self._ls_trainer()
         if trainer is not None:
             self._ls_update(stage, trainer, loss, stats)
+            if self._ls_state.step_depth == 0:  # called outside the module's steps (e.g. from a hook): log at once
+                self.ls_log_batch()
         estimator = getattr(self, "ls_prior_estimator", None)
         if stage == "train" and estimator is not None:  # online label smoothing: the correctly classified positions
             for part in logits(stats.correct & stats.valid):
