@@ -321,7 +321,7 @@ class TextDataModule(TensorDataModule):
     """Python's own standard library sources as byte-level BPE tokens: next-token prediction in fixed-size blocks.
 
     The corpus ships with every Python: a fixed selection of the standard library's ``*.py`` files of at most
-    ``max_corpus_bytes`` (see :func:`ls_lightning._text.stdlib_documents`). A byte-level BPE tokenizer of
+    ``max_corpus_bytes`` (see :func:`ls_lightning.cli.text.stdlib_documents`). A byte-level BPE tokenizer of
     ``vocab_size`` tokens is trained on it by HuggingFace ``tokenizers`` (the ``data`` extra) on first use and cached
     (``cache_dir``, else ``$LS_LIGHTNING_CACHE``, else ``~/.cache/ls_lightning``) under a hash of the corpus and the
     settings; later runs and the other processes of a run load it. Training it takes about a second and is
