@@ -273,7 +273,8 @@ class TrainerConfig:
 
     _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "auto"
-    strategy: str = "auto"
+    # a registered name (auto, ddp, ddp_spawn, ...) or a strategy node with a ``_target_`` (trainer=fsdp)
+    strategy: Any = "auto"
     devices: Any = 1
     num_nodes: int = _ranged(1, _POSITIVE_INT)
     precision: Any = None

@@ -3,7 +3,7 @@ language model, trained with the label-smoothed loss."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning.pytorch as L
@@ -60,6 +60,40 @@ class Classifier(LabelSmoothingMixin, L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def configure_model(self) -> None:
+        """Shard the parameters with FSDP2 (``fully_shard``) when the strategy gives the module a device mesh.
+
+        Under Lightning's ``ModelParallelStrategy`` (``trainer=fsdp``, ``trainer=fsdp_cpu``) each block of
+        :meth:`_fsdp_blocks` becomes a unit of its own, then the module itself holds the rest (embeddings, norms, the
+        output layer). The steps are registered as forward methods of the module: its parameters are gathered for
+        the whole of a step, so that the loss can take a (tied) output weight as a plain tensor. A no-op without a
+        mesh (other strategies) or once sharded (Lightning calls this hook for each of fit, validate and test).
+
+        Raises:
+            ValueError: if the mesh has a tensor-parallel dimension larger than 1 (the models have no tensor plan).
+        """
+        from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+
+        if self.device_mesh is None or isinstance(self, FSDPModule):
+            return
+        mesh = self.device_mesh
+        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"Expected `tensor_parallel_size` = 1 with the built-in models (they are sharded over data-parallel"
+                f" ranks only), but got {mesh['tensor_parallel'].size()}: set trainer.strategy.tensor_parallel_size=1"
+            )
+        if "data_parallel" in (mesh.mesh_dim_names or ()):
+            mesh = mesh["data_parallel"]
+        for block in self._fsdp_blocks():
+            fully_shard(block, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+        for name in ("training_step", "validation_step", "test_step"):
+            register_fsdp_forward_method(self, name)
+
+    def _fsdp_blocks(self) -> Iterable[nn.Module]:
+        """The submodules that FSDP2 gathers one at a time: the layers of ``self.net`` that hold parameters."""
+        return [m for m in self.net.children() if next(m.parameters(recurse=False), None) is not None]
 
 
 def _check_sizes(name: str, sizes: Sequence[int]) -> list[int]:
@@ -276,6 +310,10 @@ class Transformer(Classifier):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return nn.functional.linear(self.hidden(tokens), self.lm_head_weight)
+
+    def _fsdp_blocks(self) -> Iterable[nn.Module]:
+        # the embeddings (tied to the output layer) and the final norm stay with the root unit
+        return list(self.blocks.layers)
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         tokens, target = batch

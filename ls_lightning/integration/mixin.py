@@ -106,6 +106,20 @@ def _logit_chunks(
             yield logits.float(), labels.index_select(0, index), torch.ones_like(index, dtype=torch.bool)
 
 
+def _check_gathered(linear_weight: Tensor) -> None:
+    """Refuse an output weight still sharded by FSDP2 (a ``DTensor``): the loss would fail deep in a matmul."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(linear_weight, DTensor):
+        raise TypeError(
+            "Expected argument `linear_weight` to be a plain tensor, but got a DTensor sharded by FSDP (fully_shard)."
+            " Compute the loss where FSDP has gathered the weight: in the sharded module's forward, or in a step"
+            " registered with torch.distributed.fsdp.register_fsdp_forward_method(module, 'training_step')"
+        )
+
+
 def _new_metrics(stage: Stage, n_bins: int) -> nn.ModuleDict:
     """One torchmetrics ``Metric`` per key the mixin can log for ``stage``; ``ece`` also serves ``calibration_bins``."""
     metrics: dict[str, Metric] = {name: WeightedMean() for name in (*_LOSS_TERMS, "acc")}
@@ -375,14 +389,20 @@ class LabelSmoothingMixin:
         Args:
             hidden: (..., D) hidden states.
             linear_weight: (V, D) weight of the output layer (tied embeddings work: autograd sums the gradients).
+                Under FSDP2 (``fully_shard``), the gathered weight: call the loss within the sharded module's
+                forward or a step registered as one (``register_fsdp_forward_method``).
             target: (...) class indices (the mixin's ``ignore_index`` marks padding).
             linear_bias: (V,) bias of the output layer, or ``None``.
             stage: as in :meth:`label_smoothed_loss`.
 
         Returns:
             The scalar loss (``reduction="mean"``), with gradient.
+
+        Raises:
+            TypeError: if ``linear_weight`` is a ``DTensor`` still sharded by FSDP2.
         """
         stage = self._ls_resolve_stage(stage)
+        _check_gathered(linear_weight)
         loss, stats = linear_label_smoothed_cross_entropy_with_stats(
             hidden,
             linear_weight,
