@@ -38,7 +38,7 @@ def test_groups_hold_the_options_of_the_design() -> None:
     assert _options("label_smoothing/schedule") == sorted(
         ["none", "constant", "linear", "cosine", "exponential", "step", "two_stage"]
     )
-    assert _options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu", "slurm"]
+    assert _options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "fsdp", "fsdp_cpu", "gpu", "slurm"]
     assert _options("logger") == ["csv", "none", "tensorboard"]
     assert {"digits", "synthetic"} <= set(_options("data"))
     assert {"mlp", "cnn"} <= set(_options("model"))
@@ -68,7 +68,7 @@ OPTION_NEEDS = {"fixed": ["label_smoothing.prior.values=[0.1,0.1,0.1,0.1,0.1,0.1
 def test_every_option_composes_and_builds(group: str, tmp_path: Path) -> None:
     for option in _options(group):
         overrides = [f"{group}={option}", *OPTION_NEEDS.get(option, [])]
-        if torch.cuda.device_count() < {"gpu": 1, "ddp": 2, "slurm": 1}.get(option, 0):
+        if torch.cuda.device_count() < {"gpu": 1, "ddp": 2, "fsdp": 2, "slurm": 1}.get(option, 0):
             cfg = make_cfg(overrides, tmp_path)
             validate_config(cfg)  # composes and type-checks; building a GPU trainer needs a GPU
             assert cfg.trainer.accelerator == "gpu"
@@ -260,3 +260,18 @@ def test_bad_object_arguments_name_the_node(tmp_path: Path) -> None:
         ConfigValueError, match=r"model \(ls_lightning.models.CNN\): Expected the data's `num_features`"
     ):
         build_run(cfg)
+
+
+def test_fsdp_options_build_a_model_parallel_strategy_that_saves_one_file(tmp_path: Path) -> None:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    cfg = make_cfg(["trainer=fsdp_cpu"], tmp_path)
+    validate_config(cfg)
+    run = build_run(cfg)
+    assert isinstance(run.trainer.strategy, ModelParallelStrategy)
+    assert run.trainer.strategy.process_group_backend == "gloo" and run.trainer.num_devices == 2
+    assert (cfg.trainer.strategy.data_parallel_size, cfg.trainer.strategy.tensor_parallel_size) == (2, 1)
+    assert cfg.trainer.strategy.save_distributed_checkpoint is False  # last.ckpt: a file that ls-eval reads
+    gpus = make_cfg(["trainer=fsdp", "trainer.devices=4"], tmp_path)
+    validate_config(gpus)
+    assert gpus.trainer.strategy.data_parallel_size == 4 and gpus.trainer.inference_mode is False

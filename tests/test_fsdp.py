@@ -13,6 +13,7 @@ import copy
 import csv
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -112,7 +113,9 @@ def _one_step(name: str, rank: int, mesh: Any) -> dict[str, Any]:
     record["grad"] = [(_full(p.grad), q.grad) for p, q in zip(model.parameters(), reference.parameters(), strict=True)]
     for module in (model, reference):  # SGD: Adam would blow up round-off in gradients that are 0 (attention key bias)
         torch.optim.SGD(module.parameters(), lr=0.5).step()
-    record["param"] = [(_full(p.detach()), q.detach()) for p, q in zip(model.parameters(), reference.parameters(), strict=True)]
+    record["param"] = [
+        (_full(p.detach()), q.detach()) for p, q in zip(model.parameters(), reference.parameters(), strict=True)
+    ]
     return record
 
 
@@ -195,26 +198,42 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
-def test_ls_train_fsdp_cpu_metrics_equal_a_one_process_ls_eval_of_its_checkpoint(tmp_path: Path) -> None:
-    train = [str(BIN / "ls-train"), *COMMON, "trainer=fsdp_cpu", "trainer.max_epochs=2"]
-    train += ["data.train_sequences_per_epoch=32", "calibration.temperature_scaling=true", "hydra.run.dir=run"]
-    result = _run(train, tmp_path)
+TRAIN = [str(BIN / "ls-train"), *COMMON, "trainer=fsdp_cpu", "data.train_sequences_per_epoch=32"]
+
+
+def _train(folder: Path) -> None:
+    """``ls-train ... trainer=fsdp_cpu`` for 2 epochs, into ``folder/run``."""
+    result = _run([*TRAIN, "trainer.max_epochs=2", "calibration.temperature_scaling=true", "hydra.run.dir=run"], folder)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr
-    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert checkpoint.is_file()  # one file with the full weights, not a folder of shards
-    trained = _last_values(tmp_path / "run" / "metrics.csv")
 
+
+@pytest.fixture(scope="session")
+def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_once(tmp_path_factory, "test_fsdp_cli", _train) / "run"
+
+
+@pytest.mark.slow
+def test_ls_train_fsdp_cpu_metrics_equal_a_one_process_ls_eval(fsdp_run: Path, tmp_path: Path) -> None:
+    checkpoint = fsdp_run / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()  # one file with the full weights, not a folder of shards
     evaluate = [str(BIN / "ls-eval"), *COMMON, f"ckpt_path={checkpoint}", "hydra.run.dir=eval", "trainer=cpu"]
     result = _run(evaluate, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    evaluated = _last_values(tmp_path / "eval" / "metrics.csv")
+    trained, evaluated = _last_values(fsdp_run / "metrics.csv"), _last_values(tmp_path / "eval" / "metrics.csv")
     for key in VAL_KEYS:
-        assert math.isclose(trained[key], evaluated[key], rel_tol=1e-5, abs_tol=1e-7), key
+        assert math.isclose(trained[key], evaluated[key], rel_tol=1e-5, abs_tol=1e-7), (key, trained, evaluated)
 
-    resume = [str(BIN / "ls-train"), *COMMON, "trainer=fsdp_cpu", "trainer.max_epochs=3", "ckpt_path=last"]
-    resume += ["data.train_sequences_per_epoch=32", "calibration.temperature_scaling=true", "hydra.run.dir=run"]
-    result = _run(resume, tmp_path)
+
+@pytest.mark.slow
+def test_ls_train_fsdp_cpu_resumes_from_last(fsdp_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(fsdp_run, tmp_path / "run")  # resumed in a copy: the shared run stays as it is
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    first = torch.load(checkpoint, weights_only=False)
+    result = _run([*TRAIN, "trainer.max_epochs=3", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 2  # the third epoch (0-based), from the second
+    resumed = torch.load(checkpoint, weights_only=False)
+    assert (first["epoch"], resumed["epoch"]) == (1, 2)
+    assert resumed["global_step"] == first["global_step"] * 3 // 2  # the third epoch only, after the two restored
+    # AdamW's state came back from the full checkpoint and went on: one more epoch of steps
+    assert resumed["optimizer_states"][0]["state"][0]["step"] == first["optimizer_states"][0]["state"][0]["step"] * 1.5
