@@ -116,7 +116,18 @@ def _one_step(name: str, rank: int, mesh: Any) -> dict[str, Any]:
     record["param"] = [
         (_full(p.detach()), q.detach()) for p, q in zip(model.parameters(), reference.parameters(), strict=True)
     ]
+    if isinstance(model, Transformer):  # after the backward FSDP has resharded the weights: outside a step, refused
+        hidden = torch.zeros(ROWS, T, 8, dtype=torch.float64)
+        record["outside_a_step"] = _refusal(lambda: model.label_smoothed_linear_loss(hidden, model.lm_head_weight, y))
     return record
+
+
+def _refusal(call: Callable[[], Any]) -> str:
+    try:
+        call()
+    except TypeError as error:
+        return str(error)
+    return ""
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -159,6 +170,13 @@ def test_fully_sharded_step_equals_the_materialised_loss_on_one_process(records:
         assert len(record[key]) == len(list(MODELS[name][0]().parameters()))  # tied: one parameter
         for sharded, reference in record[key]:
             torch.testing.assert_close(sharded, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["transformer_tied", "transformer_untied"])
+def test_a_weight_still_sharded_is_refused_with_where_to_call_the_loss(records: dict[str, Any], name: str) -> None:
+    message = records[name]["outside_a_step"]
+    assert "DTensor" in message and "register_fsdp_forward_method" in message
 
 
 @pytest.mark.slow
