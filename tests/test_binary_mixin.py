@@ -211,3 +211,39 @@ def test_temperature_scaling_fits_the_binary_nll_and_diagram_bins_are_binary(tmp
     record = json.loads((tmp_path / "reliability.json").read_text())  # the diagram's bins, from the ECE state
     assert record["task"] == task and sum(record["counts"]) == t.numel()  # every label position one sample
     assert sum(record["correct_sums"]) == pytest.approx(t.sum().item())  # share of positives, not accuracy
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_epoch_states_of_two_processes_sum_to_the_whole_data(task):
+    """Under DDP each metric's states are gathered and reduced (torchmetrics' public ``sync``): two "processes"
+    holding uneven halves of the data, synced with a gather that returns both ranks' states, hold the states of the
+    whole data, whose values equal torchmetrics' and PyTorch's (the binary states are sum-reduced, like the
+    multi-class ones)."""
+    from ls_lightning.functional import binary_label_smoothed_cross_entropy_with_stats
+    from ls_lightning.integration.mixin import _new_metrics, _update_metrics
+
+    torch.manual_seed(0)
+    z, t = torch.randn(45, LABELS[task]) * 2, (torch.rand(45, LABELS[task]) < 0.4).float()
+    ranks, whole = [_new_metrics("val", n_bins=15), _new_metrics("val", n_bins=15)], _new_metrics("val", n_bins=15)
+    names = list(whole.keys())
+    for metrics, rows in [(ranks[0], slice(0, 30)), (ranks[1], slice(30, 45)), (whole, slice(0, 45))]:
+        for part_z, part_t in zip(z[rows].split(8), t[rows].split(8), strict=True):  # uneven: 30 and 15 samples
+            _update_metrics(metrics, names, *binary_label_smoothed_cross_entropy_with_stats(part_z, part_t), step=False)
+    for name in names:
+        other = ranks[1][name].metric_state
+        by_id = {id(state): other[key] for key, state in ranks[0][name].metric_state.items()}
+
+        def gather(tensor: Tensor, group: object = None, by_id: dict = by_id) -> list[Tensor]:
+            return [tensor, by_id[id(tensor)]]  # rank 0's view of all_gather
+
+        ranks[0][name].sync(dist_sync_fn=gather, should_sync=True, distributed_available=lambda: True)
+        for key, state in ranks[0][name].metric_state.items():
+            torch.testing.assert_close(state, whole[name].metric_state[key], msg=f"{name}.{key}")
+    values = {name: whole[name].compute().item() for name in names}
+    p, y = torch.sigmoid(z).reshape(-1), t.reshape(-1)
+    assert values["loss"] == pytest.approx(F.binary_cross_entropy_with_logits(z, t).item(), rel=1e-6)
+    assert values["acc"] == pytest.approx(BinaryAccuracy()(p, y.long()).item(), rel=1e-6)
+    for key, norm in NORMS:
+        expected = BinaryCalibrationError(n_bins=15, norm=norm)(p, y.long()).item()
+        assert values[key] == pytest.approx(expected, rel=1e-5, abs=1e-7), key
+    assert values["brier"] == pytest.approx((p - y).square().mean().item(), rel=1e-6)
