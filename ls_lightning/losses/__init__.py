@@ -1,7 +1,7 @@
 """The losses: the label-smoothed cross-entropy (multi-class and binary), its fused lm-head form, their kernels.
 
 :mod:`ls_lightning.losses.ops` holds the kernels (autograd Functions and the code ``torch.compile`` traces); the
-functions and the module here are what other layers and users call.
+functions and the modules here are what other layers and users call. Needs torch only.
 """
 
 from ls_lightning.losses.binary import (
