@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "binary_label_smoothed_cross_entropy": "ls_lightning.losses",
+    "BinaryLabelSmoothedCrossEntropy": "ls_lightning.losses",
     "label_smoothed_cross_entropy": "ls_lightning.losses",
     "LabelSmoothedCE": "ls_lightning.losses",
     "linear_label_smoothed_cross_entropy": "ls_lightning.losses",
@@ -24,12 +26,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BinaryLabelSmoothedCrossEntropy",
     "BinnedCalibrationError",
     "LabelSmoothedCE",
     "LabelSmoothedCrossEntropy",
     "LabelSmoothing",
     "LabelSmoothingMixin",
     "__version__",
+    "binary_label_smoothed_cross_entropy",
     "label_smoothed_cross_entropy",
     "linear_label_smoothed_cross_entropy",
 ]
@@ -37,8 +41,10 @@ __all__ = [
 if TYPE_CHECKING:
     from ls_lightning.integration import LabelSmoothing, LabelSmoothingMixin
     from ls_lightning.losses import (
+        BinaryLabelSmoothedCrossEntropy,
         LabelSmoothedCE,
         LabelSmoothedCrossEntropy,
+        binary_label_smoothed_cross_entropy,
         label_smoothed_cross_entropy,
         linear_label_smoothed_cross_entropy,
     )

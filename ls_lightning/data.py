@@ -1,6 +1,7 @@
 """The built-in data modules, at their documented path; they live in :mod:`ls_lightning.cli.data`."""
 
 from ls_lightning.cli.data import (
+    BreastCancerDataModule,
     DigitsDataModule,
     MissingDependencyError,
     SequencesPerEpochSampler,
@@ -11,6 +12,7 @@ from ls_lightning.cli.data import (
 from ls_lightning.integration.samplers import UnpaddedDistributedSampler
 
 __all__ = [
+    "BreastCancerDataModule",
     "DigitsDataModule",
     "MissingDependencyError",
     "SequencesPerEpochSampler",

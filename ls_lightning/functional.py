@@ -1,5 +1,10 @@
 """The functional losses, at their documented path; they live in :mod:`ls_lightning.losses`."""
 
+from ls_lightning.losses.binary import (
+    BinaryLossStats,
+    binary_label_smoothed_cross_entropy,
+    binary_label_smoothed_cross_entropy_with_stats,
+)
 from ls_lightning.losses.functional import (
     LabelSmoothedCE,
     LossStats,
@@ -15,9 +20,12 @@ from ls_lightning.losses.linear import (
 )
 
 __all__ = [
+    "BinaryLossStats",
     "LabelSmoothedCE",
     "LossStats",
     "Reduction",
+    "binary_label_smoothed_cross_entropy",
+    "binary_label_smoothed_cross_entropy_with_stats",
     "check_label_smoothing",
     "check_prior",
     "label_smoothed_cross_entropy",

@@ -16,7 +16,7 @@ from ls_lightning import LabelSmoothing
 from ls_lightning.cli import config as schemas
 from ls_lightning.cli.config import ConfigValueError, validate_config
 from ls_lightning.cli.run import build_run
-from ls_lightning.data import DigitsDataModule, SyntheticDataModule, TextDataModule
+from ls_lightning.data import BreastCancerDataModule, DigitsDataModule, SyntheticDataModule, TextDataModule
 from ls_lightning.models import CNN, MLP, Transformer
 from ls_lightning.schedules import Constant, Cosine, Exponential, Linear, Step, TwoStage
 
@@ -78,7 +78,9 @@ def test_every_option_composes_and_builds(group: str, tmp_path: Path) -> None:
         run = build_run(cfg)
         assert run.trainer.default_root_dir == str(tmp_path)
         assert isinstance(run.model, (MLP, CNN, Transformer))
-        assert isinstance(run.datamodule, (DigitsDataModule, SyntheticDataModule, TextDataModule))
+        assert isinstance(
+            run.datamodule, (DigitsDataModule, SyntheticDataModule, TextDataModule, BreastCancerDataModule)
+        )
 
 
 SCHEDULES = {

@@ -23,6 +23,7 @@ from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
 # ruff: noqa: UP045
 
 __all__ = [
+    "BreastCancerDataConfig",
     "CNNConfig",
     "CalibrationConfig",
     "ConfigValueError",
@@ -203,6 +204,14 @@ class DigitsDataConfig(DataConfig):
 
 
 @dataclass
+class BreastCancerDataConfig(DataConfig):
+    _target_: str = "ls_lightning.data.BreastCancerDataModule"
+    val_fraction: float = _ranged(0.2, _FRACTION)
+    test_fraction: float = _ranged(0.2, _FRACTION)
+    split_seed: int = 0
+
+
+@dataclass
 class SyntheticDataConfig(DataConfig):
     _target_: str = "ls_lightning.data.SyntheticDataModule"
     num_classes: int = _ranged(10, _Range(2))
@@ -348,6 +357,7 @@ class TrainConfig:
 _SCHEMAS: dict[tuple[str | None, str], type] = {
     (None, "train_schema"): TrainConfig,
     ("data", "digits_schema"): DigitsDataConfig,
+    ("data", "breast_cancer_schema"): BreastCancerDataConfig,
     ("data", "synthetic_schema"): SyntheticDataConfig,
     ("data", "text_schema"): TextDataConfig,
     ("model", "mlp_schema"): MLPConfig,

@@ -1,5 +1,5 @@
-"""Built-in data modules of the command line (bundled digits, generated Gaussian classes, Python's own sources as
-tokens) and an unpadded sampler."""
+"""Built-in data modules of the command line (bundled digits and breast-cancer sets, generated Gaussian classes,
+Python's own sources as tokens) and an unpadded sampler."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ls_lightning.cli.errors import MissingDependencyError
 from ls_lightning.integration.samplers import UnpaddedDistributedSampler
 
 __all__ = [
+    "BreastCancerDataModule",
     "DigitsDataModule",
     "MissingDependencyError",
     "SequencesPerEpochSampler",
@@ -67,6 +68,8 @@ class TensorDataModule(L.LightningDataModule):
 
     num_features: int
     num_classes: int
+    # the model's task (LabelSmoothingMixin's `task`); a binary set has num_classes = 1, the one logit of its model
+    task: str = "multiclass"
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0) -> None:
         super().__init__()
@@ -142,41 +145,97 @@ class DigitsDataModule(TensorDataModule):
         split_seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        _check_fraction("val_fraction", val_fraction)
-        _check_fraction("test_fraction", test_fraction)
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
-                "Expected `val_fraction + test_fraction` to be below 1, but got"
-                f" {val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
-            )
+        _check_fractions(val_fraction, test_fraction)
         _import_sklearn()  # fail at construction, before any training starts
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
 
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         x, y = load_digits(return_X_y=True)
-        n_test = round(self.test_fraction * len(y))
-        n_val = round(self.val_fraction * len(y))
-        x_rest, x_test, y_rest, y_test = train_test_split(
-            x, y, test_size=n_test, stratify=y, random_state=self.split_seed
-        )
-        x_train, x_val, y_train, y_val = train_test_split(
-            x_rest, y_rest, test_size=n_val, stratify=y_rest, random_state=self.split_seed
-        )
-        pairs = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+        pairs = _stratified_split(x, y, self.val_fraction, self.test_fraction, self.split_seed)
         return {name: (torch.tensor(a / 16.0, dtype=torch.float32), torch.tensor(b)) for name, (a, b) in pairs.items()}
 
 
-def _import_sklearn() -> None:
+def _import_sklearn(name: str = "digits") -> None:
     try:
         import sklearn.datasets  # noqa: F401
     except ImportError:
         raise MissingDependencyError(
-            'The digits data set needs scikit-learn: install it with `pip install "ls-lightning[data]"`,'
+            f'The {name} data set needs scikit-learn: install it with `pip install "ls-lightning[data]"`,'
             " or train on generated data with `data=synthetic`."
         ) from None
+
+
+class BreastCancerDataModule(TensorDataModule):
+    """scikit-learn's bundled breast-cancer set (569 samples, 30 features, binary labels): a fixed, stratified split.
+
+    Labels are 1 for benign and 0 for malignant tumours (scikit-learn's coding). The module is a binary task
+    (``task = "binary"``): the model has one output logit (``num_classes = 1``) and the mixin takes the
+    label-smoothed binary cross-entropy. Features are standardised with the mean and standard deviation of the
+    training split. Nothing is downloaded: the data ship with scikit-learn (the ``data`` extra).
+
+    Args:
+        batch_size: samples per batch.
+        num_workers: dataloader worker processes.
+        val_fraction: share of all samples in the validation split, in (0, 1).
+        test_fraction: share of all samples in the test split, in (0, 1).
+        split_seed: seed of the split, independent of the training seed.
+
+    Raises:
+        MissingDependencyError: if scikit-learn is not installed.
+        ValueError: if the fractions are not in (0, 1) or leave no training samples.
+    """
+
+    num_features = 30
+    num_classes = 1
+    task = "binary"
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        _check_fractions(val_fraction, test_fraction)
+        _import_sklearn("breast-cancer")
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+
+    def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
+        from sklearn.datasets import load_breast_cancer
+
+        x, y = load_breast_cancer(return_X_y=True)
+        pairs = _stratified_split(x, y, self.val_fraction, self.test_fraction, self.split_seed)
+        mean, std = pairs["train"][0].mean(0), pairs["train"][0].std(0)
+        return {
+            name: (torch.tensor((a - mean) / std, dtype=torch.float32), torch.tensor(b))
+            for name, (a, b) in pairs.items()
+        }
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            "Expected `val_fraction + test_fraction` to be below 1, but got"
+            f" {val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
+        )
+
+
+def _stratified_split(x: Any, y: Any, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple]:
+    """Train, val and test arrays: a split stratified by label, of fixed sizes and seed."""
+    from sklearn.model_selection import train_test_split
+
+    n_test, n_val = round(test_fraction * len(y)), round(val_fraction * len(y))
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=n_val, stratify=y_rest, random_state=seed
+    )
+    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 
 class SyntheticDataModule(TensorDataModule):

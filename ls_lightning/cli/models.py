@@ -10,7 +10,7 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
 
-from ls_lightning.integration.mixin import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup
+from ls_lightning.integration.mixin import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup, Task
 
 __all__ = ["CNN", "MLP", "Classifier", "Transformer"]
 
@@ -26,6 +26,8 @@ class Classifier(LabelSmoothingMixin, L.LightningModule):
         weight_decay: AdamW decoupled weight decay, >= 0.
         label_smoothing: the initial ε (the :class:`~ls_lightning.LabelSmoothing` callback schedules it).
         prior: the smoothing prior u, ``None`` for uniform.
+        task: the mixin's task; ``"binary"`` with ``num_classes=1`` (one logit) for a binary data set such as
+            ``data=breast_cancer``.
 
     Raises:
         ValueError: if ``lr`` or ``weight_decay`` is out of range.
@@ -34,9 +36,15 @@ class Classifier(LabelSmoothingMixin, L.LightningModule):
     net: nn.Module
 
     def __init__(
-        self, *, lr: float = 1e-3, weight_decay: float = 0.0, label_smoothing: float = 0.1, prior: Tensor | None = None
+        self,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.1,
+        prior: Tensor | None = None,
+        task: Task = "multiclass",
     ) -> None:
-        super().__init__(label_smoothing=label_smoothing, prior=prior)
+        super().__init__(label_smoothing=label_smoothing, prior=prior, task=task)
         if not lr > 0:
             raise ValueError(f"Expected argument `lr` to be a positive float, but got {lr!r}")
         if not weight_decay >= 0:
@@ -116,7 +124,7 @@ class MLP(Classifier):
         num_classes: number of classes C.
         hidden_sizes: widths of the hidden layers; empty gives a linear (logistic regression) model.
         dropout: dropout after each hidden layer, in [0, 1).
-        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior``, ``task`` of :class:`Classifier`.
 
     Shape:
         - Input: (N, num_features).

@@ -49,6 +49,7 @@ def build_run(cfg: DictConfig) -> Run:
         "model",
         num_features=datamodule.num_features,
         num_classes=datamodule.num_classes,
+        task=getattr(datamodule, "task", "multiclass"),  # a binary set: one logit, the label-smoothed BCE
         label_smoothing=schedule(0.0),
     )
     callbacks = _make_all(cfg, "callbacks")

@@ -14,8 +14,10 @@ from torchmetrics import Metric
 
 from ls_lightning.integration.samplers import pads_samples
 from ls_lightning.losses import (
+    BinaryLossStats,
     LabelSmoothedCE,
     LossStats,
+    binary_label_smoothed_cross_entropy_with_stats,
     label_smoothed_cross_entropy_with_stats,
     linear_label_smoothed_cross_entropy_with_stats,
 )
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
 Stage = Literal["train", "val", "test"]
+# multiclass: softmax over C class logits; binary: one logit per sample; multilabel: one logit per label (sigmoid each)
+Task = Literal["multiclass", "binary", "multilabel"]
+_TASKS: tuple[Task, ...] = ("multiclass", "binary", "multilabel")
 MetricGroup = Literal["loss", "terms", "acc", "calibration", "perplexity"]
 
 # Lightning's running stage (``trainer.state.stage``) -> our key prefix. Sanity checking and prediction log nothing.
@@ -75,6 +80,37 @@ def check_log_prefix(prefix: Any) -> str:
     if not isinstance(prefix, str):
         raise TypeError(f"Expected argument `log_prefix` to be a str (e.g. 'ls_' or 'ls/'), but got {prefix!r}")
     return prefix
+
+
+def check_task(task: Any) -> Task:
+    """Validate ``task``: one of ``"multiclass"``, ``"binary"``, ``"multilabel"``."""
+    if task not in _TASKS:
+        raise ValueError(f"Expected argument `task` to be one of {_TASKS}, but got {task!r}")
+    return cast("Task", task)
+
+
+def _binary_inputs(task: Task, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Check the logits' shape for ``task`` and give an (N,) target the shape of (N, 1) logits."""
+    if task == "binary" and not (logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)):
+        raise ValueError(
+            f"Expected argument `logits` to have shape (N,) or (N, 1) for task='binary', but got {tuple(logits.shape)}"
+        )
+    if task == "multilabel" and logits.dim() < 2:
+        raise ValueError(
+            f"Expected argument `logits` to have shape (N, L) for task='multilabel', but got {tuple(logits.shape)}"
+        )
+    if task == "binary" and logits.dim() == 2 and target.shape == logits.shape[:1]:
+        target = target.unsqueeze(1)
+    return logits, target
+
+
+def _two_class_logits(logits: Tensor, stats: BinaryLossStats) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Binary logits z as the two-class logits [0, z] (softmax of which is [1 − σ(z), σ(z)]) with 0/1 class indices:
+    what the multi-class observers (temperature scaling) take. Soft-target positions are masked out."""
+    z = logits.detach().reshape(-1, 1).float()
+    target = stats.target
+    hard = (target == 0) | (target == 1)
+    yield torch.cat([torch.zeros_like(z), z], dim=1), target.long(), hard
 
 
 def _check_epsilon(value: Any) -> float:
@@ -136,7 +172,12 @@ def _new_metrics(stage: Stage, n_bins: int) -> nn.ModuleDict:
 
 
 def _update_metrics(
-    metrics: nn.ModuleDict, names: Sequence[str], loss: LabelSmoothedCE, stats: LossStats, *, step: bool
+    metrics: nn.ModuleDict,
+    names: Sequence[str],
+    loss: LabelSmoothedCE,
+    stats: LossStats | BinaryLossStats,
+    *,
+    step: bool,
 ) -> None:
     """Add one batch to the metrics of ``names`` (and always to ``ece``, the calibration bins).
 
@@ -153,9 +194,25 @@ def _update_metrics(
         metric["perplexity"].update(loss.h_pq.detach(), count)
     if "acc" in names:
         metric["acc"].update(stats.correct, stats.valid)
+    if isinstance(stats, BinaryLossStats):
+        _update_binary_calibration(metric, names, stats)
+        return
     for name in ("ece", "mce", "rmsce", "ece_adaptive", "overconfidence"):
         if name == "ece" or (name in names and name in metric):
             metric[name].update(stats.confidence, stats.correct, weight=stats.valid)
+    if "brier" in names and "brier" in metric and stats.brier.numel():
+        metric["brier"].update(stats.brier, weight=stats.valid)
+
+
+def _update_binary_calibration(metric: Mapping[str, Metric], names: Sequence[str], stats: BinaryLossStats) -> None:
+    """Binary and multi-label: each label position is one sample. The binned ECE states get (σ(z), label), which is
+    torchmetrics' ``BinaryCalibrationError``; overconfidence is top-label: max(p, 1 − p) against the 0.5 prediction."""
+    for name in ("ece", "mce", "rmsce", "ece_adaptive"):
+        if name == "ece" or (name in names and name in metric):
+            metric[name].update(stats.probability, stats.target, weight=stats.valid)
+    if "overconfidence" in names and "overconfidence" in metric:
+        confidence = torch.maximum(stats.probability, 1 - stats.probability)
+        metric["overconfidence"].update(confidence, stats.correct, weight=stats.valid)
     if "brier" in names and "brier" in metric and stats.brier.numel():
         metric["brier"].update(stats.brier, weight=stats.valid)
 
@@ -234,10 +291,17 @@ class LabelSmoothingMixin:
             ``"calibration"`` (ece; for val/test also mce, rmsce, ece_adaptive, brier, overconfidence) and
             ``"perplexity"`` (exp of the epoch's H(p,q); off by default).
         log_prefix: put between ``{stage}/`` and each key's name.
+        task: ``"multiclass"`` (default): softmax over class logits, the loss above. ``"binary"``: (N,) or (N, 1)
+            logits with 0/1 (or soft) targets, and ``"multilabel"``: (N, L) logits with multi-hot targets; both take
+            the label-smoothed binary cross-entropy of every logit,
+            :func:`~ls_lightning.binary_label_smoothed_cross_entropy` (target smoothed to (1 − ε)·t + ε/2), and log
+            the same keys with every label position one sample: ``acc`` at threshold 0.5; ``ece``, ``mce``,
+            ``rmsce`` equal to torchmetrics' ``BinaryCalibrationError`` on σ(logits) (label positions pooled);
+            ``brier`` the mean (σ(z) − t)². Kept in the attribute ``ls_task``; takes no ``prior``.
 
     Raises:
-        TypeError, ValueError: for an ε outside [0, 1], a prior that is not a tensor, an unknown metric group, or a
-            prefix that is not a string.
+        TypeError, ValueError: for an ε outside [0, 1], a prior that is not a tensor, an unknown metric group, a
+            prefix that is not a string, or an unknown ``task``.
 
     Example:
         >>> import lightning as L
@@ -257,6 +321,7 @@ class LabelSmoothingMixin:
     _label_smoothing: float = 0.1
     _ls_log_metrics: tuple[MetricGroup, ...] = DEFAULT_LOG_METRICS
     _ls_log_prefix: str = ""
+    _ls_task: Task = "multiclass"
     _ls_epsilon_tensor: Tensor | None = None
     # The logging state: keys the module logs itself, the batch waiting to be logged, each stage's epoch.
     _ls_logging_state: _LoggingState | None = None
@@ -272,9 +337,11 @@ class LabelSmoothingMixin:
         n_bins: int = 15,
         log_metrics: Sequence[MetricGroup] = DEFAULT_LOG_METRICS,
         log_prefix: str = "",
+        task: Task = "multiclass",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.ls_task = task
         self.label_smoothing = label_smoothing
         self.label_smoothing_prior = prior
         self.ls_ignore_index = ignore_index
@@ -332,6 +399,16 @@ class LabelSmoothingMixin:
         self._ls_log_prefix = check_log_prefix(prefix)
 
     @property
+    def ls_task(self) -> Task:
+        """``"multiclass"`` (softmax over (N, C, ...) class logits), ``"binary"`` ((N,) or (N, 1) logits, 0/1
+        targets) or ``"multilabel"`` ((N, L) logits, multi-hot targets): see the class's ``task``."""
+        return self._ls_task
+
+    @ls_task.setter
+    def ls_task(self, task: Task) -> None:
+        self._ls_task = check_task(task)
+
+    @property
     def label_smoothing_prior(self) -> Tensor | None:
         """The prior u: ``None`` (uniform), a (C,) distribution or a (C, C) matrix; a buffer, so it follows
         the module's device and is saved in checkpoints."""
@@ -348,8 +425,10 @@ class LabelSmoothingMixin:
 
         Args:
             logits: (N, C) or (N, C, d1, ...) logits (log-probabilities work as well: the loss is invariant to
-                a per-position shift of the logits).
-            target: (N,) or (N, d1, ...) class indices, or class probabilities of the logits' shape.
+                a per-position shift of the logits). With ``task="binary"``: (N,) or (N, 1); ``"multilabel"``:
+                (N, L) (or (N, L, d1, ...)), one logit per label.
+            target: (N,) or (N, d1, ...) class indices, or class probabilities of the logits' shape. Binary and
+                multi-label: 0/1 labels or soft targets in [0, 1] of the logits' shape ((N,) also for (N, 1)).
             stage: ``"train"``, ``"val"`` or ``"test"``; taken from the trainer when ``None``. Nothing is logged
                 outside a trainer or during the sanity check.
 
@@ -357,6 +436,8 @@ class LabelSmoothingMixin:
             The scalar loss (``reduction="mean"``), with gradient.
         """
         stage = self._ls_resolve_stage(stage)
+        if self._ls_task != "multiclass":
+            return self._ls_binary_loss(logits, target, stage)
         loss, stats = label_smoothed_cross_entropy_with_stats(
             logits,
             target,
@@ -367,6 +448,21 @@ class LabelSmoothingMixin:
         )
         if stage is not None:
             self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
+        return loss.loss
+
+    def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None) -> Tensor:
+        """``label_smoothed_loss`` of the binary and multi-label tasks: the label-smoothed BCE, one sample per logit."""
+        if self.label_smoothing_prior is not None:
+            raise ValueError(
+                f"Expected no label-smoothing prior for task={self._ls_task!r} (the smoothing target of a binary label"
+                " is 1/2), but the module has one; set `label_smoothing_prior = None` or use task='multiclass'"
+            )
+        logits, target = _binary_inputs(self._ls_task, logits, target)
+        loss, stats = binary_label_smoothed_cross_entropy_with_stats(
+            logits, target, self._ls_epsilon(), brier=stage not in (None, "train")
+        )
+        if stage is not None:
+            self._ls_record(stage, loss, stats, lambda mask: _two_class_logits(logits, stats))
         return loss.loss
 
     def label_smoothed_linear_loss(
@@ -507,7 +603,7 @@ class LabelSmoothingMixin:
         self,
         stage: Stage,
         loss: LabelSmoothedCE,
-        stats: LossStats,
+        stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
     ) -> None:
         """Add the batch to the stage's metrics (logged at the batch's end); hand the logits to the callbacks that
@@ -528,7 +624,9 @@ class LabelSmoothingMixin:
                 for observer in observers:
                     observer.update(*part)
 
-    def _ls_update(self, stage: Stage, trainer: Trainer, loss: LabelSmoothedCE, stats: LossStats) -> None:
+    def _ls_update(
+        self, stage: Stage, trainer: Trainer, loss: LabelSmoothedCE, stats: LossStats | BinaryLossStats
+    ) -> None:
         if stage != "train":
             self._ls_warn_if_padded(stage, trainer)
         metrics = self._ls_metrics_for(stage, loss.loss.device)

@@ -1,9 +1,14 @@
-"""The losses: the label-smoothed cross-entropy, its fused lm-head form and their kernels. Needs torch only.
+"""The losses: the label-smoothed cross-entropy (multi-class and binary), its fused lm-head form, their kernels.
 
 :mod:`ls_lightning.losses.ops` holds the kernels (autograd Functions and the code ``torch.compile`` traces); the
-functions and the module here are what other layers and users call.
+functions and the modules here are what other layers and users call. Needs torch only.
 """
 
+from ls_lightning.losses.binary import (
+    BinaryLossStats,
+    binary_label_smoothed_cross_entropy,
+    binary_label_smoothed_cross_entropy_with_stats,
+)
 from ls_lightning.losses.functional import (
     LabelSmoothedCE,
     LossStats,
@@ -17,14 +22,18 @@ from ls_lightning.losses.linear import (
     linear_label_smoothed_cross_entropy,
     linear_label_smoothed_cross_entropy_with_stats,
 )
-from ls_lightning.losses.module import LabelSmoothedCrossEntropy
+from ls_lightning.losses.module import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy
 from ls_lightning.losses.temperature import fit_temperature
 
 __all__ = [
+    "BinaryLabelSmoothedCrossEntropy",
+    "BinaryLossStats",
     "LabelSmoothedCE",
     "LabelSmoothedCrossEntropy",
     "LossStats",
     "Reduction",
+    "binary_label_smoothed_cross_entropy",
+    "binary_label_smoothed_cross_entropy_with_stats",
     "check_label_smoothing",
     "check_prior",
     "fit_temperature",

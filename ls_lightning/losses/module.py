@@ -1,10 +1,11 @@
-"""``nn.Module`` wrapper of :func:`ls_lightning.functional.label_smoothed_cross_entropy`."""
+"""``nn.Module`` wrappers of :func:`ls_lightning.functional.label_smoothed_cross_entropy` and its binary form."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from ls_lightning.losses.binary import binary_label_smoothed_cross_entropy
 from ls_lightning.losses.functional import (
     LabelSmoothedCE,
     Reduction,
@@ -99,3 +100,77 @@ class LabelSmoothedCrossEntropy(nn.Module):
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+
+class BinaryLabelSmoothedCrossEntropy(nn.Module):
+    r"""Label-smoothed binary cross-entropy on logits, returning the loss and both of its terms.
+
+    .. math::
+        L = \mathrm{BCE}\bigl(x,\ (1 - \varepsilon)\,t + \tfrac{\varepsilon}{2}\bigr)
+          = (1 - \varepsilon)\,\mathrm{BCE}(x, t) + \varepsilon\,\mathrm{BCE}\bigl(x, \tfrac12\bigr)
+
+    ``torch.nn.BCEWithLogitsLoss`` with label smoothing: ``label_smoothing`` reads and writes a float, so the
+    :class:`~ls_lightning.LabelSmoothing` callback schedules it on a module that holds one of these (the
+    callback-only route). ``weight`` and ``pos_weight`` are buffers, as in PyTorch's module.
+
+    Args:
+        label_smoothing: ε in [0, 1].
+        weight: Per-element weights broadcastable to the input.
+        pos_weight: Weight of the positive term, broadcastable to the input (e.g. (L,) per label).
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Raises:
+        ValueError: If ε is outside [0, 1] or ``reduction`` is unknown.
+
+    Shape:
+        As :func:`~ls_lightning.binary_label_smoothed_cross_entropy`: input (*), target (*) in [0, 1].
+
+    Example:
+        >>> import torch
+        >>> criterion = BinaryLabelSmoothedCrossEntropy(0.1)
+        >>> out = criterion(torch.tensor([[2.0, -0.5]]), torch.tensor([[1.0, 0.0]]))
+        >>> torch.allclose(out.loss, 0.9 * out.h_pq + 0.1 * out.h_uq)
+        True
+    """
+
+    weight: Tensor | None
+    pos_weight: Tensor | None
+
+    def __init__(
+        self,
+        label_smoothing: float = 0.0,
+        *,
+        weight: Tensor | None = None,
+        pos_weight: Tensor | None = None,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
+        self.label_smoothing = label_smoothing
+        self.reduction: Reduction = reduction
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    @property
+    def label_smoothing(self) -> float:
+        """ε in [0, 1]."""
+        return self._label_smoothing
+
+    @label_smoothing.setter
+    def label_smoothing(self, value: float) -> None:
+        check_label_smoothing(value)
+        self._label_smoothing = float(value)
+
+    def forward(self, input: Tensor, target: Tensor) -> LabelSmoothedCE:
+        return binary_label_smoothed_cross_entropy(
+            input,
+            target,
+            self._label_smoothing,
+            weight=self.weight,
+            pos_weight=self.pos_weight,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"

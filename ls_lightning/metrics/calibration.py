@@ -40,10 +40,10 @@ def _top_label_tensor_validation(confidence: Tensor, correct: Tensor, weight: Te
     # Metadata checks only: value checks would sync with the device every training step.
     if not confidence.is_floating_point():
         raise TypeError(f"Expected argument `preds` to be a floating tensor of confidences, but got {confidence.dtype}")
-    if correct.dtype != torch.bool:
+    if correct.dtype != torch.bool and not correct.is_floating_point():
         raise TypeError(
-            f"Expected argument `target` to be a bool tensor (top-1 prediction correct) when it has the shape of "
-            f"`preds`, but got dtype {correct.dtype}"
+            f"Expected argument `target` to be a bool tensor (top-1 prediction correct) or a floating one (binary: the "
+            f"label in [0, 1] of the positive class) when it has the shape of `preds`, but got dtype {correct.dtype}"
         )
     if weight is not None and weight.shape != confidence.shape:
         raise ValueError(
@@ -188,7 +188,8 @@ def _binned_calibration_update(
     elif weight.dtype == torch.bool:  # a mask (the mixin's valid positions): two ops fewer than a weight
         w = weight.to(_STATE_DTYPE)
         conf = torch.where(weight, confidence, 0.0).to(_STATE_DTYPE)
-        hit = (correct & weight).to(_STATE_DTYPE)
+        # bool: top-label correctness; floating: binary labels, soft ones included
+        hit = (correct & weight if correct.dtype == torch.bool else torch.where(weight, correct, 0.0)).to(_STATE_DTYPE)
     else:
         w = weight.to(_STATE_DTYPE)
         conf = torch.where(w != 0, confidence.to(_STATE_DTYPE), 0.0) * w
@@ -251,7 +252,9 @@ def binned_calibration_error(
 
     Args:
         preds: Probabilities or logits (softmax is applied when values fall outside [0, 1]), or top-1 confidences.
-        target: Class indices, or (top-label form, same shape as ``preds``) bool correctness of the top-1 prediction.
+        target: Class indices, or (top-label form, same shape as ``preds``) bool correctness of the top-1 prediction;
+            or (binary form) a floating label in [0, 1] with ``preds`` the probability of the positive class, which
+            equals torchmetrics' ``binary_calibration_error`` on hard labels.
         n_bins: Number of uniform bins in [0, 1].
         norm: ``"l1"`` (ECE), ``"l2"`` (RMSCE) or ``"max"`` (MCE).
         ignore_index: Target value whose positions are left out (multiclass form).
@@ -482,7 +485,8 @@ class _TopLabelBinnedMetric(Metric):
 
     def update(self, preds: Tensor, target: Tensor, weight: Tensor | None = None) -> None:
         """Add a batch: ``(N, C, ...)`` probabilities/logits with ``(N, ...)`` class indices, or top-label ``(M,)``
-        confidences with ``(M,)`` bool correctness (no host sync); ``weight`` is an optional 0/1 mask."""
+        confidences with ``(M,)`` bool correctness, or binary ``(M,)`` positive-class probabilities with ``(M,)``
+        floating labels in [0, 1] (these two without a host sync); ``weight`` is an optional 0/1 mask."""
         confidence, correct, w = _as_top_label(preds, target, self.ignore_index, weight, self.validate_args)
         count, conf_sum, correct_sum = _binned_calibration_update(confidence, correct, self._n_slots, w)
         self.count.add_(count)  # in place: no module attribute assignment per state on the training step
@@ -514,6 +518,11 @@ class BinnedCalibrationError(_TopLabelBinnedMetric):
     The states are per-bin sums (count, confidence, correct) reduced by ``sum`` across processes, so memory and DDP
     traffic are independent of the number of samples. ``update`` takes either torchmetrics' multiclass input or the
     top-label form ``update(confidence, correct, weight=mask)`` that runs without a host sync.
+
+    Binary form: ``update(probability, label)`` with the positive class's probability and a floating label (0/1,
+    or soft in [0, 1]) bins the probability and averages the label per bin, which is torchmetrics'
+    ``BinaryCalibrationError`` (whose "accuracy" is the label, not top-label correctness). The mixin feeds it so for
+    ``task="binary"`` and ``"multilabel"``, every label position one sample.
 
     Args:
         n_bins: Number of uniform bins in [0, 1].

@@ -14,10 +14,17 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
-from ls_lightning.integration.mixin import LabelSmoothingMixin, MetricGroup, check_log_metrics, check_log_prefix
+from ls_lightning.integration.mixin import (
+    LabelSmoothingMixin,
+    MetricGroup,
+    Task,
+    check_log_metrics,
+    check_log_prefix,
+    check_task,
+)
 from ls_lightning.integration.priors import OnlinePrior, class_frequency, fixed_prior, prior_matrix
 from ls_lightning.integration.schedules import Constant, Schedule
-from ls_lightning.losses.module import LabelSmoothedCrossEntropy
+from ls_lightning.losses.module import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy
 
 __all__ = ["LabelSmoothing"]
 
@@ -29,9 +36,10 @@ def _smoothing_targets(pl_module: pl.LightningModule) -> list[Any]:
     """Return the objects whose float attribute ``label_smoothing`` the callback sets.
 
     These are the module itself when it is a ``LabelSmoothingMixin``, and every submodule that is a
-    ``torch.nn.CrossEntropyLoss`` or an ``ls_lightning.losses.module.LabelSmoothedCrossEntropy``.
+    ``torch.nn.CrossEntropyLoss``, an ``ls_lightning.LabelSmoothedCrossEntropy`` or an
+    ``ls_lightning.BinaryLabelSmoothedCrossEntropy``.
     """
-    loss_types = (nn.CrossEntropyLoss, LabelSmoothedCrossEntropy)
+    loss_types = (nn.CrossEntropyLoss, LabelSmoothedCrossEntropy, BinaryLabelSmoothedCrossEntropy)
     targets: list[Any] = [m for m in pl_module.modules() if isinstance(m, loss_types)]
     if isinstance(pl_module, LabelSmoothingMixin):
         targets.insert(0, pl_module)
@@ -47,8 +55,9 @@ class LabelSmoothing(Callback):
     ``current_epoch`` and K ``max_epochs`` (``interval="epoch"``). After the planned end, t stays at 1.
 
     ε is written to the ``label_smoothing`` attribute of the LightningModule when it is a ``LabelSmoothingMixin``, and
-    of every ``torch.nn.CrossEntropyLoss`` and ``LabelSmoothedCrossEntropy`` submodule, so a plain LightningModule
-    that holds an ``nn.CrossEntropyLoss`` is scheduled too. It is logged as ``train/epsilon`` on every step (as a
+    of every ``torch.nn.CrossEntropyLoss``, ``LabelSmoothedCrossEntropy`` and ``BinaryLabelSmoothedCrossEntropy``
+    submodule, so a plain LightningModule that holds an ``nn.CrossEntropyLoss`` (or, for a binary or multi-label
+    head, a ``BinaryLabelSmoothedCrossEntropy``) is scheduled too. It is logged as ``train/epsilon`` on every step (as a
     per-step ``self.log``: in ``trainer.callback_metrics`` after each step, to the loggers every ``log_every_n_steps``).
 
     ε depends only on the trainer's counters, which are equal on all processes and restored on resume, so every DDP
@@ -77,12 +86,15 @@ class LabelSmoothing(Callback):
             the fit starts; ``None`` leaves the module's own choice.
         log_prefix: put between ``{stage}/`` and every key the plugin logs (``train/{log_prefix}epsilon``, and the
             mixin's keys: its ``log_prefix``); ``None`` leaves the module's (``""`` without the mixin).
+        task: ``"multiclass"``, ``"binary"`` or ``"multilabel"``, set on a ``LabelSmoothingMixin`` module (its
+            ``task``) in ``setup``; ``None`` leaves the module's. ε is scheduled alike for every task; binary and
+            multi-label tasks take no ``prior`` other than uniform.
 
     Raises:
         TypeError: if ``schedule`` is neither a float nor a ``Schedule``, or ``total_steps`` is not an int.
         ValueError: if a float ``schedule`` lies outside [0, 1], ``interval`` is unknown, ``total_steps`` is not
             positive or is given with ``interval="epoch"``, ``prior`` is an unknown name or not a distribution, or
-            ``num_classes`` is not a positive int.
+            ``num_classes`` is not a positive int, or ``task`` is unknown.
 
     ``Trainer.fit`` raises ``ValueError`` (in ``setup`` or ``on_fit_start``) when the module holds nothing to set ε
     on, or when the schedule is not :class:`~ls_lightning.schedules.Constant` and the length of training is unknown
@@ -105,6 +117,7 @@ class LabelSmoothing(Callback):
         num_classes: int | None = None,
         log_metrics: Sequence[MetricGroup] | None = None,
         log_prefix: str | None = None,
+        task: Task | None = None,
     ) -> None:
         self.schedule = self._check_schedule(schedule)
         if interval not in get_args(_INTERVAL):
@@ -123,12 +136,14 @@ class LabelSmoothing(Callback):
         self._state_key_cache: tuple[Schedule, str, str] | None = None
         self.log_metrics = None if log_metrics is None else check_log_metrics(log_metrics)
         self.log_prefix = None if log_prefix is None else check_log_prefix(log_prefix)
+        self.task = None if task is None else check_task(task)
 
     def __repr__(self) -> str:
         extra = "" if self.prior is None else f", prior={self._prior_state()!r}"
         extra += "" if self.num_classes is None else f", num_classes={self.num_classes!r}"
         extra += "" if self.log_metrics is None else f", log_metrics={self.log_metrics!r}"
         extra += "" if self.log_prefix is None else f", log_prefix={self.log_prefix!r}"
+        extra += "" if self.task is None else f", task={self.task!r}"
         return (
             f"{type(self).__name__}(schedule={self.schedule!r}, interval={self.interval!r},"
             f" total_steps={self.total_steps!r}{extra})"
@@ -148,15 +163,17 @@ class LabelSmoothing(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == TrainerFn.FITTING:  # validate/test/predict do not schedule ε
-            self._check_run_is_finite(trainer)
-            self._check_prior_target(pl_module)
-            self._global_rank = trainer.global_rank
         if isinstance(pl_module, LabelSmoothingMixin):  # before any key is logged, in every stage
             if self.log_metrics is not None:
                 pl_module.ls_log_metrics = self.log_metrics
             if self.log_prefix is not None:
                 pl_module.ls_log_prefix = self.log_prefix
+            if self.task is not None:
+                pl_module.ls_task = self.task
+        if stage == TrainerFn.FITTING:  # validate/test/predict do not schedule ε
+            self._check_run_is_finite(trainer)
+            self._check_prior_target(pl_module)
+            self._global_rank = trainer.global_rank
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -279,6 +296,11 @@ class LabelSmoothing(Callback):
                 f" `ls_lightning.LabelSmoothingMixin` that computes its loss with `self.label_smoothed_loss`, but"
                 f" {type(pl_module).__name__} is not one. Derive it from the mixin, or use `prior=None` (uniform, which"
                 " `torch.nn.CrossEntropyLoss` supports)."
+            )
+        if pl_module.ls_task != "multiclass":
+            raise ValueError(
+                f"`LabelSmoothing(prior={self._prior_state()!r})` is for multi-class tasks, but the module's task is"
+                f" {pl_module.ls_task!r}: a binary label is smoothed towards 1/2. Use `prior=None` or 'uniform'."
             )
 
     def _set_up_prior(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -81,6 +81,10 @@ class ReliabilityDiagram(Callback):
       hold the final validation (and after ``validate``, that run's). The JSON holds the per-bin sums (counts,
       confidence sums, correct sums, edges), from which ``ls-report`` overlays the curves of a sweep.
 
+    For binary and multi-label tasks (the mixin's ``task``) the bins are those of torchmetrics'
+    ``BinaryCalibrationError``: the predicted probability of the positive label against the share of positive labels
+    in the bin (all label positions pooled); the JSON's ``task`` says which.
+
     The figure also goes to each :class:`~lightning.pytorch.loggers.TensorBoardLogger` (``add_figure``, tag
     ``val/reliability_diagram``); other loggers get nothing. No pass over the data is added. Without matplotlib
     (the ``plot`` extra) a warning is given once and only the JSON is written.
@@ -111,6 +115,7 @@ class ReliabilityDiagram(Callback):
         self.dpi = dpi
         self._active = False  # set in setup: enabled, and the module has the mixin's state
         self._can_plot = False
+        self._task = "multiclass"  # the module's task, read in setup
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -119,6 +124,7 @@ class ReliabilityDiagram(Callback):
         if self.dirpath is None:
             self.dirpath = trainer.log_dir or trainer.default_root_dir  # log_dir broadcasts: every rank calls it
         self._active = isinstance(pl_module, LabelSmoothingMixin)
+        self._task = getattr(pl_module, "ls_task", "multiclass")
         if not self._active:
             rank_zero_warn(
                 f"`ReliabilityDiagram` draws from the state of `LabelSmoothingMixin`, which "
@@ -143,13 +149,15 @@ class ReliabilityDiagram(Callback):
         folder = Path(str(self.dirpath))
         folder.mkdir(parents=True, exist_ok=True)
         epoch, step = trainer.current_epoch, trainer.global_step
-        record = {"stage": "val", "epoch": epoch, "global_step": step, **bin_stats_to_dict(stats)}
+        record = {"stage": "val", "epoch": epoch, "global_step": step, "task": self._task, **bin_stats_to_dict(stats)}
         (folder / RELIABILITY_JSON).write_text(json.dumps(record, indent=1) + "\n")
         if not self._can_plot:
             return
         from ls_lightning.metrics.plotting import plot_reliability_diagram, save_figure
 
-        figure = plot_reliability_diagram(stats, title=f"validation, epoch {epoch} (step {step})")
+        # binary and multi-label: the bins hold σ(z) and the share of positive labels, not top-1 confidence and accuracy
+        kind = "" if self._task == "multiclass" else f", {self._task}: P(label = 1) against share of positives"
+        figure = plot_reliability_diagram(stats, title=f"validation, epoch {epoch} (step {step}){kind}")
         path = save_figure(figure, folder / "reliability" / f"val_epoch{epoch}.png", dpi=self.dpi)
         shutil.copyfile(path, folder / "reliability_diagram.png")
         if self.log_image:

@@ -78,6 +78,9 @@ class TemperatureScaling(Callback):
     opt-in. Every process then fits the same T on the same gathered logits, so the logged values agree without a
     further reduction. Soft (probability) validation targets cannot be scored and are skipped with a warning.
 
+    Binary and multi-label tasks (the mixin's ``task``): T minimises the binary NLL of σ(z / T) over all label
+    positions (with 0/1 targets), and ``val/ece_ts`` is the binary ECE of σ(z / T), like their ``val/ece``.
+
     Args:
         n_bins: Bins of ``val/ece_ts``; ``None`` takes the module's ``ls_n_bins`` (that of ``val/ece``).
         enabled: ``False`` makes the callback do nothing (lets a config switch it with one flag).
@@ -97,6 +100,7 @@ class TemperatureScaling(Callback):
         self.enabled = bool(enabled)
         self._state: _ValidationLogits | None = None
         self._warned_soft = False
+        self._binary = False  # the module's task is binary or multi-label (set in setup)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -109,6 +113,7 @@ class TemperatureScaling(Callback):
             )
             return
         self._state = _ValidationLogits()
+        self._binary = pl_module.ls_task != "multiclass"
         observers = getattr(pl_module, "ls_val_observers", ())
         # a tuple, so not registered as a submodule (the mixin calls `update` on each)
         pl_module.ls_val_observers = (*observers, self)  # type: ignore[assignment]
@@ -149,7 +154,11 @@ class TemperatureScaling(Callback):
             pl_module.log("val/ece_ts", ece, on_step=False, on_epoch=True, sync_dist=False)
 
     def _fit(self, n_bins: int) -> tuple[float, float] | None:
-        """(T, ECE after scaling) on the logits of all processes; ``None`` when no position counted anywhere."""
+        """(T, ECE after scaling) on the logits of all processes; ``None`` when no position counted anywhere.
+
+        Binary and multi-label tasks: the mixin hands each logit z on as the two-class logits [0, z], whose softmax
+        NLL is the binary NLL of σ(z / T); the ECE is then the binary one of σ(z / T), as ``val/ece``'s.
+        """
         state = self._state
         assert state is not None  # checked by the caller
         with state.sync_context(dist_sync_fn=state.dist_sync_fn, should_sync=state.sync_on_compute):
@@ -160,5 +169,10 @@ class TemperatureScaling(Callback):
             logits, target = logits.cpu(), target.cpu()
         temperature = fit_temperature(logits, target, ignore_index=-1)
         probs = (logits / temperature).softmax(dim=1)
-        ece = binned_calibration_error(probs, target, n_bins=n_bins, ignore_index=-1, validate_args=False)
+        if self._binary:
+            ece = binned_calibration_error(
+                probs[:, 1].contiguous(), target.clamp(min=0).float(), n_bins=n_bins, weight=target >= 0
+            )
+        else:
+            ece = binned_calibration_error(probs, target, n_bins=n_bins, ignore_index=-1, validate_args=False)
         return temperature, float(ece)

@@ -1,0 +1,249 @@
+"""Binary and multi-label tasks: calibration states against torchmetrics, and fits whose logged values equal
+recomputations from the model's outputs (PyTorch's BCE, torchmetrics' BinaryCalibrationError and BinaryAccuracy)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import BinaryAccuracy, BinaryCalibrationError
+from trainers import quiet_trainer
+
+from ls_lightning import BinaryLabelSmoothedCrossEntropy, BinnedCalibrationError, LabelSmoothing, LabelSmoothingMixin
+from ls_lightning.diagrams import ReliabilityDiagram, TemperatureScaling
+from ls_lightning.losses import fit_temperature
+from ls_lightning.schedules import Linear
+
+NORMS = [("ece", "l1"), ("mce", "max"), ("rmsce", "l2")]
+LABELS = {"binary": 1, "multilabel": 3}
+
+
+def _edge_probabilities(n: int, seed: int = 0) -> Tensor:
+    """Random probabilities plus every float32 bin edge of 15 bins, their neighbours, 0 and exactly 1."""
+    g = torch.Generator().manual_seed(seed)
+    edges = torch.linspace(0, 1, 16)
+    near = torch.cat([edges, torch.nextafter(edges, torch.ones(16)), torch.nextafter(edges, torch.zeros(16))])
+    return torch.cat([torch.rand(n, generator=g), near.clamp(0, 1), torch.tensor([1.0, 1.0, 0.0])])
+
+
+@pytest.mark.parametrize(("key", "norm"), NORMS)
+@pytest.mark.parametrize("target_dtype", [torch.float32, torch.bool])
+def test_binned_state_in_binary_form_equals_torchmetrics(key, norm, target_dtype):
+    p = _edge_probabilities(300)
+    y = (torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < p).long()
+    ours = BinnedCalibrationError(n_bins=15, norm=norm)
+    for part_p, part_y in zip(p.split(37), y.split(37), strict=True):  # several updates: sums, no samples stored
+        ours.update(part_p, part_y.to(target_dtype))
+    expected = BinaryCalibrationError(n_bins=15, norm=norm)(p, y)
+    torch.testing.assert_close(ours.compute(), expected, rtol=1e-6, atol=1e-7)
+
+
+class Tagger(LabelSmoothingMixin, L.LightningModule):
+    """A linear head of one logit (binary) or three (multi-label); its __init__ passes the task to the mixin."""
+
+    def __init__(self, task: str, labels: int) -> None:
+        super().__init__(task=task)
+        self.layer = nn.Linear(6, labels)
+        self.outputs: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.label_smoothed_loss(self(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def _data(task: str, n: int, seed: int) -> TensorDataset:
+    """Features and labels that depend on them: 0/1 (N,) int labels for binary, (N, 3) float multi-hot otherwise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, : LABELS[task]] + 0.8 * torch.randn(n, LABELS[task], generator=g) > 0).long()
+    return TensorDataset(x, y[:, 0] if task == "binary" else y.float())
+
+
+def _reference(model: Tagger, data: TensorDataset, eps: float) -> dict[str, float]:
+    """Whole-data values from PyTorch and torchmetrics, all label positions pooled."""
+    x, y = data.tensors
+    with torch.no_grad():
+        z = model(x).reshape(-1)
+    t = y.reshape(-1).float()
+    p = torch.sigmoid(z)
+    acc = BinaryAccuracy()(p, t.long()).item()
+    ref = {
+        "loss": F.binary_cross_entropy_with_logits(z, t * (1 - eps) + eps / 2).item(),
+        "h_pq": F.binary_cross_entropy_with_logits(z, t).item(),
+        "h_uq": F.binary_cross_entropy_with_logits(z, torch.full_like(t, 0.5)).item(),
+        "acc": acc,
+        "brier": (p - t).square().mean().item(),
+        "overconfidence": torch.maximum(p, 1 - p).mean().item() - acc,
+    }
+    for key, norm in NORMS:
+        ref[key] = BinaryCalibrationError(n_bins=15, norm=norm)(p, t.long()).item()
+    return ref
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_fit_logs_recomputed_values_and_scheduled_epsilon(tmp_path, task):
+    torch.manual_seed(0)
+    model = Tagger(task, LABELS[task])
+    train, val = _data(task, 48, seed=0), _data(task, 37, seed=1)
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    trainer = quiet_trainer(
+        tmp_path, logger=logger, max_epochs=2, log_every_n_steps=1, callbacks=[LabelSmoothing(Linear(0.3, 0.0))]
+    )
+    trainer.fit(model, DataLoader(train, batch_size=16), DataLoader(val, batch_size=8))  # val: uneven last batch
+    logger.save()
+
+    total = trainer.global_step  # 6 steps: ε follows Linear(0.3, 0.0) at t = step / 6
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as file:
+        logged = [float(row["train/epsilon"]) for row in csv.DictReader(file) if row.get("train/epsilon")]
+    assert logged == pytest.approx([0.3 * (1 - step / total) for step in range(total)], abs=1e-7)
+
+    # the last validation ran with the final weights and the last ε set
+    expected = _reference(model, val, eps=model.label_smoothing)
+    for name, value in expected.items():
+        assert trainer.callback_metrics[f"val/{name}"].item() == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    assert 0 <= trainer.callback_metrics["val/ece_adaptive"].item() <= 1
+
+
+@pytest.mark.parametrize("shape", [(9,), (9, 1)])
+def test_binary_loss_outside_a_trainer_equals_pytorch(shape):
+    model = Tagger("binary", 1)
+    model.label_smoothing = 0.2
+    z = torch.randn(shape, requires_grad=True)
+    y = torch.randint(0, 2, (9,))  # (N,) labels for (N, 1) logits too
+    ours = model.label_smoothed_loss(z, y)
+    expected = F.binary_cross_entropy_with_logits(z.reshape(-1), y.float() * 0.8 + 0.1)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_task_is_validated_and_shapes_are_checked():
+    with pytest.raises(ValueError, match=r"`task` to be one of .*'multiclas'"):
+        Tagger("multiclas", 1)
+    with pytest.raises(ValueError, match="`task` to be one of"):
+        LabelSmoothing(task="bin")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`logits` to have shape \(N,\) or \(N, 1\) for task='binary'"):
+        Tagger("binary", 3).label_smoothed_loss(torch.randn(4, 3), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"`logits` to have shape \(N, L\) for task='multilabel'"):
+        Tagger("multilabel", 1).label_smoothed_loss(torch.randn(4), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"`target` to hold values in \[0, 1\], but got 2"):
+        Tagger("multilabel", 2).label_smoothed_loss(torch.randn(4, 2), torch.full((4, 2), 2))
+    model = Tagger("binary", 1)
+    model.label_smoothing_prior = torch.tensor([0.5, 0.5])
+    with pytest.raises(ValueError, match="no label-smoothing prior for task='binary'"):
+        model.label_smoothed_loss(torch.randn(4), torch.zeros(4))
+
+
+def test_callback_sets_the_task_and_refuses_a_prior(tmp_path):
+    model = Tagger("multiclass", 1)
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LabelSmoothing(0.1, task="binary")])
+    trainer.fit(model, DataLoader(_data("binary", 8, seed=0), batch_size=8))
+    assert model.ls_task == "binary" and "task='binary'" in repr(LabelSmoothing(task="binary"))
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LabelSmoothing(0.1, prior="online", num_classes=2)])
+    with pytest.raises(ValueError, match=r"prior='online'.*task is 'binary'"):
+        trainer.fit(model, DataLoader(_data("binary", 8, seed=0), batch_size=8))
+
+
+class PlainBinary(L.LightningModule):
+    """No mixin: the callback-only route schedules the BinaryLabelSmoothedCrossEntropy it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(6, 1)
+        self.criterion = BinaryLabelSmoothedCrossEntropy()
+        self.seen: list[float] = []
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        self.seen.append(self.criterion.label_smoothing)
+        return self.criterion(self.layer(batch[0]).squeeze(1), batch[1]).loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_callback_only_route_schedules_the_binary_loss_module(tmp_path):
+    model = PlainBinary()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[LabelSmoothing(Linear(0.4, 0.0))])
+    trainer.fit(model, DataLoader(_data("binary", 32, seed=0), batch_size=8))
+    assert model.seen == pytest.approx([0.4, 0.3, 0.2, 0.1])
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_temperature_scaling_fits_the_binary_nll_and_diagram_bins_are_binary(tmp_path, task):
+    torch.manual_seed(0)
+    model = Tagger(task, LABELS[task])
+    val = _data(task, 40, seed=2)
+    with torch.no_grad():  # the labels' own features, sharpened: an informative, over-confident model (T > 1)
+        model.layer.weight.copy_(6 * torch.eye(LABELS[task], 6))
+        model.layer.bias.zero_()
+    callbacks = [TemperatureScaling(), ReliabilityDiagram(dirpath=tmp_path)]
+    trainer = quiet_trainer(tmp_path, callbacks=callbacks)
+    trainer.validate(model, DataLoader(val, batch_size=8), verbose=False)
+
+    x, y = val.tensors
+    with torch.no_grad():
+        z = model(x).reshape(-1).double()
+    t = y.reshape(-1).double()
+
+    def nll(temperature: float) -> float:
+        return F.binary_cross_entropy_with_logits(z / temperature, t).item()
+
+    temperature = trainer.callback_metrics["val/temperature"].item()
+    assert temperature > 1
+    assert nll(temperature) <= min(nll(temperature * 0.99), nll(temperature * 1.01))  # the binary NLL's minimum
+    assert temperature == pytest.approx(fit_temperature(torch.stack([torch.zeros_like(z), z], 1), t.long()), rel=1e-5)
+    p = torch.sigmoid(z / temperature).float()
+    expected = BinaryCalibrationError(n_bins=15)(p, t.long()).item()
+    assert trainer.callback_metrics["val/ece_ts"].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    record = json.loads((tmp_path / "reliability.json").read_text())  # the diagram's bins, from the ECE state
+    assert record["task"] == task and sum(record["counts"]) == t.numel()  # every label position one sample
+    assert sum(record["correct_sums"]) == pytest.approx(t.sum().item())  # share of positives, not accuracy
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_epoch_states_of_two_processes_sum_to_the_whole_data(task):
+    """Under DDP each metric's states are gathered and reduced (torchmetrics' public ``sync``): two "processes"
+    holding uneven halves of the data, synced with a gather that returns both ranks' states, hold the states of the
+    whole data, whose values equal torchmetrics' and PyTorch's (the binary states are sum-reduced, like the
+    multi-class ones)."""
+    from ls_lightning.functional import binary_label_smoothed_cross_entropy_with_stats
+    from ls_lightning.integration.mixin import _new_metrics, _update_metrics
+
+    torch.manual_seed(0)
+    z, t = torch.randn(45, LABELS[task]) * 2, (torch.rand(45, LABELS[task]) < 0.4).float()
+    ranks, whole = [_new_metrics("val", n_bins=15), _new_metrics("val", n_bins=15)], _new_metrics("val", n_bins=15)
+    names = list(whole.keys())
+    for metrics, rows in [(ranks[0], slice(0, 30)), (ranks[1], slice(30, 45)), (whole, slice(0, 45))]:
+        for part_z, part_t in zip(z[rows].split(8), t[rows].split(8), strict=True):  # uneven: 30 and 15 samples
+            _update_metrics(metrics, names, *binary_label_smoothed_cross_entropy_with_stats(part_z, part_t), step=False)
+    for name in names:
+        other = ranks[1][name].metric_state
+        by_id = {id(state): other[key] for key, state in ranks[0][name].metric_state.items()}
+
+        def gather(tensor: Tensor, group: object = None, by_id: dict = by_id) -> list[Tensor]:
+            return [tensor, by_id[id(tensor)]]  # rank 0's view of all_gather
+
+        ranks[0][name].sync(dist_sync_fn=gather, should_sync=True, distributed_available=lambda: True)
+        for key, state in ranks[0][name].metric_state.items():
+            torch.testing.assert_close(state, whole[name].metric_state[key], msg=f"{name}.{key}")
+    values = {name: whole[name].compute().item() for name in names}
+    p, y = torch.sigmoid(z).reshape(-1), t.reshape(-1)
+    assert values["loss"] == pytest.approx(F.binary_cross_entropy_with_logits(z, t).item(), rel=1e-6)
+    assert values["acc"] == pytest.approx(BinaryAccuracy()(p, y.long()).item(), rel=1e-6)
+    for key, norm in NORMS:
+        expected = BinaryCalibrationError(n_bins=15, norm=norm)(p, y.long()).item()
+        assert values[key] == pytest.approx(expected, rel=1e-5, abs=1e-7), key
+    assert values["brier"] == pytest.approx((p - y).square().mean().item(), rel=1e-6)
