@@ -5,7 +5,11 @@ Lightning is imported only once a config has been composed and validated, so tha
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,10 +56,47 @@ def build_run(cfg: DictConfig) -> Run:
         label_smoothing=schedule(0.0),
     )
     callbacks = _make_all(cfg, "callbacks")
-    trainer = _make(cfg, "trainer", callbacks=callbacks, logger=_make_all(cfg, "logger") or False)
+    loggers = _make_all(cfg, "logger")
+    log_through_root()
+    quiet_fresh_csv_dirs(loggers)
+    trainer = _make(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
     if not any(isinstance(c, LabelSmoothing) for c in callbacks):
         rank_zero_warn("No `LabelSmoothing` callback is configured: ε stays at the schedule's start for the whole run.")
     return Run(datamodule, model, trainer, schedule)
+
+
+def log_through_root() -> None:
+    """Send Lightning's log records through the root logger's handlers only, when the root logger has handlers.
+
+    Importing ``lightning`` gives its ``lightning`` logger a console handler of its own, and the records of
+    ``lightning.pytorch`` (imported after Hydra set up the job's logging) also propagate to the root logger, where
+    Hydra's handlers print them again and write them to the job's log file: each INFO line showed twice. Without the
+    package's handler every line is printed once, in Hydra's format, and kept in the job's log file. A process whose
+    root logger has no handler (no Hydra, no ``logging.basicConfig``) keeps Lightning's handler.
+    """
+    if not logging.getLogger().handlers:
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        lightning_logger.removeHandler(handler)
+    lightning_logger.propagate = True
+
+
+def quiet_fresh_csv_dirs(loggers: list[Any]) -> None:
+    """Silence ``CSVLogger``'s "Previous log files in this directory will be deleted" where there is nothing to delete.
+
+    The CSV logger writes ``metrics.csv`` directly into the run directory, where Hydra has already written ``.hydra/``
+    and the job's log file; Lightning warns whenever its directory is not empty, but the only file it deletes is an
+    earlier ``metrics.csv``. With none there (``ls-train`` keeps an earlier one as ``metrics.<k>.csv`` before a fit),
+    the warning is dropped for that directory; with one there (``ls-eval`` in a run directory), it is kept.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+
+    for logger in loggers:
+        if isinstance(logger, CSVLogger) and not os.path.isfile(os.path.join(logger.log_dir, "metrics.csv")):
+            directory = re.escape(os.path.normpath(logger.log_dir))
+            pattern = f"Experiment logs directory {directory}/* exists and is not empty"
+            warnings.filterwarnings("ignore", message=pattern)
 
 
 def _make(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
