@@ -1,8 +1,9 @@
 """Structured configs (schemas) of the Hydra app and the range checks run on a composed config before training.
 
-The YAML files in ``ls_lightning/conf`` extend these dataclasses through their defaults lists (``- /schedule_cosine_schema@_here_``),
-so OmegaConf type-checks every value when the config is composed. Ranges (ε ∈ [0, 1], epochs ≥ 1, ...) are declared
-next to each field and checked by :func:`validate_config` once the config is complete.
+The YAML files in ``ls_lightning/conf`` extend these dataclasses through their defaults lists
+(``- /schedule_cosine_schema@_here_``), so OmegaConf type-checks every value when the config is composed. Ranges
+(ε ∈ [0, 1], epochs ≥ 1, ...) are declared next to each field and checked by :func:`validate_config` once the config
+is complete.
 """
 
 from __future__ import annotations
@@ -368,10 +369,16 @@ _SCHEMAS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore under the root-level names the YAML files extend (idempotent)."""
+    """Store the schemas in Hydra's ConfigStore under the root-level names the YAML files extend, and register the
+    resolver ``${ls_wandb_mode:}`` of ``logger=wandb`` (:func:`ls_lightning.cli.loggers.wandb_mode`); idempotent.
+    """
+    from ls_lightning.cli.loggers import wandb_mode
+
     store = ConfigStore.instance()
     for name, node in _SCHEMAS.items():
         store.store(name=name, node=node)
+    # use_cache=False: the mode follows the environment of each composition (the tests change it)
+    OmegaConf.register_new_resolver("ls_wandb_mode", wandb_mode, replace=True, use_cache=False)
 
 
 # --- validation --------------------------------------------------------------------------------------------------

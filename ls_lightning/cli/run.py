@@ -122,6 +122,21 @@ def _make_all(cfg: DictConfig, group: str) -> list[Any]:
     return [_make(cfg, f"{group}.{name}") for name, child in node.items() if isinstance(child, DictConfig)]
 
 
+def finish_runs(trainer: L.Trainer) -> None:
+    """End the W&B runs of the trainer's loggers, which Lightning leaves open until the process exits.
+
+    ``train(cfg)`` and ``evaluate(cfg)`` own the loggers they build: a second call in the same process (a notebook,
+    the tests) must start a run of its own, not continue this one, and the offline run's files are complete on return.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
 def collect_metrics(trainer: L.Trainer, stage: str) -> dict[str, float]:
     """Return the epoch values of ``{stage}/...`` in the trainer's callback metrics, as floats."""
     prefix = f"{stage}/"
