@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
+from ls_lightning.cli.loggers import register_resolvers
 
 # OmegaConf 2.3 reads annotations at run time and does not understand ``X | None``: the dataclasses below use
 # ``Optional`` on purpose (hence the UP045 exemption).
@@ -372,13 +373,10 @@ def register_configs() -> None:
     """Store the schemas in Hydra's ConfigStore under the root-level names the YAML files extend, and register the
     resolver ``${ls_wandb_mode:}`` of ``logger=wandb`` (:func:`ls_lightning.cli.loggers.wandb_mode`); idempotent.
     """
-    from ls_lightning.cli.loggers import wandb_mode
-
     store = ConfigStore.instance()
     for name, node in _SCHEMAS.items():
         store.store(name=name, node=node)
-    # use_cache=False: the mode follows the environment of each composition (the tests change it)
-    OmegaConf.register_new_resolver("ls_wandb_mode", wandb_mode, replace=True, use_cache=False)
+    register_resolvers()
 
 
 # --- validation --------------------------------------------------------------------------------------------------

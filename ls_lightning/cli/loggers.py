@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
     from matplotlib.figure import Figure
 
-__all__ = ["IMAGE_LOGGERS", "REPORT_RUN_NAME", "send_report_figure", "sweep_loggers", "wandb_mode"]
+__all__ = [
+    "IMAGE_LOGGERS",
+    "REPORT_RUN_NAME",
+    "register_resolvers",
+    "send_report_figure",
+    "sweep_loggers",
+    "wandb_mode",
+]
 
 # The loggers that take a figure (ls_lightning.integration.figures.log_figure), by config target.
 IMAGE_LOGGERS = {
@@ -53,6 +60,12 @@ def wandb_mode(environ: Mapping[str, str] | None = None) -> str | None:
     return None if logged_in else "offline"
 
 
+def register_resolvers() -> None:
+    """Register the resolver ``${ls_wandb_mode:}`` (:func:`wandb_mode`) of ``logger=wandb``; idempotent."""
+    # use_cache=False: the mode follows the environment at each resolution (the tests change it)
+    OmegaConf.register_new_resolver("ls_wandb_mode", wandb_mode, replace=True, use_cache=False)
+
+
 def sweep_loggers(root: Path, jobs: Sequence[Path]) -> list[tuple[Logger, str]]:
     """The loggers that receive ``ls-report``'s figure: one per kind (MLflow, W&B, TensorBoard) every job used.
 
@@ -70,9 +83,7 @@ def sweep_loggers(root: Path, jobs: Sequence[Path]) -> list[tuple[Logger, str]]:
     """
     from hydra.utils import instantiate
 
-    from ls_lightning.cli.config import register_configs
-
-    register_configs()  # the ls_wandb_mode resolver
+    register_resolvers()  # the jobs' configs name ${ls_wandb_mode:}
     nodes = [_image_logger_nodes(job) for job in jobs]
     if not nodes:
         return []
