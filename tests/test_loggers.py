@@ -55,8 +55,16 @@ def make_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
 @pytest.fixture
 def wandb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No W&B login, mode or project from the machine; W&B's own folders (cache, config, data) in tmp_path."""
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_DIR"):
-        monkeypatch.delenv(name, raising=False)
+    for name in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_BASE_URL",
+        "WANDB_PROJECT",
+        "WANDB_DIR",
+        "WANDB_ERROR_REPORTING",
+    ):
+        monkeypatch.setenv(name, "")  # recorded, so that teardown restores it: the run may set it
+        monkeypatch.delenv(name)
     netrc = tmp_path / "netrc"
     netrc.write_text("")
     monkeypatch.setenv("NETRC", str(netrc))
@@ -247,6 +255,7 @@ def test_mlflow_holds_every_metric_hyperparameter_and_diagram(tmp_path: Path) ->
     assert run.data.params == {k: str(v) for k, v in hparams.items()}
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, IMAGE_KEY)]
     assert artifacts == sorted(f"{IMAGE_KEY}/step_{s}.png" for s in diagram_steps(out, epochs=2))
+    (tmp_path / "download").mkdir()
     local = Path(client.download_artifacts(run.info.run_id, artifacts[-1], str(tmp_path / "download")))
     assert local.read_bytes()[:8] == PNG
 
@@ -256,6 +265,7 @@ def test_wandb_offline_by_default_holds_every_metric_hyperparameter_and_diagram(
     out = tmp_path / "run"
     metrics = train(make_cfg(["logger=wandb", "trainer.max_epochs=2", *TINY], out))
     (run_dir,) = (out / "wandb").glob("offline-run-*")  # offline: no online run-* folder
+    assert os.environ["WANDB_ERROR_REPORTING"] == "false"  # nor error reports over the network
     rows = csv_rows(out / "metrics.csv")
     history = wandb_history(run_dir)
     assert_rows_held(rows, history, "trainer/global_step")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_LOGGERS",
     "REPORT_RUN_NAME",
+    "keep_offline",
     "register_resolvers",
     "send_report_figure",
     "sweep_loggers",
@@ -58,6 +59,15 @@ def wandb_mode(environ: Mapping[str, str] | None = None) -> str | None:
     except (OSError, netrc.NetrcParseError):  # an unreadable file: not logged in, as W&B would find
         logged_in = False
     return None if logged_in else "offline"
+
+
+def keep_offline(mode: str | None) -> None:
+    """In W&B's offline mode, also keep its error reports (sent to W&B over the network) off, unless the user chose.
+
+    W&B reports its own failures unless ``WANDB_ERROR_REPORTING`` is false; offline, nothing may try the network.
+    """
+    if mode == "offline":
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 
 def register_resolvers() -> None:
@@ -135,6 +145,7 @@ def _report_node(kind: str, root: Path, nodes: Sequence[DictConfig]) -> DictConf
         node.save_dir = str(root)
         node.name = REPORT_RUN_NAME
         node.mode = wandb_mode()
+        keep_offline(node.mode)
         node.log_model = False
     else:
         node.save_dir, node.name, node.version = str(root), "tensorboard", REPORT_RUN_NAME

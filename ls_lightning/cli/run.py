@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from omegaconf import DictConfig, OmegaConf
 
 from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
+from ls_lightning.cli.loggers import keep_offline
 
 if TYPE_CHECKING:
     import lightning.pytorch as L
@@ -56,6 +57,12 @@ def build_run(cfg: DictConfig) -> Run:
         label_smoothing=schedule(0.0),
     )
     callbacks = _make_all(cfg, "callbacks")
+    # Hydra makes the run directory; train(cfg) called directly may not have it yet, and MLflow's SQLite store in it
+    # would wait for it (MLflow 2 retries the connection for minutes)
+    os.makedirs(cfg.paths.output_dir, exist_ok=True)
+    for node in (cfg.get("logger") or {}).values():
+        if isinstance(node, DictConfig) and node.get("_target_") == "lightning.pytorch.loggers.WandbLogger":
+            keep_offline(node.get("mode"))
     loggers = _make_all(cfg, "logger")
     log_through_root()
     quiet_fresh_csv_dirs(loggers)
