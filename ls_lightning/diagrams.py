@@ -1,4 +1,4 @@
-"""Calibration callbacks, at their documented path; they live in :mod:`ls_lightning.integration.callbacks`."""
+"""Calibration callbacks and :func:`log_figure`, at their documented path."""
 
 from ls_lightning.integration.callbacks.reliability_diagram import (
     RELIABILITY_JSON,
@@ -7,5 +7,13 @@ from ls_lightning.integration.callbacks.reliability_diagram import (
     bin_stats_to_dict,
 )
 from ls_lightning.integration.callbacks.temperature_scaling import TemperatureScaling
+from ls_lightning.integration.figures import log_figure
 
-__all__ = ["RELIABILITY_JSON", "ReliabilityDiagram", "TemperatureScaling", "bin_stats_from_dict", "bin_stats_to_dict"]
+__all__ = [
+    "RELIABILITY_JSON",
+    "ReliabilityDiagram",
+    "TemperatureScaling",
+    "bin_stats_from_dict",
+    "bin_stats_to_dict",
+    "log_figure",
+]

@@ -39,7 +39,7 @@ def test_groups_hold_the_options_of_the_design() -> None:
         ["none", "constant", "linear", "cosine", "exponential", "step", "two_stage"]
     )
     assert _options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "fsdp", "fsdp_cpu", "gpu", "slurm"]
-    assert _options("logger") == ["csv", "none", "tensorboard"]
+    assert _options("logger") == ["csv", "many", "mlflow", "none", "tensorboard", "wandb"]
     assert {"digits", "synthetic"} <= set(_options("data"))
     assert {"mlp", "cnn"} <= set(_options("model"))
     assert _options("label_smoothing/prior") == ["class_frequency", "fixed", "online", "uniform"]

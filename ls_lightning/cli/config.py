@@ -1,8 +1,9 @@
 """Structured configs (schemas) of the Hydra app and the range checks run on a composed config before training.
 
-The YAML files in ``ls_lightning/conf`` extend these dataclasses through their defaults lists (``- cosine_schema``),
-so OmegaConf type-checks every value when the config is composed. Ranges (ε ∈ [0, 1], epochs ≥ 1, ...) are declared
-next to each field and checked by :func:`validate_config` once the config is complete.
+The YAML files in ``ls_lightning/conf`` extend these dataclasses through their defaults lists
+(``- /schedule_cosine_schema@_here_``), so OmegaConf type-checks every value when the config is composed. Ranges
+(ε ∈ [0, 1], epochs ≥ 1, ...) are declared next to each field and checked by :func:`validate_config` once the config
+is complete.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
+from ls_lightning.cli.loggers import register_resolvers
 
 # OmegaConf 2.3 reads annotations at run time and does not understand ``X | None``: the dataclasses below use
 # ``Optional`` on purpose (hence the UP045 exemption).
@@ -354,33 +356,38 @@ class TrainConfig:
     optimized_metric: Optional[str] = None
 
 
-_SCHEMAS: dict[tuple[str | None, str], type] = {
-    (None, "train_schema"): TrainConfig,
-    ("data", "digits_schema"): DigitsDataConfig,
-    ("data", "breast_cancer_schema"): BreastCancerDataConfig,
-    ("data", "synthetic_schema"): SyntheticDataConfig,
-    ("data", "text_schema"): TextDataConfig,
-    ("model", "mlp_schema"): MLPConfig,
-    ("model", "cnn_schema"): CNNConfig,
-    ("model", "transformer_schema"): TransformerConfig,
-    ("label_smoothing/schedule", "none_schema"): NoneScheduleConfig,
-    ("label_smoothing/schedule", "constant_schema"): ConstantScheduleConfig,
-    ("label_smoothing/schedule", "linear_schema"): LinearScheduleConfig,
-    ("label_smoothing/schedule", "cosine_schema"): CosineScheduleConfig,
-    ("label_smoothing/schedule", "exponential_schema"): ExponentialScheduleConfig,
-    ("label_smoothing/schedule", "step_schema"): StepScheduleConfig,
-    ("label_smoothing/schedule", "two_stage_schema"): TwoStageScheduleConfig,
-    ("label_smoothing/prior", "prior_schema"): PriorConfig,
-    ("trainer", "trainer_schema"): TrainerConfig,
-    ("paths", "paths_schema"): PathsConfig,
+# Root-level names (no group): a schema stored as an option of its group (``data/digits_schema``) would be listed
+# among the valid options when a group option is mistyped. A YAML file extends one with ``- /<name>@_here_``.
+_SCHEMAS: dict[str, type] = {
+    "train_schema": TrainConfig,
+    "data_digits_schema": DigitsDataConfig,
+    "data_breast_cancer_schema": BreastCancerDataConfig,
+    "data_synthetic_schema": SyntheticDataConfig,
+    "data_text_schema": TextDataConfig,
+    "model_mlp_schema": MLPConfig,
+    "model_cnn_schema": CNNConfig,
+    "model_transformer_schema": TransformerConfig,
+    "schedule_none_schema": NoneScheduleConfig,
+    "schedule_constant_schema": ConstantScheduleConfig,
+    "schedule_linear_schema": LinearScheduleConfig,
+    "schedule_cosine_schema": CosineScheduleConfig,
+    "schedule_exponential_schema": ExponentialScheduleConfig,
+    "schedule_step_schema": StepScheduleConfig,
+    "schedule_two_stage_schema": TwoStageScheduleConfig,
+    "prior_schema": PriorConfig,
+    "trainer_schema": TrainerConfig,
+    "paths_schema": PathsConfig,
 }
 
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore under the names the YAML files extend (idempotent)."""
+    """Store the schemas in Hydra's ConfigStore under the root-level names the YAML files extend, and register the
+    resolver ``${ls_wandb_mode:}`` of ``logger=wandb`` (:func:`ls_lightning.cli.loggers.wandb_mode`); idempotent.
+    """
     store = ConfigStore.instance()
-    for (group, name), node in _SCHEMAS.items():
-        store.store(group=group, name=name, node=node)
+    for name, node in _SCHEMAS.items():
+        store.store(name=name, node=node)
+    register_resolvers()
 
 
 # --- validation --------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from ls_lightning.cli.config import ConfigValueError, register_configs, validate_config
 from ls_lightning.cli.launch import continued_metrics, hydra_job_launch, quiet_rank_overrides
-from ls_lightning.cli.run import build_run, collect_metrics, print_summary, run_main
+from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, print_summary, run_main
 
 if TYPE_CHECKING:
     from ls_lightning.integration.mixin import LabelSmoothingMixin
@@ -50,6 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         with continued_metrics(cfg.paths.output_dir):  # ddp_spawn: the test's CSV logger starts a new file
             run.trainer.test(run.model, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
         metrics.update(collect_metrics(run.trainer, "test"))
+        finish_runs(run.trainer)
     print_summary(metrics, cfg.paths.output_dir)
     return metrics
 

@@ -429,14 +429,17 @@ class ReportResult(NamedTuple):
     table: str
     written: list[Path]
     ranks: str = ""  # the markdown rank table (rank_table)
+    sent: tuple[str, ...] = ()  # where report.png also went: the loggers every job used (MLflow, W&B, TensorBoard)
 
 
-def report(root: str | Path, *, figure: bool = True) -> ReportResult:
+def report(root: str | Path, *, figure: bool = True, loggers: bool = True) -> ReportResult:
     """Write ``report.md``, ``report.csv`` and (with matplotlib) ``report.png`` into the sweep directory ``root``.
 
     Args:
         root: A multirun directory (or a single run's directory).
         figure: Draw ``report.png``; skipped, with a warning, when matplotlib is missing.
+        loggers: Also send the figure, as ``report``, to each MLflow, W&B or TensorBoard logger that every job used,
+            in a run named ``ls-report`` (:func:`ls_lightning.cli.loggers.sweep_loggers` says where).
 
     Returns:
         The jobs read, the settings (jobs grouped over seeds), the markdown summary table, the files written and the
@@ -455,15 +458,22 @@ def report(root: str | Path, *, figure: bool = True) -> ReportResult:
     settings, common = _settings(finished)
     columns = _columns_of(jobs)
     written = [root / "report.md", root / "report.csv"]
+    sent: list[str] = []
     if figure and settings and _has_matplotlib():
         from ls_lightning.metrics.plotting import save_figure
 
-        written.append(save_figure(report_figure(settings), root / "report.png", dpi=110))
+        drawn = report_figure(settings)
+        written.append(save_figure(drawn, root / "report.png", dpi=110))
+        if loggers:
+            from ls_lightning.cli.loggers import send_report_figure, sweep_loggers
+
+            sent = send_report_figure(sweep_loggers(root, [job.path for job in jobs]), drawn)
     elif figure and settings:
         print("ls-report: warning: report.png needs matplotlib: pip install 'ls-lightning[plot]'", file=sys.stderr)
     (root / "report.md").write_text(_markdown_report(root, jobs, settings, common, len(written) > 2))
     _write_csv(root / "report.csv", jobs, root, columns)
-    return ReportResult(jobs, settings, summary_table(settings, columns), written, rank_table(settings, columns))
+    table, ranks = summary_table(settings, columns), rank_table(settings, columns)
+    return ReportResult(jobs, settings, table, written, ranks, tuple(sent))
 
 
 def _has_matplotlib() -> bool:
@@ -484,6 +494,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("dir", metavar="DIR", type=Path, help="the sweep directory, e.g. multirun/train/<date>/<time>")
     parser.add_argument("--no-figure", action="store_true", help="do not draw report.png")
+    parser.add_argument(
+        "--no-logger",
+        action="store_true",
+        help="do not send report.png to the MLflow, W&B or TensorBoard logger every job used (a run named ls-report)",
+    )
     return parser
 
 
@@ -492,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        result = report(args.dir, figure=not args.no_figure)
+        result = report(args.dir, figure=not args.no_figure, loggers=not args.no_logger)
     except FileNotFoundError as error:
         parser.error(str(error))  # exits 2 with "ls-report: error: ..."
     print(result.table)
@@ -501,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for job in failed:
         print(f"failed: {job.path} ({' '.join(job.overrides)}): {job.error}")
     print("written: " + ", ".join(str(p) for p in result.written))
+    for where in result.sent:
+        print(f"sent report.png to {where}")
     return 1 if failed else 0
 
 

@@ -5,13 +5,18 @@ Lightning is imported only once a config has been composed and validated, so tha
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
+from ls_lightning.cli.loggers import keep_offline
 
 if TYPE_CHECKING:
     import lightning.pytorch as L
@@ -53,10 +58,53 @@ def build_run(cfg: DictConfig) -> Run:
         label_smoothing=schedule(0.0),
     )
     callbacks = _make_all(cfg, "callbacks")
-    trainer = _make(cfg, "trainer", callbacks=callbacks, logger=_make_all(cfg, "logger") or False)
+    # Hydra makes the run directory; train(cfg) called directly may not have it yet, and MLflow's SQLite store in it
+    # would wait for it (MLflow 2 retries the connection for minutes)
+    os.makedirs(cfg.paths.output_dir, exist_ok=True)
+    for node in (cfg.get("logger") or {}).values():
+        if isinstance(node, DictConfig) and node.get("_target_") == "lightning.pytorch.loggers.WandbLogger":
+            keep_offline(node.get("mode"))
+    loggers = _make_all(cfg, "logger")
+    log_through_root()
+    quiet_fresh_csv_dirs(loggers)
+    trainer = _make(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
     if not any(isinstance(c, LabelSmoothing) for c in callbacks):
         rank_zero_warn("No `LabelSmoothing` callback is configured: ε stays at the schedule's start for the whole run.")
     return Run(datamodule, model, trainer, schedule)
+
+
+def log_through_root() -> None:
+    """Send Lightning's log records through the root logger's handlers only, when the root logger has handlers.
+
+    Importing ``lightning`` gives its ``lightning`` logger a console handler of its own, and the records of
+    ``lightning.pytorch`` (imported after Hydra set up the job's logging) also propagate to the root logger, where
+    Hydra's handlers print them again and write them to the job's log file: each INFO line showed twice. Without the
+    package's handler every line is printed once, in Hydra's format, and kept in the job's log file. A process whose
+    root logger has no handler (no Hydra, no ``logging.basicConfig``) keeps Lightning's handler.
+    """
+    if not logging.getLogger().handlers:
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        lightning_logger.removeHandler(handler)
+    lightning_logger.propagate = True
+
+
+def quiet_fresh_csv_dirs(loggers: list[Any]) -> None:
+    """Silence ``CSVLogger``'s "Previous log files in this directory will be deleted" where there is nothing to delete.
+
+    The CSV logger writes ``metrics.csv`` directly into the run directory, where Hydra has already written ``.hydra/``
+    and the job's log file; Lightning warns whenever its directory is not empty, but the only file it deletes is an
+    earlier ``metrics.csv``. With none there (``ls-train`` keeps an earlier one as ``metrics.<k>.csv`` before a fit),
+    the warning is dropped for that directory; with one there (``ls-eval`` in a run directory), it is kept.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+
+    for logger in loggers:
+        if isinstance(logger, CSVLogger) and not os.path.isfile(os.path.join(logger.log_dir, "metrics.csv")):
+            directory = re.escape(os.path.normpath(logger.log_dir))
+            pattern = f"Experiment logs directory {directory}/* exists and is not empty"
+            warnings.filterwarnings("ignore", message=pattern)
 
 
 def _make(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -80,6 +128,21 @@ def _make_all(cfg: DictConfig, group: str) -> list[Any]:
     if not node:
         return []
     return [_make(cfg, f"{group}.{name}") for name, child in node.items() if isinstance(child, DictConfig)]
+
+
+def finish_runs(trainer: L.Trainer) -> None:
+    """End the W&B runs of the trainer's loggers, which Lightning leaves open until the process exits.
+
+    ``train(cfg)`` and ``evaluate(cfg)`` own the loggers they build: a second call in the same process (a notebook,
+    the tests) must start a run of its own, not continue this one, and the offline run's files are complete on return.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
 
 
 def collect_metrics(trainer: L.Trainer, stage: str) -> dict[str, float]:

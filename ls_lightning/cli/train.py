@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from ls_lightning.cli.config import MissingDependencyError, register_configs, validate_config
 from ls_lightning.cli.launch import continued_metrics, hydra_job_launch, keep_earlier_metrics, quiet_rank_overrides
-from ls_lightning.cli.run import build_run, collect_metrics, print_summary, run_main
+from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, print_summary, run_main
 from ls_lightning.cli.search import check_sweeper_plugins
 
 __all__ = ["main", "train"]
@@ -44,6 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with continued_metrics(cfg.paths.output_dir):  # ddp_spawn: the test's CSV logger starts a new file
             run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
         metrics.update(collect_metrics(run.trainer, "test"))
+        finish_runs(run.trainer)
     print_summary(metrics, cfg.paths.output_dir)
     return metrics
 

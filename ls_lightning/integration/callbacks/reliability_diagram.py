@@ -13,12 +13,12 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from ls_lightning.integration.figures import log_figure
 from ls_lightning.integration.mixin import LabelSmoothingMixin
 from ls_lightning.metrics.calibration import BinStats
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-    from matplotlib.figure import Figure
 
 __all__ = ["RELIABILITY_JSON", "ReliabilityDiagram", "bin_stats_from_dict", "bin_stats_to_dict"]
 
@@ -85,14 +85,15 @@ class ReliabilityDiagram(Callback):
     ``BinaryCalibrationError``: the predicted probability of the positive label against the share of positive labels
     in the bin (all label positions pooled); the JSON's ``task`` says which.
 
-    The figure also goes to each :class:`~lightning.pytorch.loggers.TensorBoardLogger` (``add_figure``, tag
-    ``val/reliability_diagram``); other loggers get nothing. No pass over the data is added. Without matplotlib
-    (the ``plot`` extra) a warning is given once and only the JSON is written.
+    The figure also goes to each TensorBoard, MLflow and W&B logger of the trainer, as ``val/reliability_diagram``
+    at the global step (:func:`~ls_lightning.integration.figures.log_figure`); other loggers get nothing. No pass
+    over the data is added. Without matplotlib (the ``plot`` extra) a warning is given once and only the JSON is
+    written.
 
     Args:
         dirpath: Folder of the files; ``None`` uses the trainer's ``log_dir`` (``default_root_dir`` without a logger).
         enabled: ``False`` makes the callback do nothing (lets a config switch it with one flag).
-        log_image: Hand the figure to TensorBoard loggers.
+        log_image: Hand the figure to the trainer's TensorBoard, MLflow and W&B loggers.
         dpi: Resolution of the PNG files.
 
     Raises:
@@ -161,13 +162,4 @@ class ReliabilityDiagram(Callback):
         path = save_figure(figure, folder / "reliability" / f"val_epoch{epoch}.png", dpi=self.dpi)
         shutil.copyfile(path, folder / "reliability_diagram.png")
         if self.log_image:
-            self._log_figure(trainer, figure)
-
-    @staticmethod
-    def _log_figure(trainer: pl.Trainer, figure: Figure) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # close=False: the figure is not pyplot's, and closing it would import pyplot's figure manager
-                logger.experiment.add_figure(_IMAGE_TAG, figure, global_step=trainer.global_step, close=False)
+            log_figure(trainer, _IMAGE_TAG, figure, step=step)
