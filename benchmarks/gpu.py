@@ -7,8 +7,9 @@
    and 4096×128000, float32 and bfloat16; CUDA events, median of interleaved runs.
 4. The fused linear + loss (``linear_label_smoothed_cross_entropy``): correctness against a float64 materialising
    reference, then time and peak extra memory at 8192 × 4096 → 128000 in bfloat16 against materialising the logits
-   (``F.cross_entropy(F.linear(h, W), y, label_smoothing=0.1)``) and, where it is installed, Liger-Kernel's
-   ``LigerFusedLinearCrossEntropyLoss`` with the same ε.
+   (``F.cross_entropy(F.linear(h, W), y, label_smoothing=0.1)``) and, where installed, the peers of ``peers.py``:
+   Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` with the same ε, and cut-cross-entropy (its ``cce`` Triton
+   kernels and its ``torch_compile`` implementation), which has no label smoothing, beside ours at ε = 0.
 
     python benchmarks/gpu.py                 # on a CUDA machine; exits 1 if a correctness check fails
     python benchmarks/gpu.py --device cpu --small   # the same code path checked on the CPU, with small shapes
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import sys
 import time
@@ -32,6 +34,9 @@ from ls_lightning.functional import (
     linear_label_smoothed_cross_entropy,
 )
 from ls_lightning.metrics import BinnedCalibrationError
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # beside this script
 
 EPS = 0.1
 # Tolerances against a float64 reference: float32 accumulates in float32, bfloat16 inputs are exact in float32.
@@ -193,20 +198,6 @@ def linear_correctness(device: torch.device) -> list[str]:
     return failures
 
 
-def _liger(eps: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    loss_fn = LigerFusedLinearCrossEntropyLoss(label_smoothing=eps)
-
-    def call(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = loss_fn(w, h, y)
-        return out[0] if isinstance(out, tuple) else out
-
-    return call
-
-
 def linear_speed(device: torch.device, shape: tuple[int, int, int], dtype: torch.dtype, repeats: int) -> None:
     """Forward + backward (gradients of h and W) of the fused linear loss, materialising, and Liger if installed."""
     n, d, v = shape
@@ -217,11 +208,16 @@ def linear_speed(device: torch.device, shape: tuple[int, int, int], dtype: torch
         "ours": lambda h, w, y: linear_label_smoothed_cross_entropy(h, w, y, EPS).loss,
         "materialising": lambda h, w, y: F.cross_entropy(F.linear(h, w), y, label_smoothing=EPS),
     }
-    liger = _liger(EPS) if device.type == "cuda" else None
+    liger, note = peers.liger(device, EPS)
+    print(f"  {note}")
     if liger is not None:
         variants["liger"] = liger
-    else:
-        print("  (Liger-Kernel: not installed or no CUDA, skipped)")
+    for impl in ("cce", "torch_compile"):  # no label smoothing: beside ours at ε = 0
+        cce, note = peers.cut_cross_entropy(device, impl)
+        print(f"  {note}")
+        if cce is not None:
+            variants["ours ε=0"] = lambda h, w, y: linear_label_smoothed_cross_entropy(h, w, y, 0.0).loss
+            variants[f"cce {impl} ε=0"] = cce
 
     def step(loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         loss(h, w, y).backward()
@@ -241,7 +237,7 @@ def linear_speed(device: torch.device, shape: tuple[int, int, int], dtype: torch
     for name, fn in fns.items():
         t = statistics.median(times[name])
         mem = _peak_extra(fn, device, logits_bytes) - grads_bytes / logits_bytes
-        print(f"  {label:<28} {name:<14} {t:9.2f} ms  {t / ref:5.2f}× materialising  peak extra {mem:6.2f}× logits")
+        print(f"  {label:<28} {name:<22} {t:9.2f} ms  {t / ref:5.2f}× materialising  peak extra {mem:6.2f}× logits")
 
 
 def main() -> int:

@@ -4,11 +4,14 @@
     python benchmarks/linear.py --small      # a quick check of the script itself
     python benchmarks/linear.py --chunk N --min-rows R   # the fused loss's chunk (default: the library's)
 
-Forward + backward in float32 (gradients of the hidden states and the weight), ε = 0.1. Times are medians of
-interleaved runs in one process. Memory is measured in a fresh process per variant: after one warm-up call (which
-compiles where needed), the peak resident set is reset (``/proc/self/clear_refs``), one call is made, and its peak
-(VmHWM) above the resident set before it, less the bytes of the gradients of the hidden states and the weight (which
-any implementation must return), is reported as a multiple of the logits' float32 size.
+Forward + backward in float32 (gradients of the hidden states and the weight), ε = 0.1: ours, the materialised
+``F.cross_entropy(F.linear(h, W), y, label_smoothing=ε)`` eager and compiled and, where installed, the peers of
+``peers.py`` beside them. cut-cross-entropy has no label smoothing: it runs at ε = 0, next to ours at ε = 0, and
+the output says so. Times are medians of interleaved runs in one process. Memory is measured in a fresh process per
+variant: after one warm-up call (which compiles where needed), the peak resident set is reset
+(``/proc/self/clear_refs``), one call is made, and its peak (VmHWM) above the resident set before it, less the bytes
+of the gradients of the hidden states and the weight (which any implementation must return), is reported as a
+multiple of the logits' float32 size.
 """
 
 from __future__ import annotations
@@ -28,14 +31,23 @@ import torch.nn.functional as F
 from ls_lightning.functional import linear_label_smoothed_cross_entropy
 from ls_lightning.losses import linear as _linear
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # beside this script
+
 EPS = 0.1
 SHAPES = [(4096, 512, 32000), (1024, 512, 128000)]  # tokens × hidden → classes
 SMALL_SHAPES = [(512, 64, 4000), (128, 64, 16000)]
 VARIANTS = ("ours", "eager", "compiled")
+# Peers without label smoothing run at ε = 0 beside this variant of ours.
+PEER_VARIANTS = ("ours ε=0", "cut-cross-entropy")
 
 
 def ours(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return linear_label_smoothed_cross_entropy(h, w, y, EPS).loss
+
+
+def ours_no_smoothing(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return linear_label_smoothed_cross_entropy(h, w, y, 0.0).loss
 
 
 def materialising(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -47,6 +59,13 @@ def make(variant: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
         return ours
     if variant == "eager":
         return materialising
+    if variant == "ours ε=0":
+        return ours_no_smoothing
+    if variant == "cut-cross-entropy":
+        loss, note = peers.cut_cross_entropy(torch.device("cpu"))
+        if loss is None:
+            raise RuntimeError(note)
+        return loss
     return torch.compile(lambda h, w, y: F.cross_entropy(F.linear(h, w), y, label_smoothing=EPS))
 
 
@@ -62,13 +81,13 @@ def step(fn: Callable[..., torch.Tensor], h: torch.Tensor, w: torch.Tensor, y: t
     h.grad = w.grad = None
 
 
-def times(n: int, d: int, v: int, repeats: int) -> dict[str, tuple[float, float]]:
+def times(n: int, d: int, v: int, repeats: int, variants: tuple[str, ...]) -> dict[str, tuple[float, float]]:
     """(median, min) ms of forward + backward per variant, interleaved so that drifts in machine speed hit all."""
     h, w, y = inputs(n, d, v)
-    fns = {name: make(name) for name in VARIANTS}
+    fns = {name: make(name) for name in variants}
     for fn in fns.values():  # warm-up (and compilation)
         step(fn, h, w, y)
-    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
@@ -126,22 +145,31 @@ def main() -> None:
         return
     shapes, repeats = (SMALL_SHAPES, 3) if args.small else (SHAPES, args.repeats)
     chunk = f"chunk={_linear.CHUNK_ELEMENTS} logits, ≥ {_linear.MIN_CHUNK_ROWS} rows"
-    print(f"threads={torch.get_num_threads()}  {chunk}  ε={EPS}  float32, fwd+bwd")
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}  {chunk}  float32, fwd+bwd")
     print(f"median of {repeats} interleaved runs; load average {os.getloadavg()[0]:.2f}")
-    header = f"{'tokens×hidden→classes':>22} {'ours ms':>9} {'eager ms':>9} {'compiled ms':>11}"
-    print(f"{header} {'/eager':>7} {'/compiled':>9}   peak extra memory / logits: ours, eager, compiled")
+    variants = VARIANTS
+    peer, note = peers.cut_cross_entropy(torch.device("cpu"))
+    print(f"peer: {note}")
+    if peer is not None:
+        variants += PEER_VARIANTS
+    print(f"peer: {peers.liger(torch.device('cpu'), EPS)[1]} (benchmarks/gpu.py runs it on a GPU)")
+    print(
+        f"{'tokens×hidden→classes':>22} {'variant':<18} {'ε':>4} {'ms':>9} {'/ours':>6} {'/eager':>7}"
+        f" {'/compiled':>9} {'peak extra memory / logits':>27}"
+    )
     for n, d, v in shapes:
-        t = times(n, d, v, repeats)
-        ours_ms, eager_ms, compiled_ms = t["ours"][0], t["eager"][0], t["compiled"][0]
-        mem = (
-            ""
-            if args.no_memory
-            else "  ".join(f"{memory(x, n, d, v, args.chunk, args.min_rows):.2f}" for x in VARIANTS)
-        )
-        print(
-            f"{f'{n}×{d}→{v}':>22} {ours_ms:9.1f} {eager_ms:9.1f} {compiled_ms:11.1f} "
-            f"{ours_ms / eager_ms:7.2f} {ours_ms / compiled_ms:9.2f}   {mem}"
-        )
+        t = times(n, d, v, repeats, variants)
+        for name in variants:
+            ms = t[name][0]
+            mine = t["ours ε=0" if name in PEER_VARIANTS else "ours"][0]
+            mem = "" if args.no_memory else f"{memory(name, n, d, v, args.chunk, args.min_rows):.2f}"
+            eps = 0.0 if name in PEER_VARIANTS else EPS
+            print(
+                f"{f'{n}×{d}→{v}':>22} {name:<18} {eps:4.1f} {ms:9.1f} {ms / mine:6.2f} {ms / t['eager'][0]:7.2f}"
+                f" {ms / t['compiled'][0]:9.2f} {mem:>27}",
+                flush=True,
+            )
+    print("/ours: against ours at the same ε (0.1, or 0 for the peers without label smoothing)")
 
 
 if __name__ == "__main__":

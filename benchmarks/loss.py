@@ -1,9 +1,12 @@
 """Speed and memory of the label-smoothed loss against ``F.cross_entropy(label_smoothing=0.1)``, eager and compiled.
 
 Run ``python benchmarks/loss.py`` (a few minutes on 2 cores, most of it compiling) or ``--quick``; ``--no-compile``
-leaves out the compiled columns. Times are medians of interleaved runs in one process with the default number of
-threads, forward + backward; each function runs once before timing, so compilation is not timed. Compiled means
-``torch.compile(fn, fullgraph=True)`` of ``label_smoothed_cross_entropy`` and of ``F.cross_entropy`` (Inductor).
+leaves out the compiled columns. It first prints the machine (CPU model, cache sizes, PyTorch's CPU capability,
+threads), since the figures depend on it. Times are medians of interleaved runs in one process with the default
+number of threads, forward + backward; each function runs once before timing, so compilation is not timed. Compiled
+means ``torch.compile(fn, fullgraph=True)`` of ``label_smoothed_cross_entropy`` and of ``F.cross_entropy``
+(Inductor). The floor is the memory traffic any loss and gradient must pay: one ``exp`` pass over the logits into a
+logits-sized buffer, then a row sum (``torch.exp(x, out=buf).sum(1)``), timed in the same interleaved runs.
 Memory is the peak resident set (VmHWM) of a fresh subprocess above its baseline after the logits exist; for the
 compiled functions the subprocess compiles and runs once, then resets the peak (``/proc/self/clear_refs``), so the
 figure is the loss's, not the compiler's.
@@ -75,6 +78,50 @@ def _interleaved(fns: list[Callable[[], None]], repeats: int) -> list[tuple[floa
     return [(statistics.median(t), min(t)) for t in times]
 
 
+def _floor(x: torch.Tensor, buf: torch.Tensor) -> None:
+    """The floor: one exp pass over the logits into a logits-sized buffer plus a row sum."""
+    torch.exp(x, out=buf).sum(1)
+
+
+def _cache_sizes() -> str:
+    """ "L1d 48K, L2 2048K, L3 307200K" from sysfs (cpu0), or "unknown" where it is not readable."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    sizes = []
+    try:
+        for index in sorted(os.listdir(root)):
+            if not index.startswith("index"):
+                continue
+            with (
+                open(f"{root}/{index}/level") as f,
+                open(f"{root}/{index}/type") as g,
+                open(f"{root}/{index}/size") as h,
+            ):
+                level, kind, size = f.read().strip(), g.read().strip(), h.read().strip()
+            if kind != "Instruction":
+                sizes.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    except OSError:
+        return "unknown"
+    return ", ".join(sizes) or "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown"
+
+
+def machine() -> str:
+    """One line naming what the figures depend on: CPU, caches, cores, PyTorch, its vector ISA, threads."""
+    return (
+        f"{_cpu_model()}; {os.cpu_count()} logical CPUs; caches (per cpu0 sysfs): {_cache_sizes()}; "
+        f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+    )
+
+
 def _metrics_ours(x: torch.Tensor, y: torch.Tensor, ece: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
     out, stats = label_smoothed_cross_entropy_with_stats(x, y, EPS)
     out.loss.backward()
@@ -128,14 +175,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, skip the 256×128000 shape")
     parser.add_argument("--chunk", type=int, default=None, help="elements per chunk (default: the library's)")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile columns")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved runs per function (15; --quick 5)")
+    parser.add_argument("--shapes", default=None, help="N×C,N×C,... instead of the default shapes (e.g. 4096x10)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory and metrics measurements")
     args = parser.parse_args()
     if args.chunk:
         _fused.CHUNK_ELEMENTS = args.chunk
-    repeats = 5 if args.quick else 15
+    repeats = args.repeats or (5 if args.quick else 15)
     shapes = [s for s in SHAPES if not (args.quick and s == (256, 128000))]
-    print(f"threads={torch.get_num_threads()}  chunk={_fused.CHUNK_ELEMENTS} elements  ε={EPS}")
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.replace("×", "x").split("x")) for s in args.shapes.split(",")]  # type: ignore[misc]
+    print(f"machine: {machine()}")
+    print(f"chunk={_fused.CHUNK_ELEMENTS} elements  ε={EPS}")
     print(f"float32, fwd+bwd, median of {repeats} interleaved runs; load average {os.getloadavg()[0]:.2f}")
     _time_table(shapes, repeats, compiled=not args.no_compile)
+    if args.no_memory:
+        return
     print("peak extra memory / logits at 1024×32000:")
     kinds = ["ours", "torch"] + ([] if args.no_compile else ["ours_compiled", "torch_compiled"])
     print("  " + "  ".join(f"{kind} {_memory(kind, 1024, 32000):.2f}" for kind in kinds))
@@ -143,28 +198,33 @@ def main() -> None:
 
 
 def _time_table(shapes: list[tuple[int, int]], repeats: int, compiled: bool) -> None:
-    """Eager ours / eager torch (ms, ratios of medians and of minima); with ``compiled``, ratios to compiled torch."""
-    head = f"{'shape':>14} {'ours ms':>9} {'torch ms':>9} {'ratio':>7} {'min ratio':>9}"
+    """Per shape: ms of ours, PyTorch and the floor; ours / PyTorch (medians, and minima), ours / floor; with
+    ``compiled``, compiled ours / compiled PyTorch (and eager ours against compiled PyTorch)."""
+    head = f"{'shape':>12} {'ours ms':>8} {'torch ms':>8} {'floor ms':>8} {'ours/torch':>10} {'(min)':>6} {'×floor':>6}"
     if compiled:
-        head += f" {'compiled torch ms':>17} {'ours / c.torch':>14} {'c.ours / c.torch':>16} {'min':>6}"
+        head += f" {'c.ours ms':>9} {'c.torch ms':>10} {'c.ours/c.torch':>14} {'(min)':>6} {'ours/c.torch':>12}"
     print(head)
     for n, c in shapes:
         torch.manual_seed(0)
         x = torch.randn(n, c, requires_grad=True)
         y = torch.randint(0, c, (n,))
+        buf = torch.empty(n, c)
         calls = max(1, _CALLS_PER_SAMPLE_ELEMENTS // (n * c))
         losses = [_loss_ours, _loss_torch]
         if compiled:
             torch._dynamo.reset()  # a fresh compile per shape, as a user with one shape gets
             losses += [torch.compile(_loss_ours, fullgraph=True), torch.compile(_loss_torch, fullgraph=True)]
         fns = [functools.partial(_repeat, functools.partial(_fwd_bwd, loss), x, y, calls) for loss in losses]
-        times = [(t / calls, m / calls) for t, m in _interleaved(fns, repeats)]
-        (ours, ours_min), (ref, ref_min) = times[:2]
-        line = f"{f'{n}×{c}':>14} {ours:9.3f} {ref:9.3f} {ours / ref:7.3f} {ours_min / ref_min:9.3f}"
+        floor = functools.partial(_repeat, _floor, x.detach(), buf, calls)
+        times = [(t / calls, m / calls) for t, m in _interleaved([floor, *fns], repeats)]
+        (fl, _), (ours, ours_min), (ref, ref_min) = times[:3]
+        line = f"{f'{n}×{c}':>12} {ours:8.3f} {ref:8.3f} {fl:8.3f} {ours / ref:10.3f} {ours_min / ref_min:6.3f}"
+        line += f" {ours / fl:6.2f}"
         if compiled:
-            (c_ours, c_ours_min), (c_ref, c_ref_min) = times[2:]
-            line += f" {c_ref:17.3f} {ours / c_ref:14.3f} {c_ours / c_ref:16.3f} {c_ours_min / c_ref_min:6.3f}"
-        print(line)
+            (c_ours, c_ours_min), (c_ref, c_ref_min) = times[3:]
+            line += f" {c_ours:9.3f} {c_ref:10.3f} {c_ours / c_ref:14.3f} {c_ours_min / c_ref_min:6.3f}"
+            line += f" {ours / c_ref:12.3f}"
+        print(line, flush=True)
 
 
 def _compare_metrics(repeats: int) -> None:

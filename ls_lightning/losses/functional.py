@@ -2,10 +2,10 @@
 
 Class-index targets go through the fused one-pass kernel in :mod:`.ops.fused`; probability targets take
 the exact composite path built on ``log_softmax`` (same values, autograd's own gradient). Small inputs without
-weights or prior (at most ``SMALL_ELEMENTS`` logits) take a short ``log_softmax`` path: there, each PyTorch op
-costs microseconds of dispatch whatever its size, and the chunked kernel's extra ops cost more than the memory it
-saves (measured: 64×10 forward + backward 83 µs against the kernel's 226 µs and PyTorch's own 66 µs; the kernel
-wins from about 4096×10).
+weights or prior (at most ``SMALL_ELEMENTS`` logits in at most ``SMALL_ROWS`` rows) take a short ``log_softmax``
+path: there, each PyTorch op costs microseconds of dispatch whatever its size, and the chunked kernel's extra ops
+cost more than the memory it saves (measured at one thread: 64×10 forward + backward 1.21× PyTorch's time against
+the kernel's 2.66×; the kernel wins from about 1024 rows at C = 10 and from 128 rows at C = 1000).
 
 Under ``torch.compile`` class indices take :mod:`.ops.traced`: the same terms written as formulas that
 Inductor fuses into one reduction forward and one pointwise pass backward, with no graph break and nothing read
@@ -28,9 +28,14 @@ from ls_lightning.losses.ops import traced as _traced
 Reduction = Literal["none", "mean", "sum"]
 _REDUCTIONS = ("none", "mean", "sum")
 _PRIOR_TOLERANCE = 1e-4
-# Up to this many logits, the short log_softmax path (a few small ops and three autograd nodes) is faster than the
-# chunked kernel (see the module docstring); its full-size temporaries are at most 128 KiB of float32 here.
-SMALL_ELEMENTS = 1 << 15
+# The short log_softmax path (a few small ops and three autograd nodes) is faster than the chunked kernel for inputs
+# of at most SMALL_ELEMENTS logits in at most SMALL_ROWS rows: its cost grows with the rows (PyTorch's log_softmax
+# costs ~0.2 µs a row at C = 10), the kernel's is ~40 ops of dispatch plus the elements. Measured forward + backward,
+# one thread (the other helpers' load stalls two), ratio to F.cross_entropy, short path / kernel: 64×10 1.21/2.66,
+# 512×100 1.56/1.84, 1024×100 1.36/1.34, 2048×10 1.15/0.75, 4096×10 1.11/0.64, 128×1000 1.42/1.18. Its full-size
+# temporaries are at most 256 KiB of float32.
+SMALL_ELEMENTS = 1 << 16
+SMALL_ROWS = 512
 
 
 class LabelSmoothedCE(NamedTuple):
@@ -173,7 +178,7 @@ def _compute(
         outputs = _composite(x, t, eps, weight, ignore_index, reduction, prior)
     elif torch.compiler.is_compiling():
         outputs = _traced.traced(x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier)
-    elif weight is None and prior is None and x.numel() <= SMALL_ELEMENTS:
+    elif weight is None and prior is None and x.numel() <= SMALL_ELEMENTS and x.numel() <= SMALL_ROWS * x.shape[1]:
         outputs = _small(x, t.long(), eps, ignore_index, reduction, with_stats, brier)
     elif torch.is_grad_enabled() and x.requires_grad:
         outputs = _fused.FusedLabelSmoothedCE.apply(

@@ -16,17 +16,51 @@ Notation, per row i with label y, class weights w (ones without ``weight``) and 
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
 
-# Elements per chunk (16 MiB of float32): bounds the float32 workspace of the paths that need one (no gradient,
-# half precision, (N, C, d1, …) input) and keeps a chunk in the 32 MiB L3 of the 2-core benchmark machine. Measured
-# there (1024×32000, fwd+bwd): speed is flat from 2**18 elements to the whole tensor on a quiet machine, but each
-# chunk costs four OpenMP fork/joins, which stall for a time slice when another process holds a core; 2**22 was
-# about 3× less sensitive to that than 2**20. Sweep with `python benchmarks/loss.py --chunk N`.
-CHUNK_ELEMENTS = 1 << 22
+
+def cache_chunk_elements(fallback: int = 1 << 22) -> int:
+    """Elements per CPU chunk: as many as fit a chunk of float32 logits and its gradient (8 bytes an element) in the
+    last-level cache, read once from sysfs (Linux); ``fallback`` (16 MiB of float32) where it cannot be read.
+
+    What a chunk buys is that the ops after the first read it from cache; what it costs is a few OpenMP fork/joins,
+    each of which stalls for a time slice when another process holds a core. So a chunk should be as large as the
+    cache holds, no smaller: 2**22 with 32 MiB of L3, 2**20 with 8 MiB. Measured with ``python benchmarks/loss.py
+    --chunk N`` (1024×32000, fwd+bwd): on an AMD EPYC with 32 MiB of L3, flat from 2**18 elements to the whole
+    tensor when quiet, 2**22 about 3× less sensitive to load than 2**20; on an Intel Xeon with 300 MiB of L3 (the
+    whole 128 MiB input fits), one chunk took 2.2× the floor (best of 15) against 5.9× for chunks of 2**22 under a
+    load of 6 on its 2 cores.
+    """
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        levels = []
+        for index in os.listdir(root):
+            if index.startswith("index"):
+                with open(f"{root}/{index}/type") as kind, open(f"{root}/{index}/size") as size:
+                    if kind.read().strip() != "Instruction":
+                        levels.append(_parse_size(size.read().strip()))
+    except (OSError, ValueError):
+        return fallback
+    if not levels:
+        return fallback
+    return max(1 << 18, min(1 << 26, max(levels) // 8))
+
+
+def _parse_size(text: str) -> int:
+    """sysfs cache sizes: "48K", "2048K", "300M", "1024" (bytes)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+# Elements per chunk on the CPU (see :func:`cache_chunk_elements`); `python benchmarks/loss.py` prints it.
+CHUNK_ELEMENTS = cache_chunk_elements()
+# Where the pass needs a workspace besides the gradient (no gradient, half precision, (N, C, d1, …) input), a chunk
+# is at most 2**22 elements, so that the workspace stays within 16 MiB of float32 whatever the cache.
+WORKSPACE_ELEMENTS = 1 << 22
 # On an accelerator a chunk costs ~10 kernel launches of a few µs each, and no cache holds it anyway: a
 # 8192×32000 input in CPU-sized chunks would spend longer launching kernels than moving its 1 GiB. There the chunk
 # is 2**26 elements (a 256 MiB float32 workspace at most): 8192×32000 takes four chunks. Not yet measured on a GPU.
@@ -109,9 +143,9 @@ def row_pass(
         x.new_empty(y.numel(), dtype=acc),
         x.new_empty(y.numel(), dtype=acc) if sqnorm else None,
     )
-    budget = CHUNK_ELEMENTS if x.device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
-    per_chunk = max(1, budget // (num_classes * inner))
     direct = grad is not None and inner == 1 and grad.dtype == acc  # the gradient rows serve as workspace
+    budget = CHUNK_ELEMENTS if x.device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
+    per_chunk = max(1, (budget if direct else min(budget, WORKSPACE_ELEMENTS)) // (num_classes * inner))
     ws = None if direct else x.new_empty(min(n, per_chunk) * inner, num_classes, dtype=acc)
     grad3 = None if grad is None else grad.view(x3.shape)
     for n0 in range(0, n, per_chunk):
