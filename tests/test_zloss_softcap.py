@@ -349,7 +349,9 @@ def test_linear_loss_only_cpu_pass_with_z_loss(chunks, kernel, far, prior):
 def test_linear_stats_and_no_gradient(chunks, kernel):
     h, w, b, target = _linear_data((9,))
     with torch.no_grad():
-        out, stats = linear_label_smoothed_cross_entropy_with_stats(h, w, target, EPS, linear_bias=b, z_loss=Z, softcap=2.5)
+        out, stats = linear_label_smoothed_cross_entropy_with_stats(
+            h, w, target, EPS, linear_bias=b, z_loss=Z, softcap=2.5
+        )
     ref = _linear_reference(h.detach(), w.detach(), b.detach(), target, EPS, Z, 2.5)
     torch.testing.assert_close(out.loss, ref[0], rtol=1e-10, atol=1e-10)
     c = _cap(F.linear(h, w, b).detach(), 2.5)

@@ -137,7 +137,7 @@ def _update_metrics(
     for name, value in zip(_LOSS_TERMS, loss, strict=True):
         if name in names:
             (metric[name] if step else metric[name].update)(value.detach(), count)
-    if "z_loss" in names and stats.z_loss is not None:  # per position, 0 and weight 0 where ignored
+    if "z_loss" in names and stats.z_loss is not None and stats.z_loss.numel():  # 0 with weight 0 where ignored
         (metric["z_loss"] if step else metric["z_loss"].update)(stats.z_loss, stats.valid)
     if "perplexity" in names:
         metric["perplexity"].update(loss.h_pq.detach(), count)

@@ -133,9 +133,8 @@ def label_smoothed_cross_entropy(
         >>> torch.allclose(out.loss, 0.9 * out.h_pq + 0.1 * out.h_uq)
         True
     """
-    options = _Options(with_stats=False, z_loss=z_loss, softcap=softcap)
-    result, _ = _compute(input, target, label_smoothing, weight, ignore_index, reduction, prior, options)
-    return result
+    args = (input, target, label_smoothing, weight, ignore_index, reduction, prior, False)
+    return _compute(*args, z_loss=z_loss, softcap=softcap)[0]
 
 
 def label_smoothed_cross_entropy_with_stats(
@@ -164,17 +163,8 @@ def label_smoothed_cross_entropy_with_stats(
         >>> stats.correct.tolist(), stats.valid.tolist(), stats.weight_sum.item()
         ([True, False], [True, False], 1.0)
     """
-    options = _Options(with_stats=True, brier=brier, z_loss=z_loss, softcap=softcap)
-    return _compute(input, target, label_smoothing, weight, ignore_index, reduction, prior, options)
-
-
-class _Options(NamedTuple):
-    """What to compute besides the loss: the statistics (and Brier), the z-loss, the soft-capping."""
-
-    with_stats: bool
-    brier: bool = True
-    z_loss: float = 0.0
-    softcap: float | None = None
+    args = (input, target, label_smoothing, weight, ignore_index, reduction, prior, True, brier)
+    return _compute(*args, z_loss=z_loss, softcap=softcap)
 
 
 def _compute(
@@ -185,7 +175,11 @@ def _compute(
     ignore_index: int,
     reduction: str,
     prior: Tensor | None,
-    options: _Options,
+    with_stats: bool,
+    brier: bool = True,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[LabelSmoothedCE, LossStats]:
     """Validate, add a batch dimension to (C) input, soft-cap, dispatch, and drop that dimension again.
 
@@ -193,9 +187,8 @@ def _compute(
     a pointwise map in front of the loss that autograd differentiates (traced, Inductor fuses it into the loss).
     """
     _check_arguments(input, target, eps, weight, ignore_index, reduction, prior)
-    check_z_loss(options.z_loss)
-    check_softcap(options.softcap)
-    with_stats, brier, z_loss, softcap = options
+    check_z_loss(z_loss)
+    check_softcap(softcap)
     unbatched = input.dim() == 1
     x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
     if softcap is not None:
