@@ -469,8 +469,10 @@ def row_stats(out: Outputs, target: Tensor, prep: Prepared, with_stats: bool) ->
     """confidence, correct, valid, brier, weight_sum and z_loss, float32 where real-valued (all but weight_sum empty
     unless with_stats; brier empty unless the pass kept ‖q‖, z_loss unless there is one)."""
     rows = out.terms.rows
-    no_z = rows.qmax.new_empty(0, dtype=torch.float32)
-    z_rows = no_z if out.z_rows is None or not with_stats else out.z_rows.detach().float()
+    if out.z_rows is None or not with_stats:
+        z_rows = rows.qmax.new_empty(0, dtype=torch.float32)
+    else:
+        z_rows = out.z_rows.detach().float()
     if not with_stats:
         empty = [
             rows.qmax.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)
