@@ -6,6 +6,8 @@ from ls_lightning.losses.functional import (
     Reduction,
     check_label_smoothing,
     check_prior,
+    check_softcap,
+    check_z_loss,
     label_smoothed_cross_entropy,
     label_smoothed_cross_entropy_with_stats,
 )
@@ -20,6 +22,8 @@ __all__ = [
     "Reduction",
     "check_label_smoothing",
     "check_prior",
+    "check_softcap",
+    "check_z_loss",
     "label_smoothed_cross_entropy",
     "label_smoothed_cross_entropy_with_stats",
     "linear_label_smoothed_cross_entropy",

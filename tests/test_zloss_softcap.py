@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from loss_data import logits_and_target as _data
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
-from torch.utils.flop_counter import TorchDispatchMode
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothedCrossEntropy, LabelSmoothingMixin, linear_label_smoothed_cross_entropy
@@ -375,15 +375,16 @@ def test_linear_retain_graph_second_backward(chunks):
         torch.testing.assert_close(c, e)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """The most elements that the memory of any tensor an operator returns while active can hold (views count as
-    the storage they see, so the expanded stand-in of the logits that the argument check uses counts as 1)."""
+class _LargestTensor(TorchFunctionMode):
+    """The most elements that the memory of any tensor a torch function returns while active can hold (views count
+    as the storage they see, so the expanded stand-in of the logits that the argument check uses counts as 1). The
+    losses' kernels, backward included, are Python calls of torch functions, which this mode sees."""
 
     def __init__(self) -> None:
         super().__init__()
         self.largest = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, Tensor):
