@@ -50,6 +50,11 @@ def ours_no_smoothing(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torc
     return linear_label_smoothed_cross_entropy(h, w, y, 0.0).loss
 
 
+def ours_capped(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """With a z-loss and soft-capping (Gemma 2's cap): memory probe only (``--memory-of '["ours-capped", ...]'``)."""
+    return linear_label_smoothed_cross_entropy(h, w, y, EPS, z_loss=1e-4, softcap=30.0).loss
+
+
 def materialising(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(F.linear(h, w), y, label_smoothing=EPS)
 
@@ -57,6 +62,8 @@ def materialising(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Te
 def make(variant: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     if variant == "ours":
         return ours
+    if variant == "ours-capped":
+        return ours_capped
     if variant == "eager":
         return materialising
     if variant == "ours ε=0":

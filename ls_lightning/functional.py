@@ -11,6 +11,8 @@ from ls_lightning.losses.functional import (
     Reduction,
     check_label_smoothing,
     check_prior,
+    check_softcap,
+    check_z_loss,
     label_smoothed_cross_entropy,
     label_smoothed_cross_entropy_with_stats,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "binary_label_smoothed_cross_entropy_with_stats",
     "check_label_smoothing",
     "check_prior",
+    "check_softcap",
+    "check_z_loss",
     "label_smoothed_cross_entropy",
     "label_smoothed_cross_entropy_with_stats",
     "linear_label_smoothed_cross_entropy",

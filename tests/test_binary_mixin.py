@@ -141,6 +141,10 @@ def test_task_is_validated_and_shapes_are_checked():
         Tagger("multilabel", 1).label_smoothed_loss(torch.randn(4), torch.zeros(4))
     with pytest.raises(ValueError, match=r"`target` to hold values in \[0, 1\], but got 2"):
         Tagger("multilabel", 2).label_smoothed_loss(torch.randn(4, 2), torch.full((4, 2), 2))
+    with pytest.raises(ValueError, match=r"z_loss=0.001, softcap=None"):
+        Tagger("binary", 1).label_smoothed_loss(torch.randn(4), torch.zeros(4), z_loss=1e-3)
+    with pytest.raises(ValueError, match=r"z_loss=0.0, softcap=30.0"):
+        Tagger("multilabel", 2).label_smoothed_loss(torch.randn(4, 2), torch.zeros(4, 2), softcap=30.0)
     model = Tagger("binary", 1)
     model.label_smoothing_prior = torch.tensor([0.5, 0.5])
     with pytest.raises(ValueError, match="no label-smoothing prior for task='binary'"):

@@ -415,7 +415,8 @@ def test_ddp_two_processes_equal_one(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_script_runs():
-    """``benchmarks/linear.py --small`` (timings only) runs, and its memory probe returns a number."""
+    """``benchmarks/linear.py --small`` (timings only) runs, and its memory probe returns a number: small, with and
+    without z-loss and soft-capping."""
     import subprocess
     import sys
     from pathlib import Path
@@ -432,6 +433,17 @@ def test_benchmark_script_runs():
         check=True,
     )
     assert float(probe.stdout.strip()) < 10
+    # With a z-loss and soft-capping too, small chunks of 8 MiB of logits: the loss holds chunks, not the logits
+    # (materialising them measures 2-5 here).
+    for variant in ("ours", "ours-capped"):
+        probe_of = ["--memory-of", f'["{variant}", 2048, 16, 1000]', "--chunk", "16000", "--min-rows", "1"]
+        probe = subprocess.run(
+            [sys.executable, str(script), *probe_of],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert float(probe.stdout.strip()) < 0.25, variant
 
 
 def test_compiled_without_gradient_gives_the_stats():

@@ -142,7 +142,8 @@ def test_loss_terms_add_each_batch_weighted_and_reset_drops_them() -> None:
     names = list(metrics.keys())
     for logits, target in batches:
         _update_metrics(metrics, names, *label_smoothed_cross_entropy_with_stats(logits, target, 0.2), step=False)
-    assert all(metrics[name].update_count == 3 for name in names if name != "brier")
+    assert all(metrics[name].update_count == 3 for name in names if name not in ("brier", "z_loss"))
+    assert metrics["z_loss"].update_count == 0  # no z-loss in these calls
 
     logits, target = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     expected = [F.cross_entropy(logits, target, label_smoothing=0.2), F.cross_entropy(logits, target)]

@@ -44,6 +44,8 @@ MetricGroup = Literal["loss", "terms", "acc", "calibration", "perplexity"]
 _STAGE_PREFIX: dict[str, Stage] = {"train": "train", "validate": "val", "test": "test"}
 _STAGES: tuple[Stage, ...] = ("train", "val", "test")
 _LOSS_TERMS = ("loss", "h_pq", "h_uq")
+# Logged on step (training) and epoch: the loss terms and the z-loss's term, the latter only for losses that have one.
+_STEP_KEYS = (*_LOSS_TERMS, "z_loss")
 # The module's step methods: the mixin logs a batch's keys as the outermost step call returns, when the module's own
 # `self.log` calls for the batch are known (and before any batch-end hook reads `trainer.callback_metrics`).
 _STEP_METHODS = ("training_step", "validation_step", "test_step")
@@ -51,7 +53,7 @@ _STEP_METHODS = ("training_step", "validation_step", "test_step")
 # logged for val and test only.
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "loss": ("loss",),
-    "terms": ("h_pq", "h_uq"),
+    "terms": ("h_pq", "h_uq", "z_loss"),  # z_loss: only for a loss called with z_loss > 0
     "acc": ("acc",),
     "calibration": ("ece", "mce", "rmsce", "ece_adaptive", "brier", "overconfidence"),
     "perplexity": ("perplexity",),
@@ -121,7 +123,7 @@ def _check_epsilon(value: Any) -> float:
     return float(value)
 
 
-_TRAIN_KEYS = frozenset(("loss", "h_pq", "h_uq", "acc", "ece", "perplexity"))
+_TRAIN_KEYS = frozenset(("loss", "h_pq", "h_uq", "z_loss", "acc", "ece", "perplexity"))
 # Rows of logits built at a time for the callbacks that need them from the fused linear loss (online prior, TS).
 _LOGIT_CHUNK_ELEMENTS = 1 << 22
 
@@ -142,6 +144,12 @@ def _logit_chunks(
             yield logits.float(), labels.index_select(0, index), torch.ones_like(index, dtype=torch.bool)
 
 
+def _z_values(stats: LossStats | BinaryLossStats) -> Tensor | None:
+    """The per-position z term of a multi-class loss that has one (``z_loss > 0``), else ``None``."""
+    z = stats.z_loss if isinstance(stats, LossStats) else None
+    return z if z is not None and z.numel() else None
+
+
 def _check_gathered(linear_weight: Tensor) -> None:
     """Refuse an output weight still sharded by FSDP2 (a ``DTensor``): the loss would fail deep in a matmul."""
     if not torch.distributed.is_available():
@@ -158,7 +166,7 @@ def _check_gathered(linear_weight: Tensor) -> None:
 
 def _new_metrics(stage: Stage, n_bins: int) -> nn.ModuleDict:
     """One torchmetrics ``Metric`` per key the mixin can log for ``stage``; ``ece`` also serves ``calibration_bins``."""
-    metrics: dict[str, Metric] = {name: WeightedMean() for name in (*_LOSS_TERMS, "acc")}
+    metrics: dict[str, Metric] = {name: WeightedMean() for name in (*_STEP_KEYS, "acc")}
     metrics.update(perplexity=Perplexity(), ece=BinnedCalibrationError(n_bins=n_bins, norm="l1"))
     if stage != "train":
         metrics.update(
@@ -190,6 +198,9 @@ def _update_metrics(
     for name, value in zip(_LOSS_TERMS, loss, strict=True):
         if name in names:
             (metric[name] if step else metric[name].update)(value.detach(), count)
+    z_values = _z_values(stats)
+    if "z_loss" in names and z_values is not None:  # 0 with weight 0 where ignored
+        (metric["z_loss"] if step else metric["z_loss"].update)(z_values, stats.valid)
     if "perplexity" in names:
         metric["perplexity"].update(loss.h_pq.detach(), count)
     if "acc" in names:
@@ -244,7 +255,7 @@ class _LoggingState:
     """The mixin's bookkeeping of logging, one object per module: its fields change every step, and a plain object's
     attributes cost less to set than a module's (``nn.Module.__setattr__`` checks for parameters and submodules)."""
 
-    __slots__ = ("epochs", "logging_own", "padding_checked", "pending", "step_depth", "user_keys")
+    __slots__ = ("epochs", "logging_own", "padding_checked", "pending", "step_depth", "user_keys", "z_loss")
 
     def __init__(self) -> None:
         self.user_keys: set[str] = set()  # keys the module logs itself
@@ -253,6 +264,7 @@ class _LoggingState:
         self.logging_own = False
         self.step_depth = 0
         self.padding_checked: set[str] = set()
+        self.z_loss = False  # the pending batch's loss has a z-loss term: its key is logged
 
 
 class LabelSmoothingMixin:
@@ -262,7 +274,8 @@ class LabelSmoothingMixin:
         L = (1 - \varepsilon)\, H(p, q) + \varepsilon\, H(u, q)
 
     ``label_smoothed_loss`` returns the same value as ``F.cross_entropy(logits, target, label_smoothing=ε)`` and
-    logs, for the trainer's current stage, ``{stage}/loss``, ``{stage}/h_pq``, ``{stage}/h_uq`` (step and epoch
+    logs, for the trainer's current stage, ``{stage}/loss``, ``{stage}/h_pq``, ``{stage}/h_uq`` (and ``{stage}/z_loss``
+    for a loss called with ``z_loss`` > 0: the loss then includes that term) (step and epoch
     during training, epoch otherwise), ``{stage}/acc`` and ``{stage}/ece`` (epoch), and for val and test also
     ``mce``, ``rmsce``, ``ece_adaptive``, ``brier`` and ``overconfidence`` (epoch). Epoch values are torchmetrics
     states weighted by the number of counted positions, so they are exact over all samples of all processes.
@@ -287,7 +300,8 @@ class LabelSmoothingMixin:
         prior: u, a (C,) distribution or a (C, C) matrix whose row y is u(·|y); ``None`` is uniform.
         ignore_index: target value whose positions count in neither the loss nor the metrics.
         n_bins: number of equal-width confidence bins of the expected calibration error.
-        log_metrics: the groups of keys to log, from ``"loss"`` (loss), ``"terms"`` (h_pq, h_uq), ``"acc"``,
+        log_metrics: the groups of keys to log, from ``"loss"`` (loss), ``"terms"`` (h_pq, h_uq, and z_loss for a
+            loss called with ``z_loss`` > 0), ``"acc"``,
             ``"calibration"`` (ece; for val/test also mce, rmsce, ece_adaptive, brier, overconfidence) and
             ``"perplexity"`` (exp of the epoch's H(p,q); off by default).
         log_prefix: put between ``{stage}/`` and each key's name.
@@ -420,23 +434,43 @@ class LabelSmoothingMixin:
             raise TypeError(f"Expected argument `prior` to be a Tensor of shape (C,) or (C, C), but got {prior!r}")
         cast(nn.Module, self).register_buffer("_ls_prior", prior)
 
-    def label_smoothed_loss(self, logits: Tensor, target: Tensor, *, stage: Stage | None = None) -> Tensor:
+    def label_smoothed_loss(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        stage: Stage | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> Tensor:
         """Return the label-smoothed cross-entropy of ``logits`` and log its terms and calibration.
 
         Args:
             logits: (N, C) or (N, C, d1, ...) logits (log-probabilities work as well: the loss is invariant to
-                a per-position shift of the logits). With ``task="binary"``: (N,) or (N, 1); ``"multilabel"``:
-                (N, L) (or (N, L, d1, ...)), one logit per label.
+                a per-position shift of the logits, unless ``z_loss`` or ``softcap`` is set). With ``task="binary"``:
+                (N,) or (N, 1); ``"multilabel"``: (N, L) (or (N, L, d1, ...)), one logit per label.
             target: (N,) or (N, d1, ...) class indices, or class probabilities of the logits' shape. Binary and
                 multi-label: 0/1 labels or soft targets in [0, 1] of the logits' shape ((N,) also for (N, 1)).
             stage: ``"train"``, ``"val"`` or ``"test"``; taken from the trainer when ``None``. Nothing is logged
                 outside a trainer or during the sanity check.
+            z_loss: γ ≥ 0: adds ``γ·logsumexp(c)²`` to the loss (mean over the counted positions), logged as
+                ``{stage}/z_loss`` when > 0.
+            softcap: s > 0 or None: the loss, accuracy and calibration are those of ``c = s·tanh(logits / s)``.
+                Both are multi-class terms (of the softmax's normaliser): binary and multi-label tasks refuse them.
 
         Returns:
             The scalar loss (``reduction="mean"``), with gradient.
+
+        Raises:
+            ValueError: if ``z_loss`` or ``softcap`` is set for a binary or multi-label task.
         """
         stage = self._ls_resolve_stage(stage)
         if self._ls_task != "multiclass":
+            if z_loss or softcap is not None:
+                raise ValueError(
+                    f"Expected `z_loss=0.0` and `softcap=None` with task={self._ls_task!r} (both act on a softmax over"
+                    f" classes), but got z_loss={z_loss!r}, softcap={softcap!r}"
+                )
             return self._ls_binary_loss(logits, target, stage)
         loss, stats = label_smoothed_cross_entropy_with_stats(
             logits,
@@ -445,6 +479,8 @@ class LabelSmoothingMixin:
             ignore_index=self.ls_ignore_index,
             prior=self.label_smoothing_prior,
             brier=stage not in (None, "train"),  # the Brier score is a val/test measure
+            z_loss=z_loss,
+            softcap=softcap,
         )
         if stage is not None:
             self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
@@ -473,6 +509,8 @@ class LabelSmoothingMixin:
         *,
         linear_bias: Tensor | None = None,
         stage: Stage | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
     ) -> Tensor:
         """The loss of the logits ``F.linear(hidden, linear_weight, linear_bias)``, computed without building them.
 
@@ -490,6 +528,8 @@ class LabelSmoothingMixin:
             target: (...) class indices (the mixin's ``ignore_index`` marks padding).
             linear_bias: (V,) bias of the output layer, or ``None``.
             stage: as in :meth:`label_smoothed_loss`.
+            z_loss: as in :meth:`label_smoothed_loss`.
+            softcap: as in :meth:`label_smoothed_loss`; applied to each chunk of logits as it is made.
 
         Returns:
             The scalar loss (``reduction="mean"``), with gradient.
@@ -508,6 +548,8 @@ class LabelSmoothingMixin:
             ignore_index=self.ls_ignore_index,
             prior=self.label_smoothing_prior,
             brier=stage not in (None, "train"),
+            z_loss=z_loss,
+            softcap=softcap,
         )
         if stage is not None:
             self._ls_record(
@@ -561,7 +603,9 @@ class LabelSmoothingMixin:
             return
         stage, fresh = pending
         for name in self._ls_logged_names(stage):
-            on_step = stage == "train" and name in _LOSS_TERMS
+            if name == "z_loss" and not state.z_loss:
+                continue
+            on_step = stage == "train" and name in _STEP_KEYS
             if on_step or name in fresh:
                 prog_bar = name == "loss" if on_step else (name == "acc" and stage == "val")
                 self.ls_log(
@@ -632,6 +676,9 @@ class LabelSmoothingMixin:
         metrics = self._ls_metrics_for(stage, loss.loss.device)
         self._ls_start_epoch(stage, trainer, metrics)
         names = self._ls_logged_names(stage)
+        z_loss = _z_values(stats) is not None
+        if not z_loss:
+            names = [name for name in names if name != "z_loss"]
         # A metric without updates is new to this epoch (Lightning resets the logged ones at the epoch's end): it is
         # handed to `self.log` once, and Lightning computes it at the epoch's end.
         fresh = frozenset(name for name in names if cast(Metric, metrics[name]).update_count == 0)
@@ -639,7 +686,8 @@ class LabelSmoothingMixin:
         state = self._ls_state
         if state.pending is not None and state.pending[0] == stage:  # a second loss in the same step (two heads)
             fresh |= state.pending[1]
-        state.pending = (stage, fresh)
+            z_loss |= state.z_loss
+        state.pending, state.z_loss = (stage, fresh), z_loss
 
     def _ls_logged_names(self, stage: Stage) -> list[str]:
         """Names of the keys the mixin logs for ``stage``: its groups, less those the module logs itself."""

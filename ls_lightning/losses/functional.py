@@ -16,6 +16,7 @@ custom op it would keep at best its eager time (see :mod:`ls_lightning.losses.op
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import torch
@@ -57,6 +58,7 @@ class LossStats(NamedTuple):
     valid: Tensor  # (M,) bool: position is not ignore_index (all True for probability targets)
     brier: Tensor  # (M,) float32: Σ_c (q_c − onehot_c)², onehot of the target class
     weight_sum: Tensor  # 0-d float32: the denominator of reduction="mean"
+    z_loss: Tensor | None = None  # (M,) float32: z_loss·lse² (0 where ignored); empty (or None) without a z-loss
 
 
 def label_smoothed_cross_entropy(
@@ -68,11 +70,18 @@ def label_smoothed_cross_entropy(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     prior: Tensor | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> LabelSmoothedCE:
     r"""Label-smoothed cross-entropy and its two terms, equal to ``F.cross_entropy(..., label_smoothing=ε)``.
 
     .. math::
-        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q), \qquad q = \mathrm{softmax}(\text{input})
+        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q) + \gamma\,\mathrm{lse}(c)^2, \qquad
+        q = \mathrm{softmax}(c), \quad c = s \tanh(\text{input} / s)
+
+    with ``γ = z_loss`` (0 by default) and ``s = softcap`` (None by default: ``c = input``). The z-loss term is
+    reduced like the loss over the counted (not ignored) positions, without class weights: ``mean`` divides it by
+    their number. ``h_pq`` and ``h_uq`` are the two cross-entropies of ``c``, without it.
 
     With class weights ``w``, position i with label y contributes ``H(p,q)_i = w_y (−log q_y)`` and
     ``H(u,q)_i = Σ_c w_c u_c (−log q_c)``, and ``mean`` divides both by Σ w_y over non-ignored positions, as
@@ -99,13 +108,16 @@ def label_smoothed_cross_entropy(
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         prior: Smoothing distribution u: shape (C,), or (C, C) whose row y is u(·|y) (for probability targets
             the row mixture ``p @ prior``). Uniform when None.
+        z_loss: γ ≥ 0, the weight of ``lse(c)²`` (PaLM, OLMo: 1e-4), which keeps the log-partition near 0.
+        softcap: s > 0, or None: the logits are soft-capped to ``s·tanh(input / s)`` (Gemma 2: 30) before the loss.
 
     Returns:
         LabelSmoothedCE ``(loss, h_pq, h_uq)``, each reduced like ``F.cross_entropy``'s result; float32 for
         half-precision input.
 
     Raises:
-        ValueError: If ε is outside [0, 1], a class index is outside [0, C) and not ``ignore_index``, the prior is
+        ValueError: If ε is outside [0, 1], ``z_loss`` is not a finite number ≥ 0, ``softcap`` is not None or a
+            finite number > 0, a class index is outside [0, C) and not ``ignore_index``, the prior is
             not a distribution, shapes do not match, ``weight`` is not (C,), or ``reduction`` is unknown. Checks
             that need tensor values run where reading them is free: on CPU tensors. On an accelerator the class
             indices and prior are checked by an asynchronous device assert (a RuntimeError at the next
@@ -126,8 +138,8 @@ def label_smoothed_cross_entropy(
         >>> torch.allclose(out.loss, 0.9 * out.h_pq + 0.1 * out.h_uq)
         True
     """
-    result, _ = _compute(input, target, label_smoothing, weight, ignore_index, reduction, prior, with_stats=False)
-    return result
+    args = (input, target, label_smoothing, weight, ignore_index, reduction, prior, False)
+    return _compute(*args, z_loss=z_loss, softcap=softcap)[0]
 
 
 def label_smoothed_cross_entropy_with_stats(
@@ -140,11 +152,14 @@ def label_smoothed_cross_entropy_with_stats(
     reduction: Reduction = "mean",
     prior: Tensor | None = None,
     brier: bool = True,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[LabelSmoothedCE, LossStats]:
     """:func:`label_smoothed_cross_entropy` plus per-position :class:`LossStats` from the same pass.
 
     Makes no host synchronisation for accelerator tensors, so it can run every step. ``brier=False`` may leave
-    ``LossStats.brier`` empty where computing it costs a pass of its own.
+    ``LossStats.brier`` empty where computing it costs a pass of its own. With ``softcap`` the statistics are those
+    of ``softmax(c)``; with ``z_loss`` > 0, ``LossStats.z_loss`` holds each position's z-loss term.
 
     Example:
         >>> import torch
@@ -153,7 +168,8 @@ def label_smoothed_cross_entropy_with_stats(
         >>> stats.correct.tolist(), stats.valid.tolist(), stats.weight_sum.item()
         ([True, False], [True, False], 1.0)
     """
-    return _compute(input, target, label_smoothing, weight, ignore_index, reduction, prior, True, brier)
+    args = (input, target, label_smoothing, weight, ignore_index, reduction, prior, True, brier)
+    return _compute(*args, z_loss=z_loss, softcap=softcap)
 
 
 def _compute(
@@ -166,26 +182,35 @@ def _compute(
     prior: Tensor | None,
     with_stats: bool,
     brier: bool = True,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[LabelSmoothedCE, LossStats]:
-    """Validate, add a batch dimension to (C) input, dispatch, and drop that dimension again.
+    """Validate, add a batch dimension to (C) input, soft-cap, dispatch, and drop that dimension again.
 
-    ``brier=False`` may leave ``LossStats.brier`` empty where computing it costs a pass of its own.
+    ``brier=False`` may leave ``LossStats.brier`` empty where computing it costs a pass of its own. Soft-capping is
+    a pointwise map in front of the loss that autograd differentiates (traced, Inductor fuses it into the loss).
     """
     _check_arguments(input, target, eps, weight, ignore_index, reduction, prior)
+    check_z_loss(z_loss)
+    check_softcap(softcap)
     unbatched = input.dim() == 1
     x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
+    if softcap is not None:
+        x = torch.tanh(x / softcap) * softcap
     if t.is_floating_point():
-        outputs = _composite(x, t, eps, weight, ignore_index, reduction, prior)
+        outputs = _composite(x, t, eps, weight, ignore_index, reduction, prior, z_loss)
     elif torch.compiler.is_compiling():
-        outputs = _traced.traced(x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier)
+        outputs = _traced.traced(x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier, z_loss)
     elif weight is None and prior is None and x.numel() <= SMALL_ELEMENTS and x.numel() <= SMALL_ROWS * x.shape[1]:
-        outputs = _small(x, t.long(), eps, ignore_index, reduction, with_stats, brier)
+        outputs = _small(x, t.long(), eps, ignore_index, reduction, with_stats, brier, z_loss)
     elif torch.is_grad_enabled() and x.requires_grad:
         outputs = _fused.FusedLabelSmoothedCE.apply(
-            x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier
+            x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier, z_loss
         )
     else:
-        outputs = _fused_no_grad(x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier)
+        args = (x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier, z_loss)
+        outputs = _fused_no_grad(*args)
     loss, h_pq, h_uq, *stats = outputs
     if unbatched and reduction == "none":
         loss, h_pq, h_uq = loss.squeeze(0), h_pq.squeeze(0), h_uq.squeeze(0)
@@ -202,14 +227,23 @@ def _fused_no_grad(
     reduction: str,
     with_stats: bool,
     brier: bool,
+    z_loss: float,
 ) -> tuple[Tensor, ...]:
     """The fused forward without autograd and without a gradient buffer (validation, inference)."""
-    _, out, stats = _fused.run(x, target, eps, weight, prior, ignore_index, reduction, with_stats, None, brier)
+    args = (x, target, eps, weight, prior, ignore_index, reduction, with_stats, None, brier, z_loss)
+    _, out, stats = _fused.run(*args)
     return (out.loss, out.h_pq, out.h_uq, *stats)
 
 
 def _small(
-    x: Tensor, target: Tensor, eps: float | Tensor, ignore_index: int, reduction: str, with_stats: bool, brier: bool
+    x: Tensor,
+    target: Tensor,
+    eps: float | Tensor,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    brier: bool,
+    z_loss: float,
 ) -> tuple[Tensor, ...]:
     """Few-op path for small inputs (uniform prior, no weights); autograd differentiates it.
 
@@ -242,10 +276,24 @@ def _small(
         h_uq = torch.dot(logp.sum(1).reshape(-1), scale.reshape(-1)) / -num_classes
         if reduction == "mean":
             h_pq = h_pq / denominator
+    loss, z_rows = _add_z_loss(loss, x, valid, z_loss, reduction, with_stats)
     if not with_stats:
         empty = [x.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)]
-        return (loss, h_pq, h_uq, *empty, weight_sum.float())
-    return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), target, keep, weight_sum, brier))
+        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows)
+    return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), target, keep, weight_sum, brier), z_rows)
+
+
+def _add_z_loss(
+    loss: Tensor, x: Tensor, valid: Tensor, z_loss: float, reduction: str, with_stats: bool
+) -> tuple[Tensor, Tensor]:
+    """``loss`` plus its z-loss term (:func:`~ls_lightning.losses.ops.fused.z_loss_term`), and the term per position
+    for the statistics (empty unless ``with_stats``); nothing is computed without a z-loss."""
+    none = x.new_empty(0, dtype=torch.float32)
+    if not z_loss:
+        return loss, none
+    lse = torch.logsumexp(x if x.dtype == valid.dtype else x.to(valid.dtype), 1)
+    rows, term = _fused.z_loss_term(lse.reshape(-1), valid.reshape(-1), z_loss, reduction, lse.shape)
+    return loss + term, rows.detach().float() if with_stats else none
 
 
 def _composite(
@@ -256,6 +304,7 @@ def _composite(
     ignore_index: int,
     reduction: str,
     prior: Tensor | None,
+    z_loss: float = 0.0,
 ) -> tuple[Tensor, ...]:
     """Exact path on ``log_softmax`` (probability targets; traced by torch.compile): autograd differentiates it."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -267,7 +316,8 @@ def _composite(
     shape, denominator = h_pq.shape, _fused.mean_denominator(wsum, reduction)
     h_pq = _fused.reduce(h_pq.reshape(-1), reduction, denominator, shape)
     h_uq = _fused.reduce(h_uq.reshape(-1), reduction, denominator, shape)
-    return ((1 - eps) * h_pq + eps * h_uq, h_pq, h_uq, *_composite_stats(logp.detach(), label, valid, wsum))
+    loss, z_rows = _add_z_loss((1 - eps) * h_pq + eps * h_uq, x, valid.to(acc), z_loss, reduction, True)
+    return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), label, valid, wsum), z_rows)
 
 
 def _class_view(t: Tensor, logp: Tensor) -> Tensor:
@@ -352,6 +402,24 @@ def _check_arguments(
         check_prior(prior, num_classes)
     if not target.is_floating_point():
         _check_class_indices(target, num_classes, ignore_index)
+
+
+def check_z_loss(z_loss: float) -> None:
+    """``z_loss`` a finite number ≥ 0 (its value is not read under ``torch.compile``: that would guard on it)."""
+    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)):
+        raise ValueError(f"Expected argument `z_loss` to be a finite float >= 0, but got {z_loss!r}")
+    if not torch.compiler.is_compiling() and not (math.isfinite(z_loss) and z_loss >= 0):
+        raise ValueError(f"Expected argument `z_loss` to be a finite float >= 0, but got {z_loss!r}")
+
+
+def check_softcap(softcap: float | None) -> None:
+    """``softcap`` None or a finite number > 0 (its value is not read under ``torch.compile``)."""
+    if softcap is None:
+        return
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise ValueError(f"Expected argument `softcap` to be None or a finite float > 0, but got {softcap!r}")
+    if not torch.compiler.is_compiling() and not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"Expected argument `softcap` to be None or a finite float > 0, but got {softcap!r}")
 
 
 def check_label_smoothing(eps: float | Tensor) -> None:

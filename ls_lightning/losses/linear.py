@@ -16,7 +16,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ls_lightning.losses.functional import LabelSmoothedCE, LossStats, Reduction, _check_arguments
+from ls_lightning.losses.functional import (
+    LabelSmoothedCE,
+    LossStats,
+    Reduction,
+    _check_arguments,
+    check_softcap,
+    check_z_loss,
+)
 from ls_lightning.losses.ops import fused as _fused
 
 # Logits per chunk on the CPU (64 MiB of float32; the gradient overwrites its chunk of logits, so that is all the
@@ -91,20 +98,24 @@ def _pass(
     need: tuple[bool, bool, bool],
     stats: tuple[bool, bool] = (False, False),
     uniform: tuple[float, float] | None = None,
+    softcap: float | None = None,
+    z_coef: Tensor | None = None,
 ) -> tuple[list[_fused.Terms], Grads]:
     """Chunk by chunk: logits, the fused pass (with ``coefs``: their gradient), and that gradient's matmuls.
 
-    ``stats`` asks the pass for (argmax, ‖q‖); ``uniform`` is :func:`_fused.uniform_coefficients` of ``coefs``.
-    In float32 and float64 the gradient overwrites its chunk of logits in place (one buffer, not two): the pass
-    then takes its argmax path, which reads each logit before it writes the softmax over it, and z_y is read first.
+    ``stats`` asks the pass for (argmax, ‖q‖); ``uniform`` is :func:`_fused.uniform_coefficients` of ``coefs``;
+    ``z_coef`` the z-loss's per-row coefficient (:func:`_fused.z_coefficient`). In float32 and float64 the gradient
+    overwrites its chunk of logits in place (one buffer, not two): the pass then takes its argmax path, which reads
+    each logit before it writes the softmax over it, and z_y is read first. With ``softcap`` each chunk of logits
+    is capped in place, and its gradient gets a buffer of its own: the chain rule's ``1 − (c/s)²`` needs ``c``.
     """
     m, num_classes = h.shape[0], w.shape[0]
     acc = prep.valid.dtype
     rows = min(max(m, 1), chunk_rows(num_classes, h.device))
     logits = h.new_empty(rows, num_classes)
-    in_place = coefs is not None and h.dtype == acc
+    in_place = coefs is not None and h.dtype == acc and softcap is None
     grad = logits if in_place else None if coefs is None else h.new_empty(rows, num_classes, dtype=acc)
-    narrow = None if grad is None or in_place else h.new_empty(rows, num_classes)  # half: g in the matmul dtype
+    narrow = None if grad is None or h.dtype == acc else h.new_empty(rows, num_classes)  # half: g in matmul dtype
     sums = _Accumulator(h, w, b, need if coefs is not None else (False, False, False), acc)
     fast = _prior_projection(w, b, prep.smoothing) if in_place and not any(stats) and h.device.type == "cpu" else None
     terms = []
@@ -112,18 +123,23 @@ def _pass(
         r = slice(r0, min(m, r0 + rows))
         hc, n, y = h[r], r.stop - r0, prep.y[r]
         lc = torch.mm(hc, w.t(), out=logits[:n]) if b is None else torch.addmm(b, hc, w.t(), out=logits[:n])
+        if softcap is not None:  # c = s·tanh(z/s)
+            lc.div_(softcap).tanh_().mul_(softcap)
         z_y = lc.gather(1, y.unsqueeze(1))  # (n, 1), read before the pass may overwrite the logits
         gc = None if grad is None else grad[:n]
         chunk_coefs = None if coefs is None else (coefs[0][r], coefs[1][r], coefs[2][r])
+        chunk_z = None if z_coef is None else z_coef[r]
         if fast is not None and chunk_coefs is not None:
-            row_stats = _loss_pass(lc, hc, w, b, y, z_y, fast, prep.smoothing, chunk_coefs, uniform)
+            row_stats = _loss_pass(lc, hc, w, b, y, z_y, fast, prep.smoothing, chunk_coefs, uniform, chunk_z)
         else:
             argmax, sqnorm = stats[0] or in_place, stats[1]
-            row_stats = _fused.row_pass(lc, y, prep.smoothing, chunk_coefs, gc, argmax, sqnorm, uniform)
+            row_stats = _fused.row_pass(lc, y, prep.smoothing, chunk_coefs, gc, argmax, sqnorm, uniform, chunk_z)
         # row_terms reads z_y from its first argument at the rows' labels: here the (n, 1) column, label 0
         part = _fused.Prepared(torch.zeros_like(y), prep.valid[r], prep.wy[r], prep.total[r], prep.smoothing)
         terms.append(_fused.row_terms(z_y, part, row_stats))
         if gc is not None:
+            if softcap is not None:  # dc/dz = 1 − tanh²(z/s) = 1 − (c/s)²
+                gc.addcmul_(gc, lc.div_(softcap).square_(), value=-1.0)
             sums.add(gc if narrow is None else narrow[:n].copy_(gc), gc, hc, w, r)
     return terms, sums.result(w, b)
 
@@ -151,6 +167,7 @@ def _loss_pass(
     smoothing: _fused.Smoothing,
     coefs: tuple[Tensor, Tensor, Tensor],
     uniform: tuple[float, float] | None,
+    z_coef: Tensor | None = None,
 ) -> _fused.RowStats:
     """The loss alone, on the CPU, in place: the chunk's logits become its gradient in three passes, not six.
 
@@ -170,10 +187,13 @@ def _loss_pass(
         torch.softmax(block, 1, out=block)
         torch.gather(block, 1, label.unsqueeze(1), out=q_y[s].unsqueeze(1))
         if bool((q_y[s] >= tiny).all()):
+            if z_coef is not None:  # the z-loss's 2γ·lse·q, lse = z_y − log q_y
+                block_coefs = (block_coefs[0] + z_coef[s] * (top[s] - q_y[s].log()), *block_coefs[1:])
             _fused._chunk_grad(block, label, smoothing, block_coefs, uniform)
             continue
         torch.mm(hc[s], w.t(), out=block) if b is None else torch.addmm(b, hc[s], w.t(), out=block)
-        rows = _fused.row_pass(block, label, smoothing, block_coefs, block, True, False, uniform)
+        zc = None if z_coef is None else z_coef[s]
+        rows = _fused.row_pass(block, label, smoothing, block_coefs, block, True, False, uniform, zc)
         q_y[s], top[s], vz[s] = rows.qmax, rows.top, rows.vz
     return _fused.RowStats(q_y, top, None, vz, None)
 
@@ -213,28 +233,36 @@ def forward(
     with_stats: bool,
     brier: bool,
     need: tuple[bool, bool, bool],
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> Forward:
     """Loss, terms and stats of (M, D) hidden states ``h``; with ``need``, d loss / d(h, W, b) in the same pass.
 
     The mean's denominator depends on the labels only: it is computed first and folded into the gradients, so
     backward has nothing to do for ``loss.backward()``. ``reduction="none"`` makes no gradient here (each row's
-    weight in it, grad_output, is known only in backward).
+    weight in it, grad_output, is known only in backward). ``z_loss`` and ``softcap`` as in the public function.
     """
     with torch.autocast(h.device.type, enabled=False):
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         prep = _fused.prepare(h.new_empty(0, w.shape[0], dtype=acc), target, weight, prior, ignore_index)
         weight_sum = prep.wy.sum()
         denominator = _fused.mean_denominator(weight_sum, reduction)
-        coefs, uniform = None, None
+        coefs, uniform, z_coef = None, None, None
         if any(need) and reduction != "none":
             scale = None if denominator is None else denominator.reciprocal()
             coefs = _fused.forward_coefficients(prep, eps, scale)
-            uniform = _fused.uniform_coefficients(h, prep, coefs)
-        parts, grads = _pass(h, w, b, prep, coefs, need, (with_stats, with_stats and brier), uniform)
+            z_coef = _fused.z_coefficient(prep, z_loss, reduction) if z_loss else None
+            uniform = _fused.uniform_coefficients(h, prep, coefs) if z_coef is None else None
+        stats = (with_stats, with_stats and brier)
+        parts, grads = _pass(h, w, b, prep, coefs, need, stats, uniform, softcap, z_coef)
         terms = _concat(parts)
         h_pq = _fused.reduce(terms.h_pq, reduction, denominator, target.shape)
         h_uq = _fused.reduce(terms.h_uq, reduction, denominator, target.shape)
-        out = _fused.Outputs(_fused.combine(h_pq, h_uq, eps), h_pq, h_uq, weight_sum, denominator, terms)
+        loss, z_rows = _fused.combine(h_pq, h_uq, eps), None
+        if z_loss:
+            z_rows, z_term = _fused.z_loss_term(terms.lse, prep.valid, z_loss, reduction, target.shape)
+            loss = loss + z_term
+        out = _fused.Outputs(loss, h_pq, h_uq, weight_sum, denominator, terms, z_rows)
         return Forward(out, prep, grads, _fused.row_stats(out, target, prep, with_stats))
 
 
@@ -247,8 +275,11 @@ def recompute(
     norm: Tensor | None,
     g_out: tuple[Tensor | None, Tensor | None, Tensor | None],
     need: tuple[bool, bool, bool],
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> Grads:
-    """Gradients of g·loss + g_pq·h_pq + g_uq·h_uq = α·H(p,q) + β·H(u,q) from a second pass (logits remade)."""
+    """Gradients of g·loss + g_pq·h_pq + g_uq·h_uq = α·H(p,q) + β·H(u,q) (+ g·z-loss) from a second pass (logits
+    remade)."""
     with torch.autocast(h.device.type, enabled=False):
         g_loss, g_pq, g_uq = g_out
         zero = torch.zeros((), dtype=prep.wy.dtype, device=h.device)
@@ -258,7 +289,9 @@ def recompute(
         if norm is not None:
             alpha, beta = alpha / norm, beta / norm
         alpha, beta = alpha.reshape(-1).to(zero.dtype), beta.reshape(-1).to(zero.dtype)
-        return _pass(h, w, b, prep, _fused.coefficients(prep, alpha, beta), need)[1]
+        z_coef = _fused.z_coefficient(prep, z_loss, "mean" if norm is not None else "sum", g_loss) if z_loss else None
+        coefs = _fused.coefficients(prep, alpha, beta)
+        return _pass(h, w, b, prep, coefs, need, softcap=softcap, z_coef=z_coef)[1]
 
 
 def _scale(grads: Grads, g: Tensor) -> Grads:
@@ -273,8 +306,8 @@ def _scale(grads: Grads, g: Tensor) -> Grads:
 class LinearLabelSmoothedCE(torch.autograd.Function):
     """Autograd wrapper of :func:`forward` (eager): the gradients come from forward, backward scales them.
 
-    Outputs: loss, h_pq, h_uq, then the non-differentiable stats (confidence, correct, valid, brier, weight_sum).
-    A gradient through ``h_pq`` or ``h_uq``, or of ``reduction="none"``, remakes the logits in backward.
+    Outputs: loss, h_pq, h_uq, then the non-differentiable stats (confidence, correct, valid, brier, weight_sum,
+    z_loss). A gradient through ``h_pq`` or ``h_uq``, or of ``reduction="none"``, remakes the logits in backward.
     """
 
     @staticmethod
@@ -291,14 +324,18 @@ class LinearLabelSmoothedCE(torch.autograd.Function):
         reduction: str,
         with_stats: bool,
         brier: bool,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
     ) -> tuple[Tensor, ...]:
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b is not None and ctx.needs_input_grad[2])
-        fwd = forward(h, w, b, target, eps, weight, prior, ignore_index, reduction, with_stats, brier, need)
+        args = (h, w, b, target, eps, weight, prior, ignore_index, reduction, with_stats, brier, need)
+        fwd = forward(*args, z_loss, softcap)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(*fwd.stats)
         ctx.save_for_backward(h, w, b)
         ctx.grads = fwd.grads if reduction != "none" else None
         ctx.prep, ctx.eps, ctx.norm, ctx.need = fwd.prep, eps, fwd.out.denominator, need
+        ctx.z_loss, ctx.softcap = z_loss, softcap
         return (fwd.out.loss, fwd.out.h_pq, fwd.out.h_uq, *fwd.stats)
 
     @staticmethod
@@ -306,13 +343,14 @@ class LinearLabelSmoothedCE(torch.autograd.Function):
     def backward(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: Tensor | None, *_: Any) -> tuple:
         grads, ctx.grads = ctx.grads, None  # handed out once; a second backward (retain_graph) recomputes
         if g_loss is None and g_pq is None and g_uq is None:
-            return (None,) * 11
+            return (None,) * 13
         if grads is not None and g_pq is None and g_uq is None and g_loss is not None:
             grads = _scale(grads, g_loss)
         else:
             h, w, b = ctx.saved_tensors
-            grads = recompute(h, w, b, ctx.prep, ctx.eps, ctx.norm, (g_loss, g_pq, g_uq), ctx.need)
-        return (*grads, *(None,) * 8)
+            g_out = (g_loss, g_pq, g_uq)
+            grads = recompute(h, w, b, ctx.prep, ctx.eps, ctx.norm, g_out, ctx.need, ctx.z_loss, ctx.softcap)
+        return (*grads, *(None,) * 10)
 
 
 # ------------------------------------------------------------------------------------------ torch.compile: custom op
@@ -336,12 +374,14 @@ def _linear_ce(
     need_h: bool,
     need_w: bool,
     need_b: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """loss, h_pq, h_uq, dh, dW, db (empty where not made), confidence, correct, valid, brier, weight_sum."""
+    z_loss: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """loss, h_pq, h_uq, dh, dW, db (empty where not made), confidence, correct, valid, brier, weight_sum, z_loss."""
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     need = (need_h, need_w, need_b and b is not None) if reduction != "none" else (False, False, False)
     e = eps.to(device=h.device, dtype=acc)
-    fwd = forward(h, w, b, target, e, weight, prior, ignore_index, reduction, with_stats, brier, need)
+    fwd = forward(h, w, b, target, e, weight, prior, ignore_index, reduction, with_stats, brier, need, z_loss, softcap)
     grads = tuple(h.new_empty(_EMPTY) if g is None else g for g in fwd.grads)
     return (fwd.out.loss, fwd.out.h_pq, fwd.out.h_uq, *grads, *fwd.stats)  # type: ignore[return-value]
 
@@ -362,6 +402,8 @@ def _linear_ce_fake(
     need_h: bool,
     need_w: bool,
     need_b: bool,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Tensor, ...]:
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     shape = target.shape if reduction == "none" else ()
@@ -377,6 +419,7 @@ def _linear_ce_fake(
         h.new_empty(m, dtype=torch.bool),
         h.new_empty(m if brier else 0, dtype=torch.float32),
         h.new_empty((), dtype=torch.float32),
+        h.new_empty(m if z_loss else 0, dtype=torch.float32),
     )
 
 
@@ -400,6 +443,8 @@ def _linear_ce_backward(
     need_h: bool,
     need_w: bool,
     need_b: bool,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """dh, dW, db: the forward's gradients times grad_output, or a second pass when h_pq, h_uq or rows need it.
 
@@ -416,7 +461,8 @@ def _linear_ce_backward(
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         prep = _fused.prepare(h.new_empty(0, w.shape[0], dtype=acc), target, weight, prior, ignore_index)
         norm = _fused.mean_denominator(prep.wy.sum(), reduction)
-        grads = recompute(h, w, b, prep, eps.to(device=h.device, dtype=acc), norm, (g_loss, g_pq, g_uq), need)
+        e = eps.to(device=h.device, dtype=acc)
+        grads = recompute(h, w, b, prep, e, norm, (g_loss, g_pq, g_uq), need, z_loss, softcap)
     return tuple(h.new_empty(_EMPTY) if g is None else g for g in grads)  # type: ignore[return-value]
 
 
@@ -440,6 +486,8 @@ def _linear_ce_backward_fake(
     need_h: bool,
     need_w: bool,
     need_b: bool,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Tensor, ...]:
     return (
         h.new_empty(h.shape if need_h else _EMPTY),
@@ -449,18 +497,16 @@ def _linear_ce_backward_fake(
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    h, w, b, target, eps, weight, prior, ignore_index, reduction, _, _, need_h, need_w, need_b = inputs
+    h, w, b, target, eps, weight, prior, ignore_index, reduction, _, _, need_h, need_w, need_b, z_loss, softcap = inputs
     ctx.save_for_backward(*output[3:6], h, w, b, target, eps, weight, prior)
-    ctx.args = (ignore_index, reduction, need_h, need_w, need_b and b is not None)
+    ctx.args = (ignore_index, reduction, need_h, need_w, need_b and b is not None, z_loss, softcap)
 
 
 def _backward(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: Tensor | None, *_: Any) -> tuple:
-    ignore_index, reduction, need_h, need_w, need_b = ctx.args
+    need_h, need_w, need_b = ctx.args[2:5]
     saved = ctx.saved_tensors
-    dh, dw, db = torch.ops.ls_lightning.linear_ce_backward(
-        *saved[:3], g_loss, g_pq, g_uq, *saved[3:], ignore_index, reduction, need_h, need_w, need_b
-    )
-    return (dh if need_h else None, dw if need_w else None, db if need_b else None, *(None,) * 11)
+    dh, dw, db = torch.ops.ls_lightning.linear_ce_backward(*saved[:3], g_loss, g_pq, g_uq, *saved[3:], *ctx.args)
+    return (dh if need_h else None, dw if need_w else None, db if need_b else None, *(None,) * 13)
 
 
 _linear_ce.register_autograd(_backward, setup_context=_setup_context)
@@ -478,13 +524,16 @@ def _compiled(
     reduction: str,
     with_stats: bool,
     brier: bool,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[Tensor, ...]:
-    """The custom op for traced code; ε enters as a 0-d tensor, so no guard is put on its value."""
+    """The custom op for traced code; ε enters as a 0-d tensor, so no guard is put on its value (``z_loss`` and
+    ``softcap`` enter as numbers: the graph specialises on them, as on any float argument)."""
     grad = torch.is_grad_enabled()
     need = (grad and h.requires_grad, grad and w.requires_grad, grad and b is not None and b.requires_grad)
     e = eps.reshape(()).to(torch.float64) if isinstance(eps, Tensor) else h.new_ones((), dtype=torch.float64) * eps
     out = torch.ops.ls_lightning.linear_ce(
-        h, w, b, target, e, weight, prior, ignore_index, reduction, with_stats, brier, *need
+        h, w, b, target, e, weight, prior, ignore_index, reduction, with_stats, brier, *need, z_loss, softcap
     )
     return (*out[:3], *(s.detach() for s in out[6:]))
 
@@ -503,11 +552,19 @@ def linear_label_smoothed_cross_entropy(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     prior: Tensor | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> LabelSmoothedCE:
     r"""Label-smoothed cross-entropy of the logits ``F.linear(input, linear_weight, linear_bias)``, never built whole.
 
     .. math::
-        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q), \qquad q = \mathrm{softmax}(h W^\top + b)
+        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q) + \gamma\,\mathrm{lse}(c)^2, \qquad
+        q = \mathrm{softmax}(c), \quad c = s \tanh((h W^\top + b) / s)
+
+    with ``γ = z_loss`` and ``s = softcap`` (by default 0 and None: ``c = h W^T + b``), as in
+    :func:`~ls_lightning.functional.label_smoothed_cross_entropy`. Both are applied to each chunk of logits as it is
+    made, so they build nothing of the logits' size either (soft-capping holds a second chunk-sized buffer: the
+    gradient of the capped logits, next to the capped logits that its chain rule reads).
 
     Equal in value and in the gradients of ``input``, ``linear_weight`` and ``linear_bias`` to
     ``label_smoothed_cross_entropy(F.linear(input, linear_weight, linear_bias).reshape(-1, V), target.reshape(-1),
@@ -536,6 +593,8 @@ def linear_label_smoothed_cross_entropy(
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         prior: Smoothing distribution u: (V,), or (V, V) whose row y is u(·|y). A (V, V) prior holds V² numbers
             and is refused above ``MAX_MATRIX_PRIOR_CLASSES`` (16384) classes.
+        z_loss: γ ≥ 0, the weight of ``lse(c)²`` (PaLM, OLMo: 1e-4).
+        softcap: s > 0 or None: cap the logits to ``s·tanh(z / s)`` (Gemma 2: 30).
 
     Returns:
         LabelSmoothedCE ``(loss, h_pq, h_uq)``, reduced like ``F.cross_entropy``'s result; float32 for half precision.
@@ -562,7 +621,7 @@ def linear_label_smoothed_cross_entropy(
         True
     """
     args = (input, linear_weight, target, label_smoothing, linear_bias, weight, ignore_index, reduction, prior)
-    return _linear_compute(*args)[0]
+    return _linear_compute(*args, z_loss=z_loss, softcap=softcap)[0]
 
 
 def linear_label_smoothed_cross_entropy_with_stats(
@@ -577,12 +636,15 @@ def linear_label_smoothed_cross_entropy_with_stats(
     reduction: Reduction = "mean",
     prior: Tensor | None = None,
     brier: bool = True,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[LabelSmoothedCE, LossStats]:
     """:func:`linear_label_smoothed_cross_entropy` plus per-position :class:`~ls_lightning.functional.LossStats`.
 
     The statistics (confidence, correctness, Brier score per position) come from the same chunked pass; nothing of
     the logits' size is kept. Positions are those of ``target.reshape(-1)``. ``brier=False`` leaves the Brier
-    values empty and saves computing ‖q‖.
+    values empty and saves computing ‖q‖. With ``softcap`` the statistics are those of the capped logits; with
+    ``z_loss`` > 0, ``LossStats.z_loss`` holds each position's z-loss term.
 
     Example:
         >>> import torch
@@ -591,9 +653,8 @@ def linear_label_smoothed_cross_entropy_with_stats(
         >>> stats.correct.tolist(), stats.valid.tolist(), stats.weight_sum.item()
         ([True, False], [True, False], 1.0)
     """
-    return _linear_compute(
-        input, linear_weight, target, label_smoothing, linear_bias, weight, ignore_index, reduction, prior, True, brier
-    )
+    args = (input, linear_weight, target, label_smoothing, linear_bias, weight, ignore_index, reduction, prior)
+    return _linear_compute(*args, True, brier, z_loss=z_loss, softcap=softcap)
 
 
 def _linear_compute(
@@ -608,6 +669,9 @@ def _linear_compute(
     prior: Tensor | None = None,
     with_stats: bool = False,
     brier: bool = True,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[LabelSmoothedCE, LossStats]:
     """Validate, flatten the positions, and dispatch: eager autograd Function, no-grad pass, or the custom op.
 
@@ -616,14 +680,16 @@ def _linear_compute(
     """
     h, w, b = _autocast(input, linear_weight, linear_bias)
     _check_arguments_linear(h, w, b, target, eps, weight, ignore_index, reduction, prior)
+    check_z_loss(z_loss)
+    check_softcap(softcap)
     h2, t = h.reshape(-1, h.shape[-1]), target.long()
     args = (h2, w, b, t, eps, weight, prior, ignore_index, reduction, with_stats, brier)
     if torch.compiler.is_compiling():
-        outputs = _compiled(*args)
+        outputs = _compiled(*args, z_loss, softcap)
     elif torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h2, w, b)):
-        outputs = LinearLabelSmoothedCE.apply(*args)
+        outputs = LinearLabelSmoothedCE.apply(*args, z_loss, softcap)
     else:
-        fwd = forward(*args, need=(False, False, False))
+        fwd = forward(*args, need=(False, False, False), z_loss=z_loss, softcap=softcap)
         outputs = (fwd.out.loss, fwd.out.h_pq, fwd.out.h_uq, *fwd.stats)
     loss, h_pq, h_uq, *stats = outputs
     return LabelSmoothedCE(loss, h_pq, h_uq), LossStats(*stats)

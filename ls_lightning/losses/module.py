@@ -11,6 +11,8 @@ from ls_lightning.losses.functional import (
     Reduction,
     check_label_smoothing,
     check_prior,
+    check_softcap,
+    check_z_loss,
     label_smoothed_cross_entropy,
 )
 
@@ -21,7 +23,10 @@ class LabelSmoothedCrossEntropy(nn.Module):
     r"""Label-smoothed cross-entropy returning the loss and both of its terms.
 
     .. math::
-        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q)
+        L = (1 - \varepsilon)\,H(p, q) + \varepsilon\,H(u, q) + \gamma\,\mathrm{lse}(c)^2, \qquad
+        c = s \tanh(\text{input} / s)
+
+    (``γ = z_loss``, ``s = softcap``; by default no z-loss and ``c = input``).
 
     ``label_smoothing`` reads and writes a float, so a callback can change it between steps; the module keeps it
     in a 0-d tensor as well, which is what ``forward`` passes on: under ``torch.compile`` a new ε is then new data,
@@ -34,9 +39,12 @@ class LabelSmoothedCrossEntropy(nn.Module):
         ignore_index: Target value whose positions contribute nothing.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         prior: Smoothing distribution, shape (C,) or (C, C) (row y is u(·|y)); uniform when None.
+        z_loss: γ ≥ 0, the weight of the z-loss ``lse(c)²`` (PaLM, OLMo: 1e-4).
+        softcap: s > 0 or None: cap the logits to ``s·tanh(input / s)`` first (Gemma 2: 30).
 
     Raises:
-        ValueError: If ε is outside [0, 1], ``reduction`` is unknown, or ``prior`` is not a distribution.
+        ValueError: If ε is outside [0, 1], ``reduction`` is unknown, ``prior`` is not a distribution, ``z_loss``
+            is not a finite number ≥ 0, or ``softcap`` is neither None nor a finite number > 0.
 
     Shape:
         As :func:`~ls_lightning.functional.label_smoothed_cross_entropy`.
@@ -61,6 +69,8 @@ class LabelSmoothedCrossEntropy(nn.Module):
         ignore_index: int = -100,
         reduction: Reduction = "mean",
         prior: Tensor | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
         # float64: a float32 copy of ε would differ from the float that F.cross_entropy gets in float64 tests
@@ -69,6 +79,10 @@ class LabelSmoothedCrossEntropy(nn.Module):
             raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
         if prior is not None:
             check_prior(prior)
+        check_z_loss(z_loss)
+        check_softcap(softcap)
+        self.z_loss = float(z_loss)
+        self.softcap = None if softcap is None else float(softcap)
         self.label_smoothing = label_smoothing
         self.ignore_index = ignore_index
         self.reduction: Reduction = reduction
@@ -96,10 +110,17 @@ class LabelSmoothedCrossEntropy(nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             prior=self.prior,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
         )
 
     def extra_repr(self) -> str:
-        return f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        extra = "" if not self.z_loss else f", z_loss={self.z_loss}"
+        extra += "" if self.softcap is None else f", softcap={self.softcap}"
+        return (
+            f"label_smoothing={self.label_smoothing}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+            + extra
+        )
 
 
 class BinaryLabelSmoothedCrossEntropy(nn.Module):

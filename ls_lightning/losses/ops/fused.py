@@ -12,6 +12,9 @@ Notation, per row i with label y, class weights w (ones without ``weight``) and 
 
     \partial_z [\alpha H(p,q)_i + \beta H(u,q)_i]
     = (\alpha w_y + \beta V_i)\,q_i - \alpha w_y\,\delta_y - \beta v_i.
+
+A z-loss ``γ·lse_i²`` (PaLM) adds ``2γ·lse_i·q_i`` to its row's gradient: one more per-row coefficient of q, formed
+from the pass's own row statistics (``lse = top − log qmax``) just before the chunk's gradient is written.
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ def row_pass(
     argmax: bool = False,
     sqnorm: bool = False,
     uniform: tuple[float, float] | None = None,
+    z_coef: Tensor | None = None,
 ) -> RowStats:
     """Read ``x`` once in row chunks; return the row statistics and, given ``grad`` and ``coefs``, fill ``grad``.
 
@@ -131,7 +135,8 @@ def row_pass(
     ignored rows set to a valid class. Rows are (n, d) pairs in that order, as ``target.reshape(-1)``. ``argmax``
     and ``sqnorm`` ask for those statistics (correctness, Brier): PyTorch's max-with-index reduction costs about
     four times its max-only one on CPU, so the loss alone does without it. ``uniform`` gives (a, −b) as numbers
-    when every row has the same (see :func:`uniform_coefficients`).
+    when every row has the same (see :func:`uniform_coefficients`). ``z_coef`` (per row, see :func:`z_coefficient`)
+    adds the z-loss's ``z_coef·lse·q`` to the gradient (``uniform`` must then be None).
     """
     x3, inner = _rows(x)
     n, num_classes = x3.shape[0], x3.shape[1]
@@ -154,7 +159,10 @@ def row_pass(
         work = grad3[n0:n1].squeeze(2) if direct else ws[: (n1 - n0) * inner]  # type: ignore[index]
         normalised = _chunk(_chunk_view(x3, n0, n1), work, y[r], smoothing, out, r)
         if grad3 is not None and coefs is not None:
-            a = coefs[0][r] if normalised else coefs[0][r] * out.qmax[r]  # exp(z − max)·qmax = softmax(z)
+            a = coefs[0][r]
+            if z_coef is not None:  # z-loss: d lse²/dz = 2·lse·q, lse from this chunk's (logit, probability) pair
+                a = a + z_coef[r] * (out.top[r] - out.qmax[r].log())
+            a = a if normalised else a * out.qmax[r]  # exp(z − max)·qmax = softmax(z)
             _chunk_grad(work, y[r], smoothing, (a, coefs[1][r], coefs[2][r]), uniform if normalised else None)
             if not direct:
                 grad3[n0:n1].copy_(work.view(n1 - n0, inner, num_classes).transpose(1, 2))
@@ -309,6 +317,24 @@ class Outputs(NamedTuple):
     weight_sum: Tensor
     denominator: Tensor | None  # of reduction="mean"; None for the others
     terms: Terms
+    z_rows: Tensor | None = None  # z_loss·lse² per row (0 where ignored); None without a z-loss
+
+
+def z_loss_term(lse: Tensor, valid: Tensor, z_loss: float, reduction: str, shape: torch.Size) -> tuple[Tensor, Tensor]:
+    """``z_loss·lse²`` per row (0 where ignored) and reduced like the loss over the counted rows, unweighted: the
+    mean divides by their number (0 when there are none)."""
+    rows = z_loss * lse.square() * valid
+    return rows, reduce(rows, reduction, mean_denominator(valid.sum(), reduction), shape)
+
+
+def z_coefficient(prep: Prepared, z_loss: float, reduction: str, g_loss: Tensor | None = None) -> Tensor:
+    """Per row ``k`` such that the z-loss term adds ``k·lse·q`` to the gradient: 2·z_loss·valid, times grad_output
+    ``g_loss`` (0-d or per row) when given, over the number of counted rows for the mean."""
+    k = prep.valid * (2 * z_loss)
+    if g_loss is not None:
+        k = k * g_loss.reshape(-1).to(k.dtype)
+    denominator = mean_denominator(prep.valid.sum(), reduction)
+    return k if denominator is None else k / denominator
 
 
 def reduce(rows: Tensor, reduction: str, denominator: Tensor | None, shape: torch.Size) -> Tensor:
@@ -336,10 +362,12 @@ def fused_forward(
     with_stats: bool,
     grad: Tensor | None,
     brier: bool = True,
+    z_loss: float = 0.0,
 ) -> Outputs:
     """Loss, both terms and row stats from one pass; writes d loss / dx into ``grad`` when given.
 
-    ``with_stats`` asks for the argmax (correctness) and, with ``brier``, ‖q‖ per row as well.
+    ``with_stats`` asks for the argmax (correctness) and, with ``brier``, ‖q‖ per row as well. ``z_loss`` > 0 adds
+    ``z_loss·lse²`` (see :func:`z_loss_term`) to the loss and its gradient.
 
     The mean's denominator depends on the labels only, so it is folded into the gradient here: backward then has
     nothing to do for the usual ``loss.backward()`` (grad_output 1).
@@ -349,12 +377,17 @@ def fused_forward(
     coefs = None
     if grad is not None:
         coefs = forward_coefficients(prep, eps, None if denominator is None else denominator.reciprocal())
-    uniform = None if coefs is None else uniform_coefficients(x, prep, coefs)
-    rows = row_pass(x, prep.y, prep.smoothing, coefs, grad, with_stats, with_stats and brier, uniform)
+    z_coef = z_coefficient(prep, z_loss, reduction) if z_loss and grad is not None else None
+    uniform = None if coefs is None or z_coef is not None else uniform_coefficients(x, prep, coefs)
+    rows = row_pass(x, prep.y, prep.smoothing, coefs, grad, with_stats, with_stats and brier, uniform, z_coef)
     terms = row_terms(x, prep, rows)
     h_pq = reduce(terms.h_pq, reduction, denominator, target.shape)
     h_uq = reduce(terms.h_uq, reduction, denominator, target.shape)
-    return Outputs(combine(h_pq, h_uq, eps), h_pq, h_uq, weight_sum, denominator, terms)
+    loss = combine(h_pq, h_uq, eps)
+    if not z_loss:
+        return Outputs(loss, h_pq, h_uq, weight_sum, denominator, terms)
+    z_rows, z_term = z_loss_term(terms.lse, prep.valid, z_loss, reduction, target.shape)
+    return Outputs(loss + z_term, h_pq, h_uq, weight_sum, denominator, terms, z_rows)
 
 
 def uniform_coefficients(x: Tensor, prep: Prepared, coefs: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float] | None:
@@ -387,21 +420,23 @@ def run(
     with_stats: bool,
     grad: Tensor | None,
     brier: bool = True,
+    z_loss: float = 0.0,
 ) -> tuple[Prepared, Outputs, tuple[Tensor, ...]]:
     """Prepare the labels, make the pass (filling ``grad`` when given) and return the row stats with it.
 
     ``brier=False`` leaves the Brier values empty and saves the pass computing ‖q‖ (training needs no Brier score).
     """
     prep = prepare(x, target, weight, prior, ignore_index)
-    out = fused_forward(x, target, eps, prep, reduction, with_stats, grad, brier)
+    out = fused_forward(x, target, eps, prep, reduction, with_stats, grad, brier, z_loss)
     return prep, out, row_stats(out, target, prep, with_stats)
 
 
 class FusedLabelSmoothedCE(torch.autograd.Function):
     """Autograd wrapper of :func:`fused_forward`: one gradient buffer, scaled in place by backward.
 
-    Outputs: loss, h_pq, h_uq, then the non-differentiable stats (confidence, correct, valid, brier, weight_sum).
-    A gradient through ``h_pq`` or ``h_uq`` (rare: they are usually logged) recomputes the buffer from the logits.
+    Outputs: loss, h_pq, h_uq, then the non-differentiable stats (confidence, correct, valid, brier, weight_sum,
+    z_loss). A gradient through ``h_pq`` or ``h_uq`` (rare: they are usually logged) recomputes the buffer from the
+    logits.
     """
 
     @staticmethod
@@ -416,13 +451,15 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
         reduction: str,
         with_stats: bool,
         brier: bool,
+        z_loss: float = 0.0,
     ) -> tuple[Tensor, ...]:
         grad = torch.empty(x.shape, dtype=x.dtype, device=x.device) if ctx.needs_input_grad[0] else None
-        prep, out, stats = run(x, target, eps, weight, prior, ignore_index, reduction, with_stats, grad, brier)
+        args = (x, target, eps, weight, prior, ignore_index, reduction, with_stats, grad, brier, z_loss)
+        prep, out, stats = run(*args)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(*stats)
         ctx.save_for_backward(x)
-        ctx.grad, ctx.prep, ctx.eps, ctx.reduction = grad, prep, eps, reduction
+        ctx.grad, ctx.prep, ctx.eps, ctx.reduction, ctx.z_loss = grad, prep, eps, reduction, z_loss
         ctx.norm = out.denominator
         return (out.loss, out.h_pq, out.h_uq, *stats)
 
@@ -430,7 +467,7 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: Tensor | None, *_: Any) -> tuple:
         if not ctx.needs_input_grad[0] or (g_loss is None and g_pq is None and g_uq is None):
-            return (None,) * 9
+            return (None,) * 10
         grad, ctx.grad = ctx.grad, None  # hand the buffer out once; a second backward (retain_graph) recomputes
         if grad is not None and g_pq is None and g_uq is None and g_loss is not None:
             if not _is_cpu_one(g_loss):  # reading a CPU scalar costs no device synchronisation
@@ -439,7 +476,7 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
             if grad is None:
                 grad = torch.empty_like(ctx.saved_tensors[0], memory_format=torch.contiguous_format)
             _recompute_grad(ctx, g_loss, g_pq, g_uq, grad)
-        return (grad, *(None,) * 8)
+        return (grad, *(None,) * 9)
 
 
 def _is_cpu_one(g: Tensor) -> bool:
@@ -458,21 +495,26 @@ def _recompute_grad(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: 
     if ctx.norm is not None:
         alpha, beta = alpha / ctx.norm, beta / ctx.norm
     alpha, beta = alpha.reshape(-1).to(zero.dtype), beta.reshape(-1).to(zero.dtype)
-    row_pass(x, ctx.prep.y, ctx.prep.smoothing, coefficients(ctx.prep, alpha, beta), grad)
+    z_coef = z_coefficient(ctx.prep, ctx.z_loss, ctx.reduction, g_loss) if ctx.z_loss else None
+    row_pass(x, ctx.prep.y, ctx.prep.smoothing, coefficients(ctx.prep, alpha, beta), grad, z_coef=z_coef)
 
 
 def row_stats(out: Outputs, target: Tensor, prep: Prepared, with_stats: bool) -> tuple[Tensor, ...]:
-    """confidence, correct, valid, brier and weight_sum, float32 where real-valued (all empty unless with_stats;
-    brier empty unless the pass kept ‖q‖)."""
+    """confidence, correct, valid, brier, weight_sum and z_loss, float32 where real-valued (all but weight_sum empty
+    unless with_stats; brier empty unless the pass kept ‖q‖, z_loss unless there is one)."""
     rows = out.terms.rows
+    if out.z_rows is None or not with_stats:
+        z_rows = rows.qmax.new_empty(0, dtype=torch.float32)
+    else:
+        z_rows = out.z_rows.detach().float()
     if not with_stats:
         empty = [
             rows.qmax.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)
         ]
-        return (*empty, out.weight_sum.float())
+        return (*empty, out.weight_sum.float(), z_rows)
     if rows.sqnorm is None:
         brier = rows.qmax.new_empty(0, dtype=torch.float32)
     else:
         brier = (rows.sqnorm.square() - 2 * (out.terms.z_y - out.terms.lse).exp() + 1).float()
     correct = cast(Tensor, rows.argmax) == target.reshape(-1)
-    return rows.qmax.float(), correct, prep.valid.bool(), brier, out.weight_sum.float()
+    return rows.qmax.float(), correct, prep.valid.bool(), brier, out.weight_sum.float(), z_rows

@@ -37,7 +37,8 @@ def _class_row(v: Tensor | None, y: Tensor, x: Tensor) -> Tensor | float:
 class _RowTerms(torch.autograd.Function):
     """Per-position H(p,q), H(u,q), lse, top logit and (``with_argmax``, else None) its class, of (N, C, d1, …)
     logits; ``wy`` and ``total`` None mean ``valid``. The argmax comes from the max's own reduction: asked for
-    separately it would cost a pass over the logits of its own."""
+    separately it would cost a pass over the logits of its own. ``lse_grad``: lse is differentiable too (its
+    gradient, q, joins the same pointwise pass), for the z-loss."""
 
     @staticmethod
     def forward(
@@ -49,6 +50,7 @@ class _RowTerms(torch.autograd.Function):
         total: Tensor | None,
         v: Tensor | None,
         with_argmax: bool,
+        lse_grad: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         xf = x.to(valid.dtype)
         if with_argmax:
@@ -66,21 +68,24 @@ class _RowTerms(torch.autograd.Function):
         h_pq = (valid if wy is None else wy) * (lse - z_y)
         h_uq = (valid if total is None else total) * log_sum - valid * v_shifted
         ctx.save_for_backward(x, y, valid, wy, total, v, lse)
-        ctx.mark_non_differentiable(lse, top, *([] if index is None else [index]))
+        ctx.mark_non_differentiable(*([] if lse_grad else [lse]), top, *([] if index is None else [index]))
+        ctx.lse_grad = lse_grad
         return h_pq, h_uq, lse, top, None if index is None else index.squeeze(1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g_pq: Tensor, g_uq: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g_pq: Tensor, g_uq: Tensor, g_lse: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
         x, y, valid, wy, total, v, lse = ctx.saved_tensors
         alpha = g_pq * (valid if wy is None else wy)
         beta = g_uq * valid
         a = alpha + beta * (valid if total is None else total)
+        if ctx.lse_grad:  # d lse / dz = q
+            a = a + g_lse
         q = (x.to(lse.dtype) - lse.unsqueeze(1)).exp()
         classes = torch.arange(x.shape[1], device=x.device).view(1, -1, *([1] * (x.dim() - 2)))
         label = torch.where(classes == y.unsqueeze(1), alpha.unsqueeze(1), 0.0)
         grad = a.unsqueeze(1) * q - beta.unsqueeze(1) * _class_row(v, y, x) - label
-        return grad.to(x.dtype), None, None, None, None, None, None
+        return grad.to(x.dtype), None, None, None, None, None, None, None
 
 
 def traced(
@@ -93,8 +98,11 @@ def traced(
     reduction: str,
     with_stats: bool,
     brier: bool = True,
+    z_loss: float = 0.0,
 ) -> tuple[Tensor, ...]:
-    """loss, h_pq, h_uq and the LossStats fields (empty unless ``with_stats``) of (N, C, d1, …) logits."""
+    """loss, h_pq, h_uq and the LossStats fields (empty unless ``with_stats``) of (N, C, d1, …) logits; ``z_loss``
+    adds ``z_loss·lse²`` (:func:`~ls_lightning.losses.ops.fused.z_loss_term`) to the loss, differentiated through
+    lse."""
     prep = _fused.prepare(x, target, weight, prior, ignore_index)
     shape, v = target.shape, prep.smoothing.v
     h_pq, h_uq, lse, top, argmax = _RowTerms.apply(
@@ -105,6 +113,7 @@ def traced(
         None if prep.total is prep.valid else prep.total.view(shape),
         None if isinstance(v, float) else v,
         with_stats,
+        bool(z_loss),
     )
     weight_sum = prep.wy.sum()
     denominator = _fused.mean_denominator(weight_sum, reduction)
@@ -112,13 +121,18 @@ def traced(
     h_uq = _fused.reduce(h_uq, reduction, denominator, shape)
     e = eps.to(h_pq.dtype) if isinstance(eps, Tensor) else eps
     loss = (1 - e) * h_pq + e * h_uq
+    z_rows = x.new_empty(0, dtype=torch.float32)
+    if z_loss:
+        rows, z_term = _fused.z_loss_term(lse.reshape(-1), prep.valid, z_loss, reduction, shape)
+        loss, z_rows = loss + z_term, rows.detach().float() if with_stats else z_rows
     if not with_stats:
         empty = [x.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)]
-        return (loss, h_pq, h_uq, *empty, weight_sum.float())
+        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows)
+    lse = lse.detach()
     confidence = (top - lse).exp().reshape(-1).float()
     correct = (argmax == target).reshape(-1)
     values = _brier(x.detach(), target, prep, lse) if brier else confidence.new_empty(0)
-    return (loss, h_pq, h_uq, confidence, correct, prep.valid.bool(), values, weight_sum.float())
+    return (loss, h_pq, h_uq, confidence, correct, prep.valid.bool(), values, weight_sum.float(), z_rows)
 
 
 def _brier(x: Tensor, target: Tensor, prep: _fused.Prepared, lse: Tensor) -> Tensor:
