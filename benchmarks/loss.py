@@ -6,7 +6,10 @@ threads), since the figures depend on it. Times are medians of interleaved runs 
 number of threads, forward + backward; each function runs once before timing, so compilation is not timed. Compiled
 means ``torch.compile(fn, fullgraph=True)`` of ``label_smoothed_cross_entropy`` and of ``F.cross_entropy``
 (Inductor). The floor is the memory traffic any loss and gradient must pay: one ``exp`` pass over the logits into a
-logits-sized buffer, then a row sum (``torch.exp(x, out=buf).sum(1)``), timed in the same interleaved runs.
+logits-sized buffer, then a row sum (``torch.exp(x, out=buf).sum(1)``), timed in the same interleaved runs; and the
+fresh floor, the same into a new buffer each call (``torch.exp(x).sum(1)``), as a loss that returns a new gradient
+must allocate one: with glibc's default allocator a large tensor is a fresh ``mmap`` whose pages are zeroed on first
+touch (set ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` to keep freed memory and compare).
 Memory is the peak resident set (VmHWM) of a fresh subprocess above its baseline after the logits exist; for the
 compiled functions the subprocess compiles and runs once, then resets the peak (``/proc/self/clear_refs``), so the
 figure is the loss's, not the compiler's.
@@ -81,6 +84,11 @@ def _interleaved(fns: list[Callable[[], None]], repeats: int) -> list[tuple[floa
 def _floor(x: torch.Tensor, buf: torch.Tensor) -> None:
     """The floor: one exp pass over the logits into a logits-sized buffer plus a row sum."""
     torch.exp(x, out=buf).sum(1)
+
+
+def _fresh_floor(x: torch.Tensor, _buf: torch.Tensor) -> None:
+    """The floor into a new buffer, as a loss that returns a new gradient tensor allocates one each call."""
+    torch.exp(x).sum(1)
 
 
 def _cache_sizes() -> str:
@@ -201,6 +209,7 @@ def _time_table(shapes: list[tuple[int, int]], repeats: int, compiled: bool) -> 
     """Per shape: ms of ours, PyTorch and the floor; ours / PyTorch (medians, and minima), ours / floor; with
     ``compiled``, compiled ours / compiled PyTorch (and eager ours against compiled PyTorch)."""
     head = f"{'shape':>12} {'ours ms':>8} {'torch ms':>8} {'floor ms':>8} {'ours/torch':>10} {'(min)':>6} {'×floor':>6}"
+    head += f" {'×fresh floor':>12}"
     if compiled:
         head += f" {'c.ours ms':>9} {'c.torch ms':>10} {'c.ours/c.torch':>14} {'(min)':>6} {'ours/c.torch':>12}"
     print(head)
@@ -216,12 +225,13 @@ def _time_table(shapes: list[tuple[int, int]], repeats: int, compiled: bool) -> 
             losses += [torch.compile(_loss_ours, fullgraph=True), torch.compile(_loss_torch, fullgraph=True)]
         fns = [functools.partial(_repeat, functools.partial(_fwd_bwd, loss), x, y, calls) for loss in losses]
         floor = functools.partial(_repeat, _floor, x.detach(), buf, calls)
-        times = [(t / calls, m / calls) for t, m in _interleaved([floor, *fns], repeats)]
-        (fl, _), (ours, ours_min), (ref, ref_min) = times[:3]
+        fresh = functools.partial(_repeat, _fresh_floor, x.detach(), buf, calls)
+        times = [(t / calls, m / calls) for t, m in _interleaved([floor, fresh, *fns], repeats)]
+        (fl, _), (fresh_fl, _), (ours, ours_min), (ref, ref_min) = times[:4]
         line = f"{f'{n}×{c}':>12} {ours:8.3f} {ref:8.3f} {fl:8.3f} {ours / ref:10.3f} {ours_min / ref_min:6.3f}"
-        line += f" {ours / fl:6.2f}"
+        line += f" {ours / fl:6.2f} {ours / fresh_fl:12.2f}"
         if compiled:
-            (c_ours, c_ours_min), (c_ref, c_ref_min) = times[3:]
+            (c_ours, c_ours_min), (c_ref, c_ref_min) = times[4:]
             line += f" {c_ours:9.3f} {c_ref:10.3f} {c_ours / c_ref:14.3f} {c_ours_min / c_ref_min:6.3f}"
             line += f" {ours / c_ref:12.3f}"
         print(line, flush=True)
