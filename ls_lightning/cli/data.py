@@ -115,7 +115,26 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"Expected argument `{name}` to be a float in (0, 1), but got {value!r}")
 
 
-class DigitsDataModule(TensorDataModule):
+class _BundledDataModule(TensorDataModule):
+    """A data set bundled with scikit-learn, split into train/val/test by :func:`_stratified_split`."""
+
+    dataset_name = "digits"  # in the message when scikit-learn is missing
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        _check_fractions(val_fraction, test_fraction)
+        _import_sklearn(self.dataset_name)  # fail at construction, before any training starts
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+
+
+class DigitsDataModule(_BundledDataModule):
     """scikit-learn's bundled digits (1797 8×8 images, 10 classes): a fixed, stratified train/val/test split.
 
     Pixels (0 to 16) are divided by 16, giving flat (64,) inputs in [0, 1]. Nothing is downloaded: the data ship
@@ -136,19 +155,6 @@ class DigitsDataModule(TensorDataModule):
     num_features = 64
     num_classes = 10
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        split_seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size, num_workers)
-        _check_fractions(val_fraction, test_fraction)
-        _import_sklearn()  # fail at construction, before any training starts
-        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
         from sklearn.datasets import load_digits
 
@@ -167,7 +173,7 @@ def _import_sklearn(name: str = "digits") -> None:
         ) from None
 
 
-class BreastCancerDataModule(TensorDataModule):
+class BreastCancerDataModule(_BundledDataModule):
     """scikit-learn's bundled breast-cancer set (569 samples, 30 features, binary labels): a fixed, stratified split.
 
     Labels are 1 for benign and 0 for malignant tumours (scikit-learn's coding). The module is a binary task
@@ -190,19 +196,7 @@ class BreastCancerDataModule(TensorDataModule):
     num_features = 30
     num_classes = 1
     task = "binary"
-
-    def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        split_seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size, num_workers)
-        _check_fractions(val_fraction, test_fraction)
-        _import_sklearn("breast-cancer")
-        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+    dataset_name = "breast-cancer"
 
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
         from sklearn.datasets import load_breast_cancer
