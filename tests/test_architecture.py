@@ -308,6 +308,30 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf")
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_a_bad_value_is_reported_before_lightning_is_imported() -> None:
+    """The command line checks a composed config (every range, the schedule's own arguments, ``ckpt_path``) with the
+    schedules alone: a mistake is reported in a second, without waiting for Lightning, torchmetrics or torch."""
+    code = """
+import sys
+from hydra import compose, initialize_config_module
+from ls_lightning.cli.config import ConfigValueError, register_configs, validate_config
+
+register_configs()
+with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+    cfg = compose("eval", overrides=["label_smoothing/schedule=step", "label_smoothing.schedule.values=[0.1]"])
+try:
+    validate_config(cfg, require_ckpt=True)
+except ConfigValueError as error:
+    print(error)
+print(sorted({m.split(".")[0] for m in sys.modules} & {"lightning", "torchmetrics", "torch"}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    message, imported = result.stdout.strip().splitlines()[-2:]
+    assert "label_smoothing.schedule:" in message and "ckpt_path is required" in message, message
+    assert imported == "[]"
+
+
 @pytest.mark.parametrize("script", ["train_main", "eval_main", "report_main"])
 def test_the_command_line_without_its_extra_exits_2_naming_the_install(script: str) -> None:
     code = (
