@@ -19,124 +19,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer, run_once
+from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.schedules import Cosine
 from ls_lightning.train import train
 
 BIN = Path(sys.executable).parent
-STEPS, EVERY = 160, 20  # 4 epochs of 320 / 8 batches; a checkpoint (last.ckpt) every 20 steps and at epoch ends
-RUN = [
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    # only what the comparison needs: the checkpoint and the ε schedule
-    "callbacks=[model_checkpoint,label_smoothing]",
-    f"callbacks.step_checkpoint.every_n_train_steps={EVERY}",
-    "label_smoothing/schedule=cosine",
-    "data=synthetic",
-    "data.num_train=320",
-    "data.num_val=32",
-    "data.num_test=32",
-    "data.batch_size=8",
-    "trainer.max_epochs=4",
-    "trainer.log_every_n_steps=1",
-]
-
-
-def command(run_dir: Path, *extra: str) -> list[str]:
-    return [str(BIN / "ls-train"), *RUN, f"hydra.run.dir={run_dir}", *extra]
-
-
-def environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
-
-
-def ls_train(run_dir: Path, *extra: str) -> None:
-    result = subprocess.run(
-        command(run_dir, *extra), cwd=run_dir.parent, env=environment(), capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-def epsilon_per_step(path: Path) -> dict[int, float]:
-    with open(path, newline="") as file:
-        return {int(r["step"]): float(r["train/epsilon"]) for r in csv.DictReader(file) if r.get("train/epsilon")}
-
-
-def global_step(checkpoint: Path) -> int:
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
-
-
-def kill_after_first_checkpoint(run_dir: Path) -> int:
-    """Start ``ls-train``, SIGKILL it as soon as ``last.ckpt`` exists; return the step the checkpoint holds."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(
-        command(run_dir), cwd=run_dir.parent, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    return global_step(last)  # complete: Lightning writes checkpoints to a temporary file and renames it
-
-
-def _straight_and_killed(root: Path) -> None:
-    ls_train(root / "straight")
-    killed = root / "killed"
-    killed.mkdir()
-    step = kill_after_first_checkpoint(killed)
-    assert 0 < step < STEPS and step % EVERY == 0
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = run_once(tmp_path_factory, "test_resume", _straight_and_killed)
-    return {"root": root, "straight": root / "straight", "killed": root / "killed"}
-
-
-def assert_continues_the_straight_run(resumed: dict[int, float], straight: dict[int, float], start: int) -> None:
-    assert sorted(resumed) == [s for s in sorted(straight) if s >= min(resumed)]
-    assert min(resumed) in (start, start + 1)  # the first step after the checkpoint
-    for step, epsilon in resumed.items():
-        assert epsilon == pytest.approx(straight[step], abs=1e-12), step
-    assert len(set(straight.values())) > STEPS // 2  # the cosine schedule changes ε at (almost) every step
-
-
-@pytest.mark.slow
-def test_killed_run_resumed_from_its_checkpoint_follows_the_uninterrupted_run(runs: dict[str, Path]) -> None:
-    checkpoint = runs["killed"] / "checkpoints" / "last.ckpt"
-    start = global_step(checkpoint)
-    resumed = runs["root"] / "resumed"
-    ls_train(resumed, f"ckpt_path={checkpoint}")  # a new run directory
-    straight = epsilon_per_step(runs["straight"] / "metrics.csv")
-    assert_continues_the_straight_run(epsilon_per_step(resumed / "metrics.csv"), straight, start)
-    assert global_step(resumed / "checkpoints" / "last.ckpt") == global_step(
-        runs["straight"] / "checkpoints" / "last.ckpt"
-    ) == STEPS  # fmt: skip
-
-
-@pytest.mark.slow
-def test_ckpt_path_last_resumes_the_run_in_its_own_directory(runs: dict[str, Path]) -> None:
-    killed = runs["killed"]
-    start = global_step(killed / "checkpoints" / "last.ckpt")
-    had_metrics = (killed / "metrics.csv").exists()  # the CSV logger flushes every 100 steps
-    ls_train(killed, "ckpt_path=last")
-    assert global_step(killed / "checkpoints" / "last.ckpt") == STEPS
-    straight = epsilon_per_step(runs["straight"] / "metrics.csv")
-    assert_continues_the_straight_run(epsilon_per_step(killed / "metrics.csv"), straight, start)
-    # the interrupted run's own rows are kept, not deleted by the new CSV logger
-    assert (killed / "metrics.1.csv").exists() == had_metrics
-
-
-# --- the default config: last.ckpt at every epoch end --------------------------------------------------------------
-
-# the default job (digits, MLP, default callbacks and CSV logger) for 30 epochs, with an ε that changes at every step
+# The default job (digits, MLP, the default callbacks and CSV logger) with an ε that changes at every step; 30 epochs,
+# so that the run is still going when the first epoch-end last.ckpt appears.
 DEFAULT_JOB = [
     "trainer.max_epochs=30",
     "label_smoothing/schedule=cosine",
@@ -147,8 +38,21 @@ DEFAULT_JOB = [
 ]
 
 
+def environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
+
+
+def epsilon_per_step(path: Path) -> dict[int, float]:
+    with open(path, newline="") as file:
+        return {int(r["step"]): float(r["train/epsilon"]) for r in csv.DictReader(file) if r.get("train/epsilon")}
+
+
+def global_step(checkpoint: Path) -> int:
+    return int(load(checkpoint)["global_step"])
+
+
 def start_default_job(run_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "ls_lightning.train", *DEFAULT_JOB, f"hydra.run.dir={run_dir}", *extra]
+    command = [str(BIN / "ls-train"), *DEFAULT_JOB, f"hydra.run.dir={run_dir}", *extra]
     # one thread each: two jobs run side by side, and the small MLP gains nothing from more
     env = {**environment(), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -164,8 +68,11 @@ def load(checkpoint: Path) -> dict:
 
 
 def kill_once_written(process: subprocess.Popen[bytes], path: Path) -> None:
+    """SIGKILL ``process`` as soon as ``path`` exists (complete: Lightning writes a checkpoint to a temporary file
+    and renames it)."""
     try:
-        while not path.exists() and process.poll() is None:
+        deadline = time.monotonic() + 120
+        while not path.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         os.kill(process.pid, signal.SIGKILL)
     finally:
@@ -176,23 +83,30 @@ def kill_once_written(process: subprocess.Popen[bytes], path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_run_killed_after_its_first_epoch_resumes_with_ckpt_path_last(tmp_path: Path) -> None:
+    """``ls-train`` SIGKILLed once its first last.ckpt exists, then run again with ``ckpt_path=last`` in its own
+    directory, reaches the uninterrupted run's last step with the same ε at every step, and keeps the rows the
+    interrupted run had logged. (Resuming from a checkpoint file into a new run directory is tested in process, in
+    test_train.py; when the default callbacks write last.ckpt, here below.)"""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     last = killed / "checkpoints" / "last.ckpt"
     uninterrupted = start_default_job(straight)  # alongside the other two: on 2 cores the test takes half the time
     kill_once_written(start_default_job(killed), last)
     interrupted = load(last)  # written at the end of an early epoch by the epoch-end checkpoint
+    had_metrics = (killed / "metrics.csv").exists()  # the CSV logger flushes every 100 steps
     finish(start_default_job(killed, "ckpt_path=last"))
     finish(uninterrupted)
 
-    final = load(straight / "checkpoints" / "last.ckpt")["global_step"]
+    final = global_step(straight / "checkpoints" / "last.ckpt")
     # a checkpoint of the finished run (e.g. written when training ends) would make the rest prove nothing
     assert 0 < interrupted["global_step"] < final, f"last.ckpt is from epoch {interrupted['epoch']}, the end of the run"
-    assert load(last)["global_step"] == final
+    assert global_step(last) == final
     resumed, expected = epsilon_per_step(killed / "metrics.csv"), epsilon_per_step(straight / "metrics.csv")
     assert sorted(resumed) == [s for s in sorted(expected) if s >= interrupted["global_step"]]
     for step, epsilon in resumed.items():
         assert epsilon == pytest.approx(expected[step], abs=1e-12), step
     assert len(set(resumed.values())) == len(resumed) > 20  # cosine: a different ε at each logged step
+    # the interrupted run's own rows are kept, not deleted by the new CSV logger
+    assert (killed / "metrics.1.csv").exists() == had_metrics
 
 
 # --- callback state in checkpoints, in process -------------------------------------------------------------------
