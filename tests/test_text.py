@@ -1,11 +1,13 @@
-"""The language-model path: the standard-library corpus, the cached BPE tokenizer, token blocks, the Transformer."""
+"""The language-model path: the standard-library corpus, the cached BPE tokenizer, token blocks, the Transformer.
+
+The command line on two processes (``ls-train data=text model=transformer``, then ``ls-eval`` and ``ls-report``) is
+tested in test_fsdp.py, with ``trainer=fsdp_cpu``.
+"""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,6 @@ from trainers import quiet_trainer
 from ls_lightning.cli import text as _text
 from ls_lightning.data import SequencesPerEpochSampler, TextDataModule
 from ls_lightning.models import Transformer
-from ls_lightning.report import main
 
 pytest.importorskip("tokenizers")
 
@@ -252,43 +253,3 @@ def test_fast_dev_run_logs_the_mixin_keys_and_perplexity_on_tokens(cache: Path, 
         h_pq = metrics[f"{stage}/h_pq_epoch" if stage == "train" else f"{stage}/h_pq"]
         torch.testing.assert_close(metrics[f"{stage}/perplexity"], h_pq.exp())
     assert metrics["val/perplexity"] > 1.0
-
-
-def header_and_last(path: Path, key: str) -> tuple[list[str], float]:
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    values = [float(r[key]) for r in rows if r.get(key)]
-    return list(rows[0]), values[-1]
-
-
-@pytest.mark.slow
-def test_ls_train_text_transformer_on_two_cpu_processes(tmp_path: Path) -> None:
-    """DDP training on tokens from the command line; its final val metrics equal a 1-process ls-eval of last.ckpt."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
-    env[_text.CACHE_ENV] = str(tmp_path / "cache")
-    sizes = ["data.vocab_size=300", "data.block_size=16", "data.max_corpus_bytes=30000", "data.batch_size=8"]
-    sizes += ["model.d_model=32", "model.num_heads=2", "model.dim_feedforward=64", "data.val_fraction=0.1"]
-    quiet = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-    common = ["data=text", "model=transformer", *sizes, *quiet]
-    train = [str(BIN / "ls-train"), *common, "trainer=ddp_cpu", "trainer.max_epochs=2"]
-    train += ["data.train_sequences_per_epoch=32", "calibration.temperature_scaling=true", "hydra.run.dir=run"]
-    result = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    # once, with its time (Lightning's INFO lines go through Hydra's console handler, on stdout)
-    assert (result.stdout + result.stderr).count("Trained a byte-level BPE tokenizer of 300 tokens") == 1
-    run = tmp_path / "run"
-    keys, val_h_pq = header_and_last(run / "metrics.csv", "val/h_pq")
-    assert {"train/perplexity", "val/perplexity", "test/perplexity", "val/ece", "test/ece", "val/ece_ts"} <= set(keys)
-    assert (run / "reliability.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
-    table = result.stdout[result.stdout.index("stage") :].splitlines()
-    assert table[0].split() == ["stage", "acc", "ece", "h_pq", "loss", "perplexity"]
-    assert main([str(run)]) == 0  # ls-report on the run
-    assert "val perplexity" in (run / "report.md").read_text() and (run / "report.png").is_file()
-
-    evaluate = [str(BIN / "ls-eval"), *common, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "hydra.run.dir=eval"]
-    evaluate += ["trainer.accelerator=cpu"]
-    result = subprocess.run(evaluate, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Trained a byte" not in result.stdout + result.stderr  # the cached tokenizer
-    _, reference = header_and_last(tmp_path / "eval" / "metrics.csv", "val/h_pq")
-    assert math.isclose(val_h_pq, reference, rel_tol=1e-5)
