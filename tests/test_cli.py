@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -53,8 +55,17 @@ def only_dir(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_ls_train_then_ls_eval_write_only_into_their_run_directories(tmp_path: Path) -> None:
+    """Each writes into its own run directory only, and a first run is quiet: no warning that a log folder will be
+    deleted, each of Lightning's INFO lines once on screen and once in the job's log. (A sweep's directories:
+    test_report.py.)"""
     result = run([str(BIN / "ls-train"), "trainer.max_epochs=2", *QUIET], tmp_path)
     assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "will be deleted" not in output
+    # Lightning's INFO lines, without Hydra's time stamp: each printed once (and kept once in the job's log file)
+    info = [re.sub(r"^\[[^]]*\]", "", line) for line in output.splitlines() if "INFO" in line]
+    assert any("GPU available" in line for line in info) and any("Trainer.fit` stopped" in line for line in info)
+    assert max(Counter(info).values()) == 1, info
     assert [p.name for p in tmp_path.iterdir()] == ["outputs"]
     run_dir = only_dir(tmp_path)
     assert run_dir.parent.parent == tmp_path / "outputs" / "train"  # outputs/train/<date>/<time>
@@ -64,6 +75,8 @@ def test_ls_train_then_ls_eval_write_only_into_their_run_directories(tmp_path: P
     assert table[0].split() == ["stage", "acc", "ece", "h_pq", "loss"]
     assert table[1].split()[0] == "val" and table[2].split()[0] == "test" and "n/a" not in " ".join(table[1:3])
     assert table[3] == f"run directory: {run_dir}"
+    logged = [line for line in (run_dir / "train.log").read_text().splitlines() if "INFO" in line]
+    assert len(logged) == len(info)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -124,19 +137,6 @@ def test_user_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str])
         capsys.readouterr().err
         == 'ls-train: error: The digits data set needs scikit-learn: pip install "ls-lightning[data]"\n'
     )
-
-
-@pytest.mark.slow
-def test_sweep_gives_each_job_its_own_directory(tmp_path: Path) -> None:
-    result = run([str(BIN / "ls-train"), "-m", "seed=0,1", *SMALL], tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["multirun"]
-    (sweep_dir,) = {p.parent for p in tmp_path.rglob("multirun.yaml")}
-    jobs = sorted(p.parent for p in sweep_dir.rglob("metrics.csv"))
-    assert [p.name for p in jobs] == ["0", "1"] and all(p.parent == sweep_dir for p in jobs)
-    for job, seed in zip(jobs, ("0", "1"), strict=True):
-        assert (job / ".hydra" / "overrides.yaml").read_text().count(f"seed={seed}") == 1
-        assert logged_keys(job / "metrics.csv") >= DESIGN_KEYS
 
 
 @pytest.mark.slow

@@ -7,12 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import struct
-import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,19 +341,3 @@ def test_a_mistyped_option_lists_no_schema(group: str, tmp_path: Path) -> None:
     message = str(caught.value)
     assert f"Available options in '{group}'" in message
     assert "_schema" not in message
-
-
-@pytest.mark.slow
-def test_a_fresh_run_warns_of_no_deletion_and_prints_each_info_line_once(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "ls_lightning.train", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "will be deleted" not in output
-    # Lightning's INFO lines, without Hydra's time stamp: each printed once (and kept once in the job's log file)
-    info = [re.sub(r"^\[[^]]*\]", "", line) for line in output.splitlines() if "INFO" in line]
-    assert any("GPU available" in line for line in info) and any("Trainer.fit` stopped" in line for line in info)
-    assert max(Counter(info).values()) == 1, info
-    logged = [line for line in (run_dir / "train.log").read_text().splitlines() if "INFO" in line]
-    assert len(logged) == len(info)

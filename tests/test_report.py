@@ -167,13 +167,32 @@ def _last(path: Path, key: str) -> float:
         return [float(r[key]) for r in csv.DictReader(file) if r.get(key)][-1]
 
 
+DESIGN_KEYS = {"train/epsilon"} | {
+    f"{s}/{k}" for s in ("train", "val", "test") for k in ("loss", "h_pq", "h_uq", "acc", "ece")
+}
+
+
 @pytest.mark.slow
 def test_report_over_a_real_two_job_sweep(tmp_path: Path) -> None:
+    """``ls-train -m`` gives each job its own directory in one sweep directory; ``ls-report`` tables them."""
     small = ["data=synthetic", "data.num_train=128", "data.num_val=64", "data.num_test=64", "trainer.max_epochs=1"]
+    small += ["trainer.log_every_n_steps=1"]
     quiet = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
-    result = _run([str(BIN / "ls-train"), "-m", "label_smoothing/schedule=none,constant", *small, *quiet], tmp_path)
+    choices = ("none", "constant")
+    result = _run(
+        [str(BIN / "ls-train"), "-m", f"label_smoothing/schedule={','.join(choices)}", *small, *quiet], tmp_path
+    )
     assert result.returncode == 0, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["multirun"]
     (sweep,) = {p.parent for p in tmp_path.rglob("multirun.yaml")}
+    jobs = sorted(p.parent for p in sweep.rglob("metrics.csv"))
+    assert [p.name for p in jobs] == ["0", "1"] and all(p.parent == sweep for p in jobs)
+    for job, choice in zip(jobs, choices, strict=True):
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        assert overrides.count(f"label_smoothing/schedule={choice}") == 1, overrides
+        with open(job / "metrics.csv", newline="") as file:
+            logged = {key.removesuffix("_epoch").removesuffix("_step") for key in next(csv.reader(file))}
+        assert logged >= (DESIGN_KEYS - {"train/epsilon"} if choice == "none" else DESIGN_KEYS)  # none: no callback
     result = _run([str(BIN / "ls-report"), str(sweep)], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
