@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -64,10 +65,12 @@ def _validate(tmp_path: Path, devices: int, state: dict[str, Tensor]) -> dict[st
     model = Net()
     model.load_state_dict(state)
     callbacks = [ReliabilityDiagram(dirpath=tmp_path, dpi=40), RecordingTemperatureScaling(str(tmp_path))]
+    assert [type(c) for c in pickle.loads(pickle.dumps(callbacks))] == [type(c) for c in callbacks]  # as ddp_spawn
     trainer = quiet_trainer(
         tmp_path,
         devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
+        # forked, not spawned: the two ranks need not import Lightning again (ddp_spawn: test_ddp.py)
+        strategy="ddp_fork" if devices > 1 else "auto",
         callbacks=callbacks,
     )
     (logged,) = trainer.validate(model, verbose=False)

@@ -219,7 +219,7 @@ def test_a_padding_sampler_in_a_user_loader_warns_once_under_ddp(tmp_path: Path)
     data = Data()
     data.setup()
     loader = DataLoader(data.splits["val"], batch_size=BATCH)  # 7 samples: Lightning pads rank 1 with sample 0
-    _trainer(tmp_path, 2).validate(Net(), loader, verbose=False)
+    _trainer(tmp_path, 2, strategy="ddp_fork").validate(Net(), loader, verbose=False)  # forked: no re-import
     caught = [w for w in _read(tmp_path, "validate")["warnings"] if "pads the data with repeated samples" in w]
     assert len(caught) == 1 and "UnpaddedDistributedSampler" in caught[0]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import lightning as L
 import pytest
@@ -403,7 +404,10 @@ def _ddp_prior(tmp_path, prior: str, data: Dataset, **kwargs) -> list[Tensor]:
         pytest.skip("torch.distributed is not available")
     torch.manual_seed(0)
     model = _Recording(str(tmp_path))
-    trainer = _trainer(tmp_path, [LabelSmoothing(0.1, prior=prior)], strategy="ddp_spawn", devices=2, **kwargs)
+    callback = LabelSmoothing(0.1, prior=prior)
+    assert repr(pickle.loads(pickle.dumps(callback))) == repr(callback)  # as ddp_spawn would send it
+    # forked, not spawned: the two ranks need not import Lightning again (ddp_spawn: test_ddp.py)
+    trainer = _trainer(tmp_path, [callback], strategy="ddp_fork", devices=2, **kwargs)
     trainer.fit(model, _loader(data, shuffle=True))
     return [torch.tensor(json.loads((tmp_path / f"rank{rank}.json").read_text())) for rank in (0, 1)]
 
