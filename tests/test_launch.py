@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_module
 
 from ls_lightning.cli.config import validate_config
 from ls_lightning.cli.launch import env_rank_is_zero, hydra_job_launch, job_argv, keep_earlier_metrics
+from ls_lightning.eval import evaluate
 from ls_lightning.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,12 +118,13 @@ def test_ls_eval_gives_the_same_numbers_on_one_and_two_processes(tmp_path: Path)
         cfg = compose("train", overrides=[*SMALL, f"paths.output_dir={tmp_path / 'train'}", "logger=none"])
     train(cfg)
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
-    values = {}
-    for name, extra in [("one", []), ("two", DDP)]:
-        command = [str(BIN / "ls-eval"), f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / name}", *TINY, *extra]
-        result = run(command, tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        values[name] = last_values(tmp_path / name / "metrics.csv", ("val/", "test/"))
+    # one process: what ls-eval runs, in this process; two: the command with strategy=ddp
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        evaluate(compose("eval", overrides=[f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'one'}", *TINY]))
+    command = [str(BIN / "ls-eval"), f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'two'}", *TINY, *DDP]
+    result = run(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    values = {name: last_values(tmp_path / name / "metrics.csv", ("val/", "test/")) for name in ("one", "two")}
     assert {f"{s}/{k}" for s in ("val", "test") for k in ("loss", "h_pq", "h_uq", "acc", "ece")} <= set(values["one"])
     assert set(values["two"]) == set(values["one"])
     for key, value in values["one"].items():

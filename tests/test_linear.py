@@ -425,7 +425,7 @@ def test_benchmark_script_runs():
     done = subprocess.run(
         [sys.executable, str(script), "--small", "--no-memory"], capture_output=True, text=True, check=True
     )
-    assert "512×64→4000" in done.stdout and "128×64→16000" in done.stdout
+    assert "256×64→8000" in done.stdout
     probe = subprocess.run(
         [sys.executable, str(script), "--memory-of", '["ours", 64, 16, 1000]'],
         capture_output=True,
