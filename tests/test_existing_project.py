@@ -128,15 +128,18 @@ class Record(Callback):
 
 
 def _run(
-    module: L.LightningModule, tmp_path: Path, name: str, test: bool = True, **trainer_args: Any
+    module: L.LightningModule, tmp_path: Path, name: str, test_strategy: str | None = None, **trainer_args: Any
 ) -> dict[str, dict[str, float]]:
+    """fit, then test (with a Trainer of its own when ``test_strategy`` is given); the callback metrics of each."""
     path = tmp_path / f"{name}.json"
     callbacks = [Record(path), *trainer_args.pop("callbacks", [])]
     trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=callbacks, deterministic=True, **trainer_args)
     loaders = _loaders()
     trainer.fit(module, loaders["train"], loaders["val"])
-    if test:
-        trainer.test(module, loaders["test"], verbose=False)
+    if test_strategy is not None:
+        trainer_args["strategy"] = test_strategy
+        trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=callbacks, deterministic=True, **trainer_args)
+    trainer.test(module, loaders["test"], verbose=False)
     return json.loads(path.read_text())
 
 
@@ -148,14 +151,12 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, f
     return json.loads((root / "plain.json").read_text())
 
 
-def _check_own_keys(
-    ours: dict[str, dict[str, float]], plain: dict[str, dict[str, float]], own: tuple[str, ...] = OWN_KEYS
-) -> None:
-    for phase in plain:
-        for key in own:
+def _check_own_keys(ours: dict[str, dict[str, float]], plain: dict[str, dict[str, float]]) -> None:
+    for phase in ("fit", "test"):
+        for key in OWN_KEYS:
             if key in plain[phase]:
                 assert ours[phase][key] == pytest.approx(plain[phase][key], rel=1e-5, abs=1e-6), (phase, key)
-    assert {key for phase in plain.values() for key in phase} >= set(own)
+    assert {key for phase in plain.values() for key in phase} >= set(OWN_KEYS)
 
 
 def test_two_line_change_keeps_the_modules_keys_and_adds_ours(tmp_path: Path, plain_run: dict) -> None:
@@ -208,13 +209,14 @@ def test_callback_only_schedules_the_modules_criterion(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_line_change_under_ddp_spawn(tmp_path: Path) -> None:
-    """fit only: each ``trainer.test`` under ``ddp_spawn`` spawns two more processes, and the test stage reduces as
-    validation does (test_ddp.py compares the test stage on two processes with one)."""
-    ddp = dict(strategy="ddp_spawn", devices=2, use_distributed_sampler=True, test=False)
+    """fit on spawned ranks (the module and the callbacks pickled), then test on two forked ranks: a ``trainer.test``
+    under ``ddp_spawn`` would spawn two more processes, each importing Lightning again."""
+    ddp = dict(strategy="ddp_spawn", devices=2, use_distributed_sampler=True, test_strategy="ddp_fork")
     plain = _run(LitModule(label_smoothing=EPS), tmp_path, "plain_ddp", **ddp)
     ours = _run(SmoothedLitModule(), tmp_path, "ours_ddp", callbacks=[LabelSmoothing(EPS)], **ddp)
-    _check_own_keys(ours, plain, tuple(k for k in OWN_KEYS if not k.startswith("test")))
+    _check_own_keys(ours, plain)
     assert {"train/h_pq", "val/h_pq", "val/ece", "train/epsilon"} <= set(ours["fit"])
+    assert {"test/h_pq", "test/ece"} <= set(ours["test"])
 
 
 def test_log_options_from_hydra() -> None:

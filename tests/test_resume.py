@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ DEFAULT_JOB = [
     "trainer.enable_progress_bar=false",
     "callbacks.progress_bar=null",
     "calibration.diagrams=false",
+    "trainer.log_every_n_steps=1",  # ε at every step
 ]
 
 
@@ -67,46 +69,71 @@ def load(checkpoint: Path) -> dict:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)
 
 
-def kill_once_written(process: subprocess.Popen[bytes], path: Path) -> None:
-    """SIGKILL ``process`` as soon as ``path`` exists (complete: Lightning writes a checkpoint to a temporary file
-    and renames it)."""
+def kill_once_written(*runs: tuple[subprocess.Popen[bytes], Path]) -> None:
+    """SIGKILL each ``(process, path)`` as soon as its ``path`` exists (complete: Lightning writes a checkpoint to a
+    temporary file and renames it), watching all of them at once."""
+    pending = list(runs)
     try:
         deadline = time.monotonic() + 120
-        while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        while pending and time.monotonic() < deadline:
+            for run in list(pending):
+                process, path = run
+                if path.exists() or process.poll() is not None:
+                    os.kill(process.pid, signal.SIGKILL)
+                    pending.remove(run)
             time.sleep(0.005)
-        os.kill(process.pid, signal.SIGKILL)
     finally:
-        process.kill()
-        process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+        for process, _ in runs:
+            process.kill()
+            process.communicate(timeout=60)
+    assert all(p.returncode == -signal.SIGKILL for p, _ in runs), "a run ended before it could be killed"
+
+
+def assert_continues_the_straight_run(resumed: dict[int, float], straight: dict[int, float], start: int) -> None:
+    assert sorted(resumed) == [s for s in sorted(straight) if s >= min(resumed)]
+    assert min(resumed) in (start, start + 1)  # the first step after the checkpoint
+    for step, epsilon in resumed.items():
+        assert epsilon == pytest.approx(straight[step], abs=1e-12), step
+    assert len(set(resumed.values())) == len(resumed) > 20  # cosine: a different ε at each logged step
 
 
 @pytest.mark.slow
-def test_default_run_killed_after_its_first_epoch_resumes_with_ckpt_path_last(tmp_path: Path) -> None:
-    """``ls-train`` SIGKILLed once its first last.ckpt exists, then run again with ``ckpt_path=last`` in its own
-    directory, reaches the uninterrupted run's last step with the same ε at every step, and keeps the rows the
-    interrupted run had logged. (Resuming from a checkpoint file into a new run directory is tested in process, in
-    test_train.py; when the default callbacks write last.ckpt, here below.)"""
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    last = killed / "checkpoints" / "last.ckpt"
-    uninterrupted = start_default_job(straight)  # alongside the other two: on 2 cores the test takes half the time
-    kill_once_written(start_default_job(killed), last)
-    interrupted = load(last)  # written at the end of an early epoch by the epoch-end checkpoint
-    had_metrics = (killed / "metrics.csv").exists()  # the CSV logger flushes every 100 steps
-    finish(start_default_job(killed, "ckpt_path=last"))
-    finish(uninterrupted)
+def test_killed_runs_resume_from_last_or_from_a_checkpoint_file(tmp_path: Path) -> None:
+    """Two runs of the default job are SIGKILLed once their first last.ckpt exists: one at the end of its first
+    epoch (the default callbacks), one in the middle of an epoch (a step checkpoint every 10 steps). The first runs
+    again with ``ckpt_path=last`` in its own directory, the second from a copy of its checkpoint file into a new run
+    directory. Both reach the uninterrupted run's last step with the same ε at every step, and the first keeps the
+    rows the interrupted run had logged. (When the default callbacks write last.ckpt: tested in process, below.)"""
+    straight, at_epoch, mid_epoch, from_file = (tmp_path / n for n in ("straight", "at_epoch", "mid_epoch", "file"))
+    every = 10
+    steps = [f"callbacks.step_checkpoint.every_n_train_steps={every}"]
+    uninterrupted = start_default_job(straight)  # alongside the others: on 2 cores the test takes half the time
+    last_a, last_b = at_epoch / "checkpoints" / "last.ckpt", mid_epoch / "checkpoints" / "last.ckpt"
+    kill_once_written((start_default_job(at_epoch), last_a), (start_default_job(mid_epoch, *steps), last_b))
+    interrupted = load(last_a)  # written at the end of an early epoch by the epoch-end checkpoint
+    had_metrics = (at_epoch / "metrics.csv").exists()  # the CSV logger flushes every 100 steps
+    checkpoint = shutil.copy(last_b, tmp_path / "mid_epoch.ckpt")
+    resumed_runs = [
+        start_default_job(at_epoch, "ckpt_path=last"),
+        start_default_job(from_file, *steps, f"ckpt_path={checkpoint}"),  # a new run directory
+    ]
+    for process in (*resumed_runs, uninterrupted):
+        finish(process)
 
     final = global_step(straight / "checkpoints" / "last.ckpt")
-    # a checkpoint of the finished run (e.g. written when training ends) would make the rest prove nothing
-    assert 0 < interrupted["global_step"] < final, f"last.ckpt is from epoch {interrupted['epoch']}, the end of the run"
-    assert global_step(last) == final
-    resumed, expected = epsilon_per_step(killed / "metrics.csv"), epsilon_per_step(straight / "metrics.csv")
-    assert sorted(resumed) == [s for s in sorted(expected) if s >= interrupted["global_step"]]
-    for step, epsilon in resumed.items():
-        assert epsilon == pytest.approx(expected[step], abs=1e-12), step
-    assert len(set(resumed.values())) == len(resumed) > 20  # cosine: a different ε at each logged step
+    expected = epsilon_per_step(straight / "metrics.csv")
+    # at an epoch's end, resumed in place; a checkpoint of the finished run would make the rest prove nothing
+    start = int(interrupted["global_step"])
+    assert 0 < start < final, f"last.ckpt is from epoch {interrupted['epoch']}, the end of the run"
+    assert global_step(last_a) == final
+    assert_continues_the_straight_run(epsilon_per_step(at_epoch / "metrics.csv"), expected, start)
     # the interrupted run's own rows are kept, not deleted by the new CSV logger
-    assert (killed / "metrics.1.csv").exists() == had_metrics
+    assert (at_epoch / "metrics.1.csv").exists() == had_metrics
+    # in the middle of an epoch, resumed from the file into a new directory
+    start = global_step(checkpoint)
+    assert 0 < start < final and start % every == 0 and start % (final // 30) != 0  # 30 epochs: not at an end
+    assert global_step(from_file / "checkpoints" / "last.ckpt") == final
+    assert_continues_the_straight_run(epsilon_per_step(from_file / "metrics.csv"), expected, start)
 
 
 # --- callback state in checkpoints, in process -------------------------------------------------------------------
