@@ -27,10 +27,11 @@ from ls_lightning.schedules import Cosine
 from ls_lightning.train import train
 
 BIN = Path(sys.executable).parent
-# The default job (digits, MLP, the default callbacks and CSV logger) with an ε that changes at every step; 30 epochs,
-# so that the run is still going when the first epoch-end last.ckpt appears.
+# The default job (digits, MLP, the default callbacks and CSV logger) with an ε that changes at every step, for 10
+# epochs (17 steps each): a killed run's first last.ckpt comes at step 17 or before, long before the end.
+EPOCHS = 10
 DEFAULT_JOB = [
-    "trainer.max_epochs=30",
+    f"trainer.max_epochs={EPOCHS}",
     "label_smoothing/schedule=cosine",
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
@@ -131,7 +132,7 @@ def test_killed_runs_resume_from_last_or_from_a_checkpoint_file(tmp_path: Path) 
     assert (at_epoch / "metrics.1.csv").exists() == had_metrics
     # in the middle of an epoch, resumed from the file into a new directory
     start = global_step(checkpoint)
-    assert 0 < start < final and start % every == 0 and start % (final // 30) != 0  # 30 epochs: not at an end
+    assert 0 < start < final and start % every == 0 and start % (final // EPOCHS) != 0  # not at an epoch end
     assert global_step(from_file / "checkpoints" / "last.ckpt") == final
     assert_continues_the_straight_run(epsilon_per_step(from_file / "metrics.csv"), expected, start)
 
