@@ -18,15 +18,6 @@ from ls_lightning.data import MissingDependencyError
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hydra_app" / "my_app.py"
 QUIET = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
-SMALL = [
-    *QUIET,
-    "data=synthetic",
-    "data.num_train=128",
-    "data.num_val=64",
-    "data.num_test=64",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-]
 DESIGN_KEYS = {"train/epsilon"} | {
     f"{s}/{k}" for s in ("train", "val", "test") for k in ("loss", "h_pq", "h_uq", "acc", "ece")
 }

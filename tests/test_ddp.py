@@ -1,4 +1,5 @@
-"""Exact metrics under DDP: two gloo CPU processes (``ddp_spawn``) against one process on the same weights.
+"""Exact metrics under DDP: two gloo CPU processes (``ddp_spawn`` to fit, forked to
+test) against one process on the same weights.
 
 The model, data and callbacks are defined at module level so that the spawned processes can unpickle them. Each rank
 writes what it saw to a JSON file in ``tmp_path``; the test compares the ranks with each other and with a
@@ -138,12 +139,15 @@ def _read(out: Path, stage: str, rank: int = 0) -> dict[str, Any]:
 
 
 def _fit_and_test(root: Path) -> None:
+    """On 2 processes, fit on spawned ranks (the module, data module and callbacks pickled), then test on forked
+    ones: a test under ``ddp_spawn`` would start two more processes, each importing Lightning again."""
     for devices in (1, 2):
         out = root / f"devices{devices}"
         out.mkdir()
         trainer = _trainer(out, devices)
         trainer.fit(Net(), datamodule=Data(batch_size=BATCH))
-        trainer.test(Net(), datamodule=Data(batch_size=BATCH), verbose=False)
+        tester = _trainer(out, devices, strategy="ddp_fork") if devices > 1 else trainer
+        tester.test(Net(), datamodule=Data(batch_size=BATCH), verbose=False)
 
 
 @pytest.fixture(scope="session")

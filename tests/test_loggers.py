@@ -1,5 +1,6 @@
 """``logger=mlflow``, ``logger=wandb`` and ``logger=many`` with the real libraries, offline, read back from their
-stores; ``log_figure``; ``ls-report``'s figure sent to the sweep's loggers; a quiet first run of ``ls-train``.
+stores; ``log_figure``; ``ls-report``'s figure sent to the sweep's loggers. (A quiet first run of ``ls-train``:
+test_cli.py.)
 """
 
 from __future__ import annotations

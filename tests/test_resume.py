@@ -99,42 +99,37 @@ def assert_continues_the_straight_run(resumed: dict[int, float], straight: dict[
 
 
 @pytest.mark.slow
-def test_killed_runs_resume_from_last_or_from_a_checkpoint_file(tmp_path: Path) -> None:
-    """Two runs of the default job are SIGKILLed once their first last.ckpt exists: one at the end of its first
-    epoch (the default callbacks), one in the middle of an epoch (a step checkpoint every 10 steps). The first runs
-    again with ``ckpt_path=last`` in its own directory, the second from a copy of its checkpoint file into a new run
-    directory. Both reach the uninterrupted run's last step with the same ε at every step, and the first keeps the
-    rows the interrupted run had logged. (When the default callbacks write last.ckpt: tested in process, below.)"""
-    straight, at_epoch, mid_epoch, from_file = (tmp_path / n for n in ("straight", "at_epoch", "mid_epoch", "file"))
+def test_killed_run_resumes_from_last_or_from_a_checkpoint_file(tmp_path: Path) -> None:
+    """A run of the default job with a step checkpoint every 10 steps is SIGKILLed once its first last.ckpt exists,
+    in the middle of its first epoch. It runs again with ``ckpt_path=last`` in its own directory, and from a copy of
+    the checkpoint file into a new run directory. Both reach the uninterrupted run's last step with the same ε at every
+    step, and the first keeps the rows the interrupted run had logged. (That the default callbacks write last.ckpt at
+    every epoch end and every n steps is tested in process, below.)"""
+    straight, killed, from_file = (tmp_path / name for name in ("straight", "killed", "file"))
     every = 10
     steps = [f"callbacks.step_checkpoint.every_n_train_steps={every}"]
-    uninterrupted = start_default_job(straight)  # alongside the others: on 2 cores the test takes half the time
-    last_a, last_b = at_epoch / "checkpoints" / "last.ckpt", mid_epoch / "checkpoints" / "last.ckpt"
-    kill_once_written((start_default_job(at_epoch), last_a), (start_default_job(mid_epoch, *steps), last_b))
-    interrupted = load(last_a)  # written at the end of an early epoch by the epoch-end checkpoint
-    had_metrics = (at_epoch / "metrics.csv").exists()  # the CSV logger flushes every 100 steps
-    checkpoint = shutil.copy(last_b, tmp_path / "mid_epoch.ckpt")
+    uninterrupted = start_default_job(straight, *steps)  # alongside the others: on 2 cores it takes half the time
+    last = killed / "checkpoints" / "last.ckpt"
+    kill_once_written((start_default_job(killed, *steps), last))
+    checkpoint = shutil.copy(last, tmp_path / "killed.ckpt")
+    had_metrics = (killed / "metrics.csv").exists()  # the CSV logger flushes every 100 steps
     resumed_runs = [
-        start_default_job(at_epoch, "ckpt_path=last"),
+        start_default_job(killed, *steps, "ckpt_path=last"),
         start_default_job(from_file, *steps, f"ckpt_path={checkpoint}"),  # a new run directory
     ]
     for process in (*resumed_runs, uninterrupted):
         finish(process)
 
     final = global_step(straight / "checkpoints" / "last.ckpt")
-    expected = epsilon_per_step(straight / "metrics.csv")
-    # at an epoch's end, resumed in place; a checkpoint of the finished run would make the rest prove nothing
-    start = int(interrupted["global_step"])
-    assert 0 < start < final, f"last.ckpt is from epoch {interrupted['epoch']}, the end of the run"
-    assert global_step(last_a) == final
-    assert_continues_the_straight_run(epsilon_per_step(at_epoch / "metrics.csv"), expected, start)
-    # the interrupted run's own rows are kept, not deleted by the new CSV logger
-    assert (at_epoch / "metrics.1.csv").exists() == had_metrics
-    # in the middle of an epoch, resumed from the file into a new directory
     start = global_step(checkpoint)
+    # a checkpoint of the finished run (e.g. written when training ends) would make the rest prove nothing
     assert 0 < start < final and start % every == 0 and start % (final // EPOCHS) != 0  # not at an epoch end
-    assert global_step(from_file / "checkpoints" / "last.ckpt") == final
-    assert_continues_the_straight_run(epsilon_per_step(from_file / "metrics.csv"), expected, start)
+    expected = epsilon_per_step(straight / "metrics.csv")
+    for run in (killed, from_file):
+        assert global_step(run / "checkpoints" / "last.ckpt") == final
+        assert_continues_the_straight_run(epsilon_per_step(run / "metrics.csv"), expected, start)
+    # the interrupted run's own rows are kept, not deleted by the new CSV logger
+    assert (killed / "metrics.1.csv").exists() == had_metrics
 
 
 # --- callback state in checkpoints, in process -------------------------------------------------------------------
