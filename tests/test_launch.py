@@ -6,6 +6,7 @@ global rank 0 only. The subprocess tests use 2 gloo CPU processes and tiny data.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import doctest
 import os
@@ -18,7 +19,13 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from ls_lightning.cli.config import validate_config
-from ls_lightning.cli.launch import env_rank_is_zero, hydra_job_launch, job_argv, keep_earlier_metrics
+from ls_lightning.cli.launch import (
+    continued_metrics,
+    env_rank_is_zero,
+    hydra_job_launch,
+    job_argv,
+    keep_earlier_metrics,
+)
 from ls_lightning.eval import evaluate
 from ls_lightning.train import train
 
@@ -74,9 +81,10 @@ def assert_one_run_directory(run_dir: Path, tree: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
-def test_multi_process_run_writes_one_run_directory(strategy: str, tmp_path: Path) -> None:
-    result = run([str(BIN / "ls-train"), "trainer.devices=2", f"trainer.strategy={strategy}", *SMALL], tmp_path)
+def test_multi_process_run_writes_one_run_directory(tmp_path: Path) -> None:
+    """``strategy=ddp``: rank 1 is the same command started again, and must join rank 0's run directory.
+    (``ddp_spawn``'s ranks never run Hydra; what the command line does for them is ``continued_metrics``, below.)"""
+    result = run([str(BIN / "ls-train"), *DDP, *SMALL], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["outputs"]
     (run_dir,) = (p.parent for p in tmp_path.rglob("metrics.csv"))
@@ -183,6 +191,24 @@ def test_launch_context_restores_argv_and_the_launchers_environment(monkeypatch:
         os.environ["MASTER_ADDR"] = "127.0.0.1"
         sys.argv.append("x=1")
     assert "LOCAL_RANK" not in os.environ and os.environ["MASTER_ADDR"] == "10.0.0.1" and sys.argv == argv
+
+
+def test_a_second_trainer_calls_rows_follow_the_firsts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each Trainer call does under ``ddp_spawn`` (test after fit, in new processes): a new ``CSVLogger`` in the
+    run directory, which starts ``metrics.csv`` anew. ``continued_metrics`` keeps the first call's rows, then the
+    second's, under the union of their columns."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for call, metrics in enumerate(({"val/acc": 0.5}, {"test/acc": 0.75})):
+        with continued_metrics(str(tmp_path)) if call else contextlib.nullcontext():
+            logger = CSVLogger(tmp_path, name="", version="")  # as the command line configures it
+            logger.log_metrics(metrics, step=3 + call)
+            logger.finalize("success")
+    rows = read_rows(tmp_path / "metrics.csv")
+    assert rows == [{"step": "3", "val/acc": "0.5", "test/acc": ""}, {"step": "4", "val/acc": "", "test/acc": "0.75"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
 
 
 def test_an_earlier_metrics_file_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
