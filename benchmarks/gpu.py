@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ls_lightning.functional import (
+from ls_lightning.losses import (
     label_smoothed_cross_entropy,
     label_smoothed_cross_entropy_with_stats,
     linear_label_smoothed_cross_entropy,

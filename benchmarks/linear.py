@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ls_lightning.functional import linear_label_smoothed_cross_entropy
-from ls_lightning.losses import linear as _linear
+from ls_lightning.losses import linear_label_smoothed_cross_entropy
+from ls_lightning.losses.ops import linear as _linear
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # beside this script
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # the subprocess of :func:`memory`
     args = parser.parse_args()
     if args.chunk:
-        _linear.CHUNK_ELEMENTS = args.chunk
+        _linear.LINEAR_CHUNK_ELEMENTS = args.chunk
     if args.min_rows:
         _linear.MIN_CHUNK_ROWS = args.min_rows
     if args.memory_of:
@@ -151,7 +151,7 @@ def main() -> None:
         print(measure_memory(variant, n, d, v))
         return
     shapes, repeats = (SMALL_SHAPES, 3) if args.small else (SHAPES, args.repeats)
-    chunk = f"chunk={_linear.CHUNK_ELEMENTS} logits, ≥ {_linear.MIN_CHUNK_ROWS} rows"
+    chunk = f"chunk={_linear.LINEAR_CHUNK_ELEMENTS} logits, ≥ {_linear.MIN_CHUNK_ROWS} rows"
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}  {chunk}  float32, fwd+bwd")
     print(f"median of {repeats} interleaved runs; load average {os.getloadavg()[0]:.2f}")
     variants = VARIANTS

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ls_lightning.functional import label_smoothed_cross_entropy, label_smoothed_cross_entropy_with_stats
+from ls_lightning.losses import label_smoothed_cross_entropy, label_smoothed_cross_entropy_with_stats
 from ls_lightning.losses.ops import fused as _fused
 from ls_lightning.metrics import BinnedCalibrationError
 
@@ -154,7 +154,7 @@ def _memory(kind: str, n: int, c: int) -> float:
     """Peak extra resident memory of fwd+bwd / logits size, in a fresh process (kind: ours, torch, + _compiled)."""
     code = f"""
 import torch, torch.nn.functional as F
-from ls_lightning.functional import label_smoothed_cross_entropy
+from ls_lightning.losses import label_smoothed_cross_entropy
 def hwm():
     return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) * 1024
 def ours(x, y):
@@ -188,13 +188,13 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory and metrics measurements")
     args = parser.parse_args()
     if args.chunk:
-        _fused.CHUNK_ELEMENTS = args.chunk
+        _fused.CACHE_CHUNK_ELEMENTS = args.chunk
     repeats = args.repeats or (5 if args.quick else 15)
     shapes = [s for s in SHAPES if not (args.quick and s == (256, 128000))]
     if args.shapes:
         shapes = [tuple(int(v) for v in s.replace("×", "x").split("x")) for s in args.shapes.split(",")]  # type: ignore[misc]
     print(f"machine: {machine()}")
-    print(f"chunk={_fused.CHUNK_ELEMENTS} elements  ε={EPS}")
+    print(f"chunk={_fused.CACHE_CHUNK_ELEMENTS} elements  ε={EPS}")
     print(f"float32, fwd+bwd, median of {repeats} interleaved runs; load average {os.getloadavg()[0]:.2f}")
     _time_table(shapes, repeats, compiled=not args.no_compile)
     if args.no_memory:

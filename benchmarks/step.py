@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.data import DigitsDataModule
-from ls_lightning.models import MLP
+from ls_lightning.cli.data import DigitsDataModule
+from ls_lightning.cli.models import MLP
 
 EPS = 0.1
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from ls_lightning.data import DigitsDataModule
-from ls_lightning.models import MLP
+from ls_lightning.cli.data import DigitsDataModule
+from ls_lightning.cli.models import MLP
 
 CONFIG = str(Path(__file__).with_name("lightning_cli.yaml"))
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin  # +
-from ls_lightning.schedules import Cosine  # +
+from ls_lightning.smoothing import Cosine  # +
 
 
 class PlainClassifier(L.LightningModule):

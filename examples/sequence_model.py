@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.schedules import Cosine
+from ls_lightning.smoothing import Cosine
 
 IGNORE_INDEX = -100
 _MODULES = ("this", "re", "json", "argparse", "collections", "functools", "itertools", "string", "textwrap", "typing")

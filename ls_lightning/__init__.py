@@ -1,19 +1,23 @@
 """Label smoothing for PyTorch Lightning: exact fused loss, ε schedules, calibration metrics and Hydra configs.
 
-The package is layered, imports going down only: :mod:`ls_lightning.losses` (torch) → :mod:`ls_lightning.metrics`
-(torchmetrics) → :mod:`ls_lightning.integration` (Lightning) → :mod:`ls_lightning.cli` (Hydra, the ``cli`` extra).
-Names are resolved lazily so that ``from ls_lightning import label_smoothed_cross_entropy`` does not pay for
-importing Lightning.
+The package is layered, imports going down only: :mod:`ls_lightning.losses` (torch) → :mod:`ls_lightning.smoothing`
+(ε schedules and priors, torch) → :mod:`ls_lightning.metrics` (torchmetrics) → :mod:`ls_lightning.integration`
+(Lightning) → :mod:`ls_lightning.cli` (Hydra, the ``cli`` extra). Each public name has one home, its layer package;
+the headline names below are also here. They are resolved on first use, so that
+``from ls_lightning import label_smoothed_cross_entropy`` does not pay for importing Lightning.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ls_lightning import _graveyard
 
-_EXPORTS = {
+__version__ = "0.2.0"
+
+_HEADLINE = {
     "binary_label_smoothed_cross_entropy": "ls_lightning.losses",
     "BinaryLabelSmoothedCrossEntropy": "ls_lightning.losses",
     "label_smoothed_cross_entropy": "ls_lightning.losses",
@@ -50,14 +54,19 @@ if TYPE_CHECKING:
     )
     from ls_lightning.metrics import BinnedCalibrationError
 
+_graveyard.install()
+
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ls_lightning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    module = _HEADLINE.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    old = f"{__name__}.{name}"
+    if old in _graveyard.MOVED:  # an old module path (``ls_lightning.schedules``): its alias, which warns per name
+        return sys.modules[old]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import ls_lightning
-from ls_lightning.functional import binary_label_smoothed_cross_entropy, binary_label_smoothed_cross_entropy_with_stats
-from ls_lightning.losses import BinaryLabelSmoothedCrossEntropy
+from ls_lightning.losses import (
+    BinaryLabelSmoothedCrossEntropy,
+    binary_label_smoothed_cross_entropy,
+    binary_label_smoothed_cross_entropy_with_stats,
+)
 
 SHAPES = [(7,), (6, 1), (5, 4), (3, 4, 2)]
 EPSILONS = [0.0, 0.3, 1.0]

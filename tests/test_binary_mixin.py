@@ -17,9 +17,9 @@ from torchmetrics.classification import BinaryAccuracy, BinaryCalibrationError
 from trainers import quiet_trainer
 
 from ls_lightning import BinaryLabelSmoothedCrossEntropy, BinnedCalibrationError, LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.diagrams import ReliabilityDiagram, TemperatureScaling
-from ls_lightning.losses import fit_temperature
-from ls_lightning.schedules import Linear
+from ls_lightning.integration import ReliabilityDiagram, TemperatureScaling
+from ls_lightning.metrics import fit_temperature
+from ls_lightning.smoothing import Linear
 
 NORMS = [("ece", "l1"), ("mce", "max"), ("rmsce", "l2")]
 LABELS = {"binary": 1, "multilabel": 3}
@@ -154,9 +154,12 @@ def test_task_is_validated_and_shapes_are_checked():
 def test_callback_sets_the_task_and_refuses_a_prior(tmp_path):
     model = Tagger("multiclass", 1)
     trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LabelSmoothing(0.1, task="binary")])
-    trainer.fit(model, DataLoader(_data("binary", 8, seed=0), batch_size=8))
+    trainer.fit(model, DataLoader(_data("binary", 8, seed=0), batch_size=8))  # (N, 1) logits: a binary loss
     assert model.ls_task == "binary" and "task='binary'" in repr(LabelSmoothing(task="binary"))
-    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LabelSmoothing(0.1, prior="online", num_classes=2)])
+    model.trainer = None  # detached: the module's own setting, which the callback never wrote
+    assert model.ls_task == "multiclass"
+    callback = LabelSmoothing(0.1, prior="online", num_classes=2, task="binary")
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[callback])
     with pytest.raises(ValueError, match=r"prior='online'.*task is 'binary'"):
         trainer.fit(model, DataLoader(_data("binary", 8, seed=0), batch_size=8))
 
@@ -223,8 +226,8 @@ def test_epoch_states_of_two_processes_sum_to_the_whole_data(task):
     holding uneven halves of the data, synced with a gather that returns both ranks' states, hold the states of the
     whole data, whose values equal torchmetrics' and PyTorch's (the binary states are sum-reduced, like the
     multi-class ones)."""
-    from ls_lightning.functional import binary_label_smoothed_cross_entropy_with_stats
     from ls_lightning.integration.mixin import _new_metrics, _update_metrics
+    from ls_lightning.losses import binary_label_smoothed_cross_entropy_with_stats
 
     torch.manual_seed(0)
     z, t = torch.randn(45, LABELS[task]) * 2, (torch.rand(45, LABELS[task]) < 0.4).float()

@@ -11,8 +11,8 @@ import torch
 from hydra import compose, initialize_config_module
 
 from ls_lightning.cli.config import ConfigValueError
-from ls_lightning.data import BreastCancerDataModule
-from ls_lightning.train import train
+from ls_lightning.cli.data import BreastCancerDataModule
+from ls_lightning.cli.train import train
 
 QUIET = [
     "trainer.accelerator=cpu",

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothingMixin
-from ls_lightning.data import UnpaddedDistributedSampler
-from ls_lightning.diagrams import ReliabilityDiagram, TemperatureScaling
+from ls_lightning.integration import ReliabilityDiagram, TemperatureScaling
+from ls_lightning.metrics import UnpaddedDistributedSampler
 
 pytestmark = [
     pytest.mark.slow,

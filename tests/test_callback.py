@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from trainers import quiet_trainer
 
-from ls_lightning.callback import LabelSmoothing
-from ls_lightning.schedules import Constant, Cosine, Linear, Step
+from ls_lightning.integration import LabelSmoothing
+from ls_lightning.smoothing import Constant, Cosine, Linear, Step
 
 N_SAMPLES, BATCH = 16, 4
 BATCHES_PER_EPOCH = N_SAMPLES // BATCH
@@ -334,7 +334,7 @@ def test_built_by_jsonargparse_like_lightning_cli():
         "class_path": "ls_lightning.LabelSmoothing",
         "init_args": {
             "schedule": {
-                "class_path": "ls_lightning.schedules.Step",
+                "class_path": "ls_lightning.smoothing.Step",
                 "init_args": {"milestones": [0.5], "values": [0.2, 0.0]},
             },
             "interval": "epoch",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ls_lightning.cli.errors import MissingDependencyError
 from ls_lightning.cli.run import run_main
-from ls_lightning.data import MissingDependencyError
 
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hydra_app" / "my_app.py"
@@ -93,7 +93,7 @@ def test_ls_train_then_ls_eval_write_only_into_their_run_directories(tmp_path: P
     ],
 )
 def test_out_of_range_value_exits_2_with_one_paragraph(args: list[str], message: str, tmp_path: Path) -> None:
-    result = run([sys.executable, "-m", "ls_lightning.train", *args], tmp_path)
+    result = run([sys.executable, "-m", "ls_lightning.cli.train", *args], tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.startswith("ls-train: error:")
     assert "Traceback" not in result.stderr + result.stdout and result.stderr.strip().count("\n") == 0
@@ -137,4 +137,4 @@ def test_user_hydra_app_composes_our_groups(tmp_path: Path) -> None:
     assert "val/acc=" in result.stdout
     run_dir = only_dir(tmp_path)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
-    assert "_target_: ls_lightning.schedules.Cosine" in config
+    assert "_target_: ls_lightning.smoothing.Cosine" in config

@@ -9,8 +9,12 @@ from loss_data import grad_of_sum as _grad
 from loss_data import logits_and_target as _data
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
-from ls_lightning.functional import label_smoothed_cross_entropy, label_smoothed_cross_entropy_with_stats
-from ls_lightning.losses import LabelSmoothedCrossEntropy, functional
+from ls_lightning.losses import (
+    LabelSmoothedCrossEntropy,
+    functional,
+    label_smoothed_cross_entropy,
+    label_smoothed_cross_entropy_with_stats,
+)
 
 C = 7
 

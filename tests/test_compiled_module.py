@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing
-from ls_lightning.models import MLP
-from ls_lightning.schedules import Constant, Cosine, Schedule
+from ls_lightning.cli.models import MLP
+from ls_lightning.smoothing import Constant, Cosine, Schedule
 
 pytestmark = pytest.mark.slow  # each fit compiles a few graphs: about 10 s on 2 cores
 

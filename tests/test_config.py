@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from ls_lightning import LabelSmoothing
 from ls_lightning.cli import config as schemas
 from ls_lightning.cli.config import ConfigValueError, validate_config
+from ls_lightning.cli.data import BreastCancerDataModule, DigitsDataModule, SyntheticDataModule, TextDataModule
+from ls_lightning.cli.models import CNN, MLP, Transformer
 from ls_lightning.cli.run import build_run
-from ls_lightning.data import BreastCancerDataModule, DigitsDataModule, SyntheticDataModule, TextDataModule
-from ls_lightning.models import CNN, MLP, Transformer
-from ls_lightning.schedules import Constant, Cosine, Exponential, Linear, Step, TwoStage
+from ls_lightning.smoothing import Constant, Cosine, Exponential, Linear, Step, TwoStage
 
 CONF = resources.files("ls_lightning.conf")
 GROUPS = ("data", "model", "label_smoothing/schedule", "label_smoothing/prior", "trainer", "logger", "callbacks")
@@ -155,7 +155,8 @@ def test_prior_reaches_the_callback(tmp_path: Path, overrides: list[str], expect
     cfg = make_cfg(overrides, tmp_path)
     validate_config(cfg)
     (callback,) = [c for c in build_run(cfg).trainer.callbacks if isinstance(c, LabelSmoothing)]  # type: ignore[attr-defined]
-    assert callback.prior == expected or torch.equal(torch.as_tensor(callback.prior), torch.tensor(expected))
+    prior = callback.prior_callback.prior
+    assert prior == expected or torch.equal(torch.as_tensor(prior), torch.tensor(expected))
 
 
 @pytest.mark.parametrize(
@@ -259,7 +260,7 @@ def test_composition_type_checks(overrides: list[str], error: type, message: str
 def test_bad_object_arguments_name_the_node(tmp_path: Path) -> None:
     cfg = make_cfg(["data=synthetic", "model=cnn"], tmp_path)
     with pytest.raises(
-        ConfigValueError, match=r"model \(ls_lightning.models.CNN\): Expected the data's `num_features`"
+        ConfigValueError, match=r"model \(ls_lightning.cli.models.CNN\): Expected the data's `num_features`"
     ):
         build_run(cfg)
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from ls_lightning.data import DigitsDataModule, MissingDependencyError, SyntheticDataModule, UnpaddedDistributedSampler
+from ls_lightning.cli.data import DigitsDataModule, SyntheticDataModule
+from ls_lightning.cli.errors import MissingDependencyError
+from ls_lightning.metrics import UnpaddedDistributedSampler
 
 
 def _rows(x: torch.Tensor) -> np.ndarray:

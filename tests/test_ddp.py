@@ -25,7 +25,7 @@ from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.cli.data import TensorDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
-from ls_lightning.schedules import Cosine
+from ls_lightning.smoothing import Cosine
 
 C, FEATURES, IGNORE = 4, 5, -100
 # train: even over 2 ranks (training pads, by design) but not over the batch size, with ignored labels, so that the
@@ -259,7 +259,7 @@ def test_an_empty_rank_gets_one_empty_batch_of_the_right_shapes(tmp_path: Path) 
 
 def test_docstring_examples() -> None:
     from ls_lightning.cli import data
-    from ls_lightning.integration import samplers
+    from ls_lightning.metrics import sampler as samplers
 
     assert doctest.testmod(data, raise_on_error=False).failed == 0
     result = doctest.testmod(samplers, raise_on_error=False)

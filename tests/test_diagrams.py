@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothingMixin
-from ls_lightning.diagrams import ReliabilityDiagram, bin_stats_from_dict, bin_stats_to_dict
+from ls_lightning.integration import ReliabilityDiagram
 from ls_lightning.integration.callbacks import reliability_diagram as diagrams_module
 from ls_lightning.metrics import BinStats
 
@@ -91,7 +91,7 @@ def test_fit_writes_each_epoch_and_the_final_validation(tmp_path: Path) -> None:
     assert image.ndim == 3 and image.std() > 0.05
     record = json.loads((run / "reliability.json").read_text())
     assert (record["stage"], record["epoch"], record["global_step"], record["n_bins"]) == ("val", 1, 8, 15)
-    stats, expected = bin_stats_from_dict(record), _reference_bins(model, val.dataset)
+    stats, expected = BinStats.from_dict(record), _reference_bins(model, val.dataset)
     for ours, ref in zip(stats, expected, strict=True):
         torch.testing.assert_close(ours, ref)
     x, y = val.dataset.tensors
@@ -143,14 +143,14 @@ def test_disabled_writes_nothing_and_the_callback_pickles(tmp_path: Path) -> Non
 
 def test_json_round_trip_and_bad_input() -> None:
     stats = BinStats(*(torch.rand(16, dtype=torch.float64) for _ in range(3)))
-    data = json.loads(json.dumps(bin_stats_to_dict(stats)))
+    data = json.loads(json.dumps(stats.to_dict()))
     assert data["edges"] == pytest.approx(torch.linspace(0, 1, 16).tolist()) and data["n_bins"] == 15
-    for ours, ref in zip(bin_stats_from_dict(data), stats, strict=True):
+    for ours, ref in zip(BinStats.from_dict(data), stats, strict=True):
         torch.testing.assert_close(ours, ref)
     with pytest.raises(ValueError, match="counts, conf_sums and correct_sums"):
-        bin_stats_from_dict({"counts": [1, 2]})
+        BinStats.from_dict({"counts": [1, 2]})
     with pytest.raises(ValueError, match="one length"):
-        bin_stats_from_dict({"counts": [1, 2], "conf_sums": [1], "correct_sums": [1, 2]})
+        BinStats.from_dict({"counts": [1, 2], "conf_sums": [1], "correct_sums": [1, 2]})
     with pytest.raises(ValueError, match="`dpi`"):
         ReliabilityDiagram(dpi=0)
 
@@ -158,7 +158,7 @@ def test_json_round_trip_and_bad_input() -> None:
 def test_config_flags_switch_the_callbacks(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_module
 
-    from ls_lightning.train import train
+    from ls_lightning.cli.train import train
 
     small = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
     small += ["data=synthetic", "data.num_train=64", "data.num_val=40", "data.num_test=40", "trainer.max_epochs=1"]

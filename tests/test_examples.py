@@ -75,7 +75,7 @@ def test_lightning_cli_fit_one_epoch(tmp_path) -> None:
     config = yaml.safe_load(config_file.read_text())
     (callback,) = [c for c in config["trainer"]["callbacks"] if c["class_path"] == "ls_lightning.LabelSmoothing"]
     schedule = callback["init_args"]["schedule"]
-    assert schedule == {"class_path": "ls_lightning.schedules.Cosine", "init_args": {"start": 0.2, "end": 0.0}}
+    assert schedule == {"class_path": "ls_lightning.smoothing.Cosine", "init_args": {"start": 0.2, "end": 0.0}}
     assert callback["init_args"]["prior"] == "online"
     (checkpoint,) = tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt")
     state = torch.load(checkpoint, weights_only=False)

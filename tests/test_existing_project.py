@@ -25,7 +25,8 @@ from torchmetrics.classification import Accuracy
 from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.schedules import Cosine
+from ls_lightning.integration import DEFAULT_LOG_METRICS
+from ls_lightning.smoothing import Cosine
 
 C, FEATURES, EPS = 5, 6, 0.1
 OWN_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc")
@@ -233,8 +234,10 @@ def test_log_options_from_hydra() -> None:
     callback = instantiate(node, _convert_="all")
     assert callback.log_prefix == "ls_" and callback.log_metrics == ("terms", "acc")
     module = SmoothedLitModule()
-    callback.setup(quiet_trainer(), module, "fit")
+    module.trainer = quiet_trainer(callbacks=[callback])  # the mixin reads the settings its trainer's callbacks pass
     assert module.ls_log_prefix == "ls_" and module.ls_log_metrics == ("terms", "acc")
+    module.trainer = None  # nothing was written on the module
+    assert module.ls_log_prefix == "" and module.ls_log_metrics == DEFAULT_LOG_METRICS
 
 
 def test_the_callbacks_entry_to_copy_into_a_hydra_project(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def test_a_variant_keeps_its_fields_overridable_and_yields_to_an_explicit_schedu
     cfg = _compose(["label_smoothing/variant=cosine", "label_smoothing.schedule.start=0.2"])
     assert cfg.label_smoothing.schedule.start == 0.2
     cfg = _compose(["label_smoothing/variant=cosine", "label_smoothing/schedule=two_stage"])
-    assert cfg.label_smoothing.schedule._target_ == "ls_lightning.schedules.TwoStage"
+    assert cfg.label_smoothing.schedule._target_ == "ls_lightning.smoothing.TwoStage"
 
 
 @pytest.mark.parametrize("experiment", ["compare_schedules", "noisy_labels", "compare_schedules_lm"])
@@ -60,15 +60,15 @@ def test_experiments_sweep_the_variants_over_three_seeds(experiment: str) -> Non
 def test_noisy_labels_is_an_over_sized_model_on_noisy_generated_data() -> None:
     cfg = _compose(["experiment=noisy_labels"])
     validate_config(cfg)
-    assert cfg.data._target_ == "ls_lightning.data.SyntheticDataModule" and cfg.data.label_noise == 0.2
+    assert cfg.data._target_ == "ls_lightning.cli.data.SyntheticDataModule" and cfg.data.label_noise == 0.2
     assert list(cfg.model.hidden_sizes) == [512, 512]
 
 
 def test_compare_schedules_lm_trains_the_transformer_on_text() -> None:
     cfg = _compose(["experiment=compare_schedules_lm"])
     validate_config(cfg)
-    assert cfg.data._target_ == "ls_lightning.data.TextDataModule"
-    assert cfg.model._target_ == "ls_lightning.models.Transformer"
+    assert cfg.data._target_ == "ls_lightning.cli.data.TextDataModule"
+    assert cfg.model._target_ == "ls_lightning.cli.models.Transformer"
 
 
 def _final(path: Path, key: str) -> float:

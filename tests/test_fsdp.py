@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from trainers import run_once
 
-from ls_lightning.models import CNN, MLP, Transformer
-from ls_lightning.report import main as report_main
+from ls_lightning.cli.models import CNN, MLP, Transformer
+from ls_lightning.cli.report import main as report_main
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 

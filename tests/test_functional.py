@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ls_lightning import losses
-from ls_lightning.functional import LabelSmoothedCE, label_smoothed_cross_entropy
-from ls_lightning.losses import LabelSmoothedCrossEntropy, functional
+from ls_lightning.losses import LabelSmoothedCE, LabelSmoothedCrossEntropy, functional, label_smoothed_cross_entropy
 
 C = 5
 SHAPES = [(C,), (6, C), (3, C, 4), (2, C, 3, 2)]

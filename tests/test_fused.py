@@ -9,8 +9,12 @@ from loss_data import grad_of_sum as _grad
 from loss_data import logits_and_target as _data
 from torch._dynamo.testing import CompileCounter
 
-from ls_lightning.functional import label_smoothed_cross_entropy, label_smoothed_cross_entropy_with_stats
-from ls_lightning.losses import LabelSmoothedCrossEntropy, functional
+from ls_lightning.losses import (
+    LabelSmoothedCrossEntropy,
+    functional,
+    label_smoothed_cross_entropy,
+    label_smoothed_cross_entropy_with_stats,
+)
 from ls_lightning.losses.ops import fused as _fused
 
 C = 7
@@ -26,7 +30,7 @@ def kernel_path(monkeypatch):
 def tiny_chunks(request, monkeypatch):
     """Chunks of 3 rows of 7 classes (or one sample of (N, C, d)), so that every code path crosses chunk borders;
     both per-chunk kernels (fused softmax for many classes, separate ops for few)."""
-    monkeypatch.setattr(_fused, "CHUNK_ELEMENTS", 3 * C)
+    monkeypatch.setattr(_fused, "CACHE_CHUNK_ELEMENTS", 3 * C)
     monkeypatch.setattr(_fused, "SOFTMAX_MIN_CLASSES", 1 if request.param == "softmax-kernel" else 10**9)
 
 

@@ -87,8 +87,8 @@ def test_a_misspelled_option_of_any_group_stops_the_composition_with_the_groups_
 @pytest.mark.parametrize(
     ("command", "group", "typo", "option", "extra"),
     [
-        ("ls_lightning.train", "experiment", "compare_schedulez", "compare_schedules", []),
-        ("ls_lightning.eval", "model", "mlpz", "mlp", ["ckpt_path=last.ckpt"]),
+        ("ls_lightning.cli.train", "experiment", "compare_schedulez", "compare_schedules", []),
+        ("ls_lightning.cli.eval", "model", "mlpz", "mlp", ["ckpt_path=last.ckpt"]),
     ],
 )
 def test_the_command_reports_a_misspelled_option_without_a_traceback(

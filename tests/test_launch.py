@@ -19,6 +19,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from ls_lightning.cli.config import validate_config
+from ls_lightning.cli.eval import evaluate
 from ls_lightning.cli.launch import (
     continued_metrics,
     env_rank_is_zero,
@@ -26,8 +27,7 @@ from ls_lightning.cli.launch import (
     job_argv,
     keep_earlier_metrics,
 )
-from ls_lightning.eval import evaluate
-from ls_lightning.train import train
+from ls_lightning.cli.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

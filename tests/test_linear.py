@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ls_lightning import linear_label_smoothed_cross_entropy
-from ls_lightning.functional import linear_label_smoothed_cross_entropy_with_stats
-from ls_lightning.losses import linear as _linear
+from ls_lightning.losses import linear_label_smoothed_cross_entropy_with_stats
+from ls_lightning.losses.checks import MAX_MATRIX_PRIOR_CLASSES
 from ls_lightning.losses.ops import fused as _fused
+from ls_lightning.losses.ops import linear as _linear
 
 V, D = 11, 6
 EPS = 0.2
@@ -55,7 +56,7 @@ def _grads(output, tensors):
 @pytest.fixture(params=[1, 3, 1000], ids=["1-row-chunks", "3-row-chunks", "one-chunk"])
 def chunks(request, monkeypatch):
     """Chunk budgets of 1 and 3 rows (several chunks, one of them short) and of the whole input."""
-    monkeypatch.setattr(_linear, "CHUNK_ELEMENTS", request.param * V)
+    monkeypatch.setattr(_linear, "LINEAR_CHUNK_ELEMENTS", request.param * V)
     monkeypatch.setattr(_linear, "MIN_CHUNK_ROWS", 1)
     return request.param
 
@@ -211,7 +212,7 @@ def test_stats_against_materialised_softmax(chunks, kernel, shape, grad):
 
 def test_stats_entry_for_the_mixin_skips_brier():
     h, w, b, target = _data((9,), bias=True)
-    out, stats = _linear._linear_compute(h, w, target, EPS, b, None, -100, "mean", None, with_stats=True, brier=False)
+    out, stats = linear_label_smoothed_cross_entropy_with_stats(h, w, target, EPS, linear_bias=b, brier=False)
     assert stats.brier.numel() == 0 and stats.confidence.shape == (9,)
     torch.testing.assert_close(out.loss, _reference(h, w, b, target, EPS)[0], rtol=1e-9, atol=1e-9)
 
@@ -281,7 +282,7 @@ def test_retain_graph_second_backward(chunks):
 
 def _bad_calls():
     h, w, b, t = _data((4,), bias=True)
-    prior_big = torch.full((_linear.MAX_MATRIX_PRIOR_CLASSES + 1,), 1.0).diag()
+    prior_big = torch.full((MAX_MATRIX_PRIOR_CLASSES + 1,), 1.0).diag()
     return [
         ("input", lambda: linear_label_smoothed_cross_entropy(torch.tensor(1.0), w, t)),
         ("linear_weight", lambda: linear_label_smoothed_cross_entropy(h, w[:, :3], t)),

@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from ls_lightning.cli.config import register_configs
 from ls_lightning.cli.loggers import REPORT_RUN_NAME, wandb_mode
 from ls_lightning.cli.report import report
-from ls_lightning.diagrams import log_figure
-from ls_lightning.train import train
+from ls_lightning.cli.train import train
+from ls_lightning.integration import log_figure
 
 mlflow = pytest.importorskip("mlflow")
 wandb = pytest.importorskip("wandb")

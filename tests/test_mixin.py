@@ -133,8 +133,8 @@ def test_epoch_values_equal_whole_data_reference(tmp_path, seq, ignore_frac, log
 
 
 def test_loss_terms_add_each_batch_weighted_and_reset_drops_them() -> None:
-    from ls_lightning.functional import label_smoothed_cross_entropy_with_stats
     from ls_lightning.integration.mixin import _new_metrics, _update_metrics
+    from ls_lightning.losses import label_smoothed_cross_entropy_with_stats
 
     torch.manual_seed(0)
     batches = [(torch.randn(n, C), torch.randint(0, C, (n,))) for n in (6, 3, 7)]
@@ -184,7 +184,7 @@ def test_step_values_reach_the_loggers_on_their_steps(tmp_path) -> None:
     at each of them the values of that very batch, and the progress bar must see the loss of every step."""
     import csv
 
-    from ls_lightning.schedules import Linear
+    from ls_lightning.smoothing import Linear
 
     class Frozen(Net):
         def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -235,7 +235,7 @@ def test_step_values_reach_the_loggers_on_their_steps(tmp_path) -> None:
 def test_callback_metrics_hold_each_steps_values(tmp_path) -> None:
     """After every training step, as after a per-step ``self.log``: ε of that step and the step's loss terms, also
     between the loggers' steps (Lightning's default log_every_n_steps=50 over 8 steps)."""
-    from ls_lightning.schedules import Linear
+    from ls_lightning.smoothing import Linear
 
     class Spy(L.Callback):
         def __init__(self) -> None:
@@ -426,8 +426,8 @@ def test_adaptive_ece_equals_the_equal_mass_definition(tmp_path) -> None:
 def test_padding_sampler_detection() -> None:
     from torch.utils.data import DistributedSampler
 
-    from ls_lightning.data import UnpaddedDistributedSampler
-    from ls_lightning.integration.samplers import pads_samples as _pads_samples
+    from ls_lightning.integration.mixin import _pads_samples
+    from ls_lightning.metrics import UnpaddedDistributedSampler
 
     data = list(range(7))
     padded = DistributedSampler(data, num_replicas=2, rank=1, shuffle=False)
@@ -534,7 +534,7 @@ def test_linear_loss_logs_the_whole_data_reference(tmp_path, seq, stage) -> None
 
 def test_linear_loss_feeds_the_online_prior_and_temperature_scaling(tmp_path) -> None:
     """The callbacks that need logits get them, chunk by chunk, as from the logits themselves."""
-    from ls_lightning.diagrams import TemperatureScaling
+    from ls_lightning.integration import TemperatureScaling
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 6, generator=g)

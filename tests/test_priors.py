@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.priors import OnlinePrior, batch_labels, class_frequency, fixed_prior, prior_matrix
-from ls_lightning.schedules import Linear
+from ls_lightning.losses import batch_labels, class_frequency, fixed_prior, prior_matrix
+from ls_lightning.metrics import OnlinePrior
+from ls_lightning.smoothing import Linear
 
 C, FEATURES, N, BATCH = 4, 6, 48, 8
 IGNORE = -100
@@ -186,7 +187,7 @@ def test_fixed_prior_is_set_and_used_in_the_loss(tmp_path) -> None:
 
 def test_fixed_prior_of_the_wrong_length_names_the_argument(tmp_path) -> None:
     trainer = _trainer(tmp_path, [LabelSmoothing(0.1, prior=[0.5, 0.5])])
-    with pytest.raises(ValueError, match=r"argument `prior` of `LabelSmoothing` to have num_classes=4 .*\(2,\)"):
+    with pytest.raises(ValueError, match=r"`prior` of `LabelSmoothing(Prior)?` to have num_classes=4 .*\(2,\)"):
         trainer.fit(Net(), _loader(_data()))
 
 
@@ -280,7 +281,8 @@ def test_online_matrix_after_an_epoch_equals_the_reference(tmp_path) -> None:
     loss = F.cross_entropy(logits, 0.8 * F.one_hot(y, C).float() + 0.2 * first[y])
     assert trainer.callback_metrics["train/loss_epoch"].item() == pytest.approx(loss.item(), rel=1e-5)
     assert not hasattr(model, "ls_prior_estimator")  # detached after the fit; the callback keeps the sums
-    assert callback.estimator is not None and callback.estimator.counts.sum() == 0
+    estimator = callback.prior_callback.estimator
+    assert estimator is not None and estimator.counts.sum() == 0
 
 
 def test_online_state_round_trip_and_repr() -> None:
@@ -289,16 +291,17 @@ def test_online_state_round_trip_and_repr() -> None:
         "LabelSmoothing(schedule=Linear(start=0.2, end=0.0), interval='step', total_steps=None, prior='online',"
         " num_classes=4)"
     )
-    callback.estimator = OnlinePrior(C)
-    callback.estimator.update(torch.eye(C) * 5, torch.arange(C))
+    estimator = callback.prior_callback.estimator = OnlinePrior(C)
+    estimator.update(torch.eye(C) * 5, torch.arange(C))
     state = callback.state_dict()
     assert state["prior"] == "online"
     torch.testing.assert_close(state["online_counts"], torch.ones(C, dtype=torch.float64))
     restored = LabelSmoothing(Linear(0.2, 0.0), prior="online", num_classes=C)
     restored.load_state_dict(state)
-    restored.estimator = OnlinePrior(C)
-    restored._load_online_sums(restored.estimator)
-    torch.testing.assert_close(restored.estimator.sums, callback.estimator.sums)
+    inner = restored.prior_callback
+    inner.estimator = OnlinePrior(C)
+    inner._load_online_sums(inner.estimator)
+    torch.testing.assert_close(inner.estimator.sums, estimator.sums)
     with pytest.warns(UserWarning, match=r"'prior': \('online', \[0.5, 0.5\]\)"):
         LabelSmoothing(Linear(0.2, 0.0), prior=[0.5, 0.5]).load_state_dict(state)
     assert repr(LabelSmoothing(0.1, prior=[0.25, 0.75])).endswith("prior=[0.25, 0.75])")

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.schedules import Cosine
-from ls_lightning.train import train
+from ls_lightning.cli.train import train
+from ls_lightning.smoothing import Cosine
 
 BIN = Path(sys.executable).parent
 # The default job (digits, MLP, the default callbacks and CSV logger) with an ε that changes at every step, for 10

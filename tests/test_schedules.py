@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from ls_lightning.schedules import Constant, Cosine, Exponential, Linear, Schedule, Step, TwoStage
+from ls_lightning.smoothing import Constant, Cosine, Exponential, Linear, Schedule, Step, TwoStage
 
 # (schedule, t, ε by hand)
 HAND_VALUES = [
@@ -189,11 +189,11 @@ def test_instantiated_by_jsonargparse_from_class_path():
     parser = jsonargparse.ArgumentParser(exit_on_error=False)
     parser.add_argument("--schedule", type=float | Schedule)
     cases = {
-        '{"class_path": "ls_lightning.schedules.Cosine", "init_args": {"start": 0.2, "end": 0.0}}': Cosine(0.2, 0.0),
-        '{"class_path": "ls_lightning.schedules.Step", "init_args": {"milestones": [0.5], "values": [0.1, 0.0]}}': Step(
+        '{"class_path": "ls_lightning.smoothing.Cosine", "init_args": {"start": 0.2, "end": 0.0}}': Cosine(0.2, 0.0),
+        '{"class_path": "ls_lightning.smoothing.Step", "init_args": {"milestones": [0.5], "values": [0.1, 0.0]}}': Step(
             [0.5], [0.1, 0.0]
         ),
-        '{"class_path": "ls_lightning.schedules.TwoStage", "init_args": {"epsilon": 0.1, "switch_at": 0.8}}': TwoStage(
+        '{"class_path": "ls_lightning.smoothing.TwoStage", "init_args": {"epsilon": 0.1, "switch_at": 0.8}}': TwoStage(
             0.1, 0.8
         ),
     }

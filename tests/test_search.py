@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
 from ls_lightning.cli.config import MissingDependencyError
-from ls_lightning.search import EPSILON_RANGE, PEAK_KEYS, check_sweeper_plugins, suggest_epsilon
+from ls_lightning.cli.search import EPSILON_RANGE, PEAK_KEYS, check_sweeper_plugins, suggest_epsilon
 
 BIN = Path(sys.executable).parent
 PLUGIN = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper"
@@ -44,7 +44,7 @@ def test_ls_train_without_the_plugin_exits_2_with_one_line(tmp_path: Path) -> No
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Hide())\n"
         "sys.argv = ['ls-train', 'hparams_search=optuna', 'trainer.max_epochs=1']\n"
-        "from ls_lightning.train import main\n"
+        "from ls_lightning.cli.train import main\n"
         "main()\n"
     )
     result = subprocess.run(
@@ -94,7 +94,7 @@ def test_optuna_config_composes() -> None:
     assert cfg.optimized_metric == "val/h_pq"
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
-    assert sweeper.sampler.seed == 1234 and sweeper.custom_search_space == "ls_lightning.search.suggest_epsilon"
+    assert sweeper.sampler.seed == 1234 and sweeper.custom_search_space == "ls_lightning.cli.search.suggest_epsilon"
     assert sweeper.params["label_smoothing/schedule"] == "choice(constant, linear, cosine, two_stage)"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 

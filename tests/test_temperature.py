@@ -15,8 +15,8 @@ from torchmetrics.classification import MulticlassCalibrationError
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothingMixin
-from ls_lightning.diagrams import TemperatureScaling
-from ls_lightning.temperature import fit_temperature
+from ls_lightning.integration import TemperatureScaling
+from ls_lightning.metrics import fit_temperature
 
 
 def _generated(n: int, classes: int, sharpen: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

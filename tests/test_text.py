@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from trainers import quiet_trainer
 
 from ls_lightning.cli import text as _text
-from ls_lightning.data import SequencesPerEpochSampler, TextDataModule
-from ls_lightning.models import Transformer
+from ls_lightning.cli.data import SequencesPerEpochSampler, TextDataModule
+from ls_lightning.cli.models import Transformer
 
 pytest.importorskip("tokenizers")
 

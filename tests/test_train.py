@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from ls_lightning.cli.config import ConfigValueError
-from ls_lightning.eval import evaluate
-from ls_lightning.train import train
+from ls_lightning.cli.eval import evaluate
+from ls_lightning.cli.train import train
 
 SCHEDULES = ["none", "constant", "linear", "cosine", "exponential", "step", "two_stage"]
 # the epoch keys of DESIGN.md ("Logged keys"), per stage

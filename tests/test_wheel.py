@@ -58,7 +58,7 @@ def test_wheel_ships_the_configs_and_trains_from_another_directory(tmp_path: Pat
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel], tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    found = _run([python, "-c", "import ls_lightning.train as t; print(t.__file__)"], elsewhere).stdout.strip()
+    found = _run([python, "-c", "import ls_lightning.cli.train as t; print(t.__file__)"], elsewhere).stdout.strip()
     assert Path(found).is_relative_to(tmp_path / "venv"), found  # the wheel, not the source tree
 
     _run([tmp_path / "venv" / "bin" / "ls-train", "trainer.max_epochs=1", *QUIET], elsewhere)

@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothedCrossEntropy, LabelSmoothingMixin, linear_label_smoothed_cross_entropy
-from ls_lightning.functional import (
+from ls_lightning.losses import (
+    functional,
     label_smoothed_cross_entropy,
     label_smoothed_cross_entropy_with_stats,
     linear_label_smoothed_cross_entropy_with_stats,
 )
-from ls_lightning.losses import functional
-from ls_lightning.losses import linear as _linear
 from ls_lightning.losses.ops import fused as _fused
+from ls_lightning.losses.ops import linear as _linear
 
 C = 7
 EPS = 0.3
@@ -105,7 +105,7 @@ def path(request, monkeypatch):
     kernels), and the code torch.compile traces (run eagerly, as tests/test_compile_loss.py does)."""
     if request.param.startswith("kernel"):
         monkeypatch.setattr(functional, "SMALL_ELEMENTS", 0)
-        monkeypatch.setattr(_fused, "CHUNK_ELEMENTS", 3 * C)
+        monkeypatch.setattr(_fused, "CACHE_CHUNK_ELEMENTS", 3 * C)
         softmax = request.param == "kernel-softmax"
         monkeypatch.setattr(_fused, "SOFTMAX_MIN_CLASSES", 1 if softmax else 10**9)
     elif request.param == "traced":
@@ -292,7 +292,7 @@ def _linear_reference(h, w, b, target, eps, z_loss, softcap, reduction="mean", w
 
 @pytest.fixture(params=[1, 3, 1000], ids=["1-row-chunks", "3-row-chunks", "one-chunk"])
 def chunks(request, monkeypatch):
-    monkeypatch.setattr(_linear, "CHUNK_ELEMENTS", request.param * V)
+    monkeypatch.setattr(_linear, "LINEAR_CHUNK_ELEMENTS", request.param * V)
     monkeypatch.setattr(_linear, "MIN_CHUNK_ROWS", 1)
     return request.param
 
@@ -395,7 +395,7 @@ class _LargestTensor(TorchFunctionMode):
 @pytest.mark.parametrize(("z_loss", "softcap"), [(0.0, None), *SETTINGS], ids=["plain", *SETTING_IDS])
 def test_linear_builds_no_logits_sized_tensor(monkeypatch, z_loss, softcap):
     """Forward and backward with 4-row chunks of 64 rows: no tensor larger than a chunk of logits (or the inputs)."""
-    monkeypatch.setattr(_linear, "CHUNK_ELEMENTS", 4 * 50)
+    monkeypatch.setattr(_linear, "LINEAR_CHUNK_ELEMENTS", 4 * 50)
     monkeypatch.setattr(_linear, "MIN_CHUNK_ROWS", 1)
     h = torch.randn(64, 3, requires_grad=True)
     w = torch.randn(50, 3, requires_grad=True)

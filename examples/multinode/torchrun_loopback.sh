@@ -18,8 +18,8 @@ launch=(torchrun --nnodes=2 --nproc_per_node=1 --master_addr=127.0.0.1 --master_
 # Lightning detects torchrun (TorchElasticEnvironment): num_nodes x devices must equal torchrun's world size
 args=(trainer.num_nodes=2 trainer.devices=1 trainer.accelerator=cpu trainer.strategy=ddp "hydra.run.dir=$run_dir" "$@")
 
-"${launch[@]}" --node_rank=1 -m ls_lightning.train "${args[@]}" &
+"${launch[@]}" --node_rank=1 -m ls_lightning.cli.train "${args[@]}" &
 node1=$!
 trap 'kill "$node1" 2>/dev/null || true' EXIT  # if node 0 fails, do not leave node 1 waiting for it
-"${launch[@]}" --node_rank=0 -m ls_lightning.train "${args[@]}"
+"${launch[@]}" --node_rank=0 -m ls_lightning.cli.train "${args[@]}"
 wait "$node1"

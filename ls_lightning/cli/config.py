@@ -122,47 +122,47 @@ class ScheduleConfig:
 class NoneScheduleConfig(ScheduleConfig):
     """No smoothing: ε = 0 throughout (the callback still logs ``train/epsilon``)."""
 
-    _target_: str = "ls_lightning.schedules.Constant"
+    _target_: str = "ls_lightning.smoothing.Constant"
     epsilon: float = _ranged(0.0, _Range(0.0, 0.0, hint="schedule none means no smoothing; use constant"))
 
 
 @dataclass
 class ConstantScheduleConfig(ScheduleConfig):
-    _target_: str = "ls_lightning.schedules.Constant"
+    _target_: str = "ls_lightning.smoothing.Constant"
     epsilon: float = _ranged(0.1, _UNIT)
 
 
 @dataclass
 class LinearScheduleConfig(ScheduleConfig):
-    _target_: str = "ls_lightning.schedules.Linear"
+    _target_: str = "ls_lightning.smoothing.Linear"
     start: float = _ranged(0.1, _UNIT)
     end: float = _ranged(0.0, _UNIT)
 
 
 @dataclass
 class CosineScheduleConfig(ScheduleConfig):
-    _target_: str = "ls_lightning.schedules.Cosine"
+    _target_: str = "ls_lightning.smoothing.Cosine"
     start: float = _ranged(0.1, _UNIT)
     end: float = _ranged(0.0, _UNIT)
 
 
 @dataclass
 class ExponentialScheduleConfig(ScheduleConfig):
-    _target_: str = "ls_lightning.schedules.Exponential"
+    _target_: str = "ls_lightning.smoothing.Exponential"
     start: float = _ranged(0.1, _POSITIVE_UNIT)
     end: float = _ranged(0.001, _POSITIVE_UNIT)
 
 
 @dataclass
 class StepScheduleConfig(ScheduleConfig):
-    _target_: str = "ls_lightning.schedules.Step"
+    _target_: str = "ls_lightning.smoothing.Step"
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75], metadata={"rule": _UNIT})
     values: list[float] = field(default_factory=lambda: [0.1, 0.05, 0.0], metadata={"rule": _UNIT})
 
 
 @dataclass
 class TwoStageScheduleConfig(ScheduleConfig):
-    _target_: str = "ls_lightning.schedules.TwoStage"
+    _target_: str = "ls_lightning.smoothing.TwoStage"
     epsilon: float = _ranged(0.1, _UNIT)
     switch_at: float = _ranged(0.5, _UNIT)
 
@@ -199,7 +199,7 @@ class DataConfig:
 
 @dataclass
 class DigitsDataConfig(DataConfig):
-    _target_: str = "ls_lightning.data.DigitsDataModule"
+    _target_: str = "ls_lightning.cli.data.DigitsDataModule"
     val_fraction: float = _ranged(0.2, _FRACTION)
     test_fraction: float = _ranged(0.2, _FRACTION)
     split_seed: int = 0
@@ -207,7 +207,7 @@ class DigitsDataConfig(DataConfig):
 
 @dataclass
 class BreastCancerDataConfig(DataConfig):
-    _target_: str = "ls_lightning.data.BreastCancerDataModule"
+    _target_: str = "ls_lightning.cli.data.BreastCancerDataModule"
     val_fraction: float = _ranged(0.2, _FRACTION)
     test_fraction: float = _ranged(0.2, _FRACTION)
     split_seed: int = 0
@@ -215,7 +215,7 @@ class BreastCancerDataConfig(DataConfig):
 
 @dataclass
 class SyntheticDataConfig(DataConfig):
-    _target_: str = "ls_lightning.data.SyntheticDataModule"
+    _target_: str = "ls_lightning.cli.data.SyntheticDataModule"
     num_classes: int = _ranged(10, _Range(2))
     num_features: int = _ranged(20, _POSITIVE_INT)
     num_train: int = _ranged(2000, _POSITIVE_INT)
@@ -228,7 +228,7 @@ class SyntheticDataConfig(DataConfig):
 
 @dataclass
 class TextDataConfig(DataConfig):
-    _target_: str = "ls_lightning.data.TextDataModule"
+    _target_: str = "ls_lightning.cli.data.TextDataModule"
     batch_size: int = _ranged(16, _POSITIVE_INT)
     vocab_size: int = _ranged(8192, _Range(258, hint="the 256 bytes and 2 special tokens"))
     block_size: int = _ranged(64, _POSITIVE_INT)
@@ -250,14 +250,14 @@ class ModelConfig:
 
 @dataclass
 class MLPConfig(ModelConfig):
-    _target_: str = "ls_lightning.models.MLP"
+    _target_: str = "ls_lightning.cli.models.MLP"
     hidden_sizes: list[int] = field(default_factory=lambda: [128], metadata={"rule": _POSITIVE_INT})
     dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
 
 
 @dataclass
 class CNNConfig(ModelConfig):
-    _target_: str = "ls_lightning.models.CNN"
+    _target_: str = "ls_lightning.cli.models.CNN"
     image_size: int = _ranged(8, _POSITIVE_INT)
     channels: list[int] = field(default_factory=lambda: [16, 32], metadata={"rule": _POSITIVE_INT})
     hidden_size: int = _ranged(64, _POSITIVE_INT)
@@ -266,7 +266,7 @@ class CNNConfig(ModelConfig):
 
 @dataclass
 class TransformerConfig(ModelConfig):
-    _target_: str = "ls_lightning.models.Transformer"
+    _target_: str = "ls_lightning.cli.models.Transformer"
     d_model: int = _ranged(128, _POSITIVE_INT)
     num_layers: int = _ranged(2, _POSITIVE_INT)
     num_heads: int = _ranged(4, _POSITIVE_INT)
@@ -332,7 +332,7 @@ class PathsConfig:
 class CalibrationConfig:
     """What a run shows of calibration besides the logged measures (booleans: OmegaConf rejects anything else)."""
 
-    # reliability diagrams of every validation and reliability.json (ls_lightning.diagrams.ReliabilityDiagram)
+    # reliability diagrams of every validation and reliability.json (ls_lightning.integration.ReliabilityDiagram)
     diagrams: bool = True
     # fit T on the validation logits, log val/temperature and val/ece_ts (keeps the logits: O(N·C) memory)
     temperature_scaling: bool = False
@@ -464,7 +464,7 @@ def _check_prior(cfg: DictConfig) -> list[str]:
         return []
     if OmegaConf.is_missing(prior, "values") or prior["values"] is None:
         return ["label_smoothing.prior.values is required with label_smoothing/prior=fixed: a list of C floats"]
-    from ls_lightning.integration.priors import fixed_prior
+    from ls_lightning.losses import fixed_prior
 
     values = list(prior["values"])
     try:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ls_lightning.cli.errors import MissingDependencyError
-from ls_lightning.integration.samplers import UnpaddedDistributedSampler
+from ls_lightning.metrics import UnpaddedDistributedSampler
 
 __all__ = [
     "BreastCancerDataModule",

@@ -13,7 +13,7 @@ from ls_lightning.cli.launch import continued_metrics, hydra_job_launch, quiet_r
 from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, print_summary, run_main
 
 if TYPE_CHECKING:
-    from ls_lightning.integration.mixin import LabelSmoothingMixin
+    from ls_lightning.integration import LabelSmoothingMixin
 
 __all__ = ["evaluate", "main"]
 
@@ -72,7 +72,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Entry point of ``ls-eval`` (and ``python -m ls_lightning.eval``); ranks > 0 write no Hydra files."""
+    """Entry point of ``ls-eval`` (and ``python -m ls_lightning.cli.eval``); ranks > 0 write no Hydra files."""
     sys.argv += quiet_rank_overrides()
     _hydra_main()
 

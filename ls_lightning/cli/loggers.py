@@ -160,7 +160,7 @@ def send_report_figure(loggers: Sequence[tuple[Logger, str]], figure: Figure) ->
     """
     from lightning.pytorch.loggers import WandbLogger
 
-    from ls_lightning.integration.figures import log_figure
+    from ls_lightning.integration import log_figure
 
     where = {id(logger): text for logger, text in loggers}
     sent = log_figure([logger for logger, _ in loggers], "report", figure)

@@ -10,7 +10,7 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
 
-from ls_lightning.integration.mixin import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup, Task
+from ls_lightning.integration import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup, Task
 
 __all__ = ["CNN", "MLP", "Classifier", "Transformer"]
 

@@ -180,13 +180,14 @@ def _last_values(csv_path: Path, keys: Sequence[str]) -> dict[str, float]:
 
 
 def _read_curve(path: Path) -> BinStats | None:
-    from ls_lightning.integration.callbacks.reliability_diagram import RELIABILITY_JSON, bin_stats_from_dict
+    from ls_lightning.integration import RELIABILITY_JSON
+    from ls_lightning.metrics import BinStats
 
     found = sorted(path.rglob(RELIABILITY_JSON))
     if not found:
         return None
     try:
-        return bin_stats_from_dict(json.loads(found[0].read_text()))
+        return BinStats.from_dict(json.loads(found[0].read_text()))
     except (ValueError, OSError):
         return None  # a half-written file of a killed job: the table does not need it
 

@@ -21,7 +21,7 @@ from ls_lightning.cli.loggers import keep_offline
 if TYPE_CHECKING:
     import lightning.pytorch as L
 
-    from ls_lightning.integration.schedules import Schedule
+    from ls_lightning.smoothing import Schedule
 
 # shown in the final table, in this order
 SUMMARY_METRICS = ("acc", "ece", "h_pq", "loss")
@@ -44,7 +44,7 @@ def build_run(cfg: DictConfig) -> Run:
     """
     from lightning.pytorch.utilities import rank_zero_warn
 
-    from ls_lightning.integration.callbacks.label_smoothing import LabelSmoothing
+    from ls_lightning.integration import LabelSmoothing
 
     datamodule = _make(cfg, "data")
     schedule = _make(cfg, "label_smoothing.schedule")

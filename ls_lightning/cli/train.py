@@ -58,7 +58,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Entry point of ``ls-train`` (and ``python -m ls_lightning.train``).
+    """Entry point of ``ls-train`` (and ``python -m ls_lightning.cli.train``).
 
     A process of global rank > 0 (re-launched by Lightning, or started by torchrun or SLURM) runs the same app in the
     same run directory but writes no Hydra files there.

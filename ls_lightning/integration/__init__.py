@@ -1,45 +1,36 @@
-"""The Lightning integration: the mixin, the callbacks, ε schedules, priors and samplers. Needs lightning.
+"""The Lightning integration: the mixin, the callbacks, and :func:`log_figure`. Needs lightning.
 
-Names are resolved lazily, as in :mod:`ls_lightning`: :mod:`ls_lightning.integration.schedules` is plain Python, so
-that the command line can check a schedule's arguments (``ls_lightning.cli.config.validate_config``) and report a bad
-value before it pays for importing Lightning.
+Only code that uses Lightning lives here: the schedules and priors it applies are in :mod:`ls_lightning.smoothing`,
+the metrics it logs in :mod:`ls_lightning.metrics`, the losses in :mod:`ls_lightning.losses`.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
-_EXPORTS = {
-    "LabelSmoothing": "ls_lightning.integration.callbacks",
-    "LabelSmoothingMixin": "ls_lightning.integration.mixin",
-    "ReliabilityDiagram": "ls_lightning.integration.callbacks",
-    "TemperatureScaling": "ls_lightning.integration.callbacks",
-    "UnpaddedDistributedSampler": "ls_lightning.integration.samplers",
-}
+from ls_lightning.integration.callbacks.label_smoothing import LabelSmoothing
+from ls_lightning.integration.callbacks.label_smoothing_prior import LabelSmoothingPrior
+from ls_lightning.integration.callbacks.reliability_diagram import RELIABILITY_JSON, ReliabilityDiagram
+from ls_lightning.integration.callbacks.temperature_scaling import TemperatureScaling
+from ls_lightning.integration.figures import log_figure
+from ls_lightning.integration.mixin import (
+    DEFAULT_LOG_METRICS,
+    METRIC_GROUPS,
+    LabelSmoothingMixin,
+    MetricGroup,
+    Stage,
+    Task,
+)
 
 __all__ = [
+    "DEFAULT_LOG_METRICS",
+    "METRIC_GROUPS",
+    "RELIABILITY_JSON",
     "LabelSmoothing",
     "LabelSmoothingMixin",
+    "LabelSmoothingPrior",
+    "LossBatch",
+    "MetricGroup",
+    "MixinSettings",
     "ReliabilityDiagram",
+    "Stage",
+    "Task",
     "TemperatureScaling",
-    "UnpaddedDistributedSampler",
+    "log_figure",
 ]
-
-if TYPE_CHECKING:
-    from ls_lightning.integration.callbacks import LabelSmoothing, ReliabilityDiagram, TemperatureScaling
-    from ls_lightning.integration.mixin import LabelSmoothingMixin
-    from ls_lightning.integration.samplers import UnpaddedDistributedSampler
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ls_lightning.integration' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torch.utils.data.distributed import DistributedSampler
 from torchmetrics import Metric
 
-from ls_lightning.integration.samplers import pads_samples
 from ls_lightning.losses import (
     BinaryLossStats,
     LabelSmoothedCE,
@@ -28,6 +28,7 @@ from ls_lightning.metrics import (
     BrierScore,
     Overconfidence,
     Perplexity,
+    UnpaddedDistributedSampler,
     WeightedMean,
 )
 
@@ -104,15 +105,6 @@ def _binary_inputs(task: Task, logits: Tensor, target: Tensor) -> tuple[Tensor, 
     if task == "binary" and logits.dim() == 2 and target.shape == logits.shape[:1]:
         target = target.unsqueeze(1)
     return logits, target
-
-
-def _two_class_logits(logits: Tensor, stats: BinaryLossStats) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Binary logits z as the two-class logits [0, z] (softmax of which is [1 − σ(z), σ(z)]) with 0/1 class indices:
-    what the multi-class observers (temperature scaling) take. Soft-target positions are masked out."""
-    z = logits.detach().reshape(-1, 1).float()
-    target = stats.target
-    hard = (target == 0) | (target == 1)
-    yield torch.cat([torch.zeros_like(z), z], dim=1), target.long(), hard
 
 
 def _check_epsilon(value: Any) -> float:
@@ -228,6 +220,79 @@ def _update_binary_calibration(metric: Mapping[str, Metric], names: Sequence[str
         metric["brier"].update(stats.brier, weight=stats.valid)
 
 
+def _callbacks(trainer: Trainer) -> list[Any]:
+    """``trainer.callbacks``, documented by Lightning but set in its ``__init__`` (so unknown to type checkers)."""
+    return cast("list[Any]", cast(Any, trainer).callbacks)
+
+
+def _key(stage: Stage, prefix: str, name: str) -> str:
+    return f"{stage}/{prefix}{name}"
+
+
+class MixinSettings(NamedTuple):
+    """The settings of :class:`LabelSmoothingMixin` that a callback may pass for the fits it takes part in."""
+
+    task: Task
+    log_metrics: tuple[MetricGroup, ...]
+    log_prefix: str
+
+
+_SETTINGS_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "task": check_task,
+    "log_metrics": check_log_metrics,
+    "log_prefix": check_log_prefix,
+}
+
+
+def _settings_from_callbacks(own: MixinSettings, callbacks: Iterable[Any]) -> MixinSettings:
+    """``own`` with each setting that a callback's ``label_smoothing_settings()`` gives replaced by that value."""
+    given: dict[str, tuple[Any, str]] = {}
+    for callback in callbacks:
+        method = getattr(callback, "label_smoothing_settings", None)
+        if method is None:
+            continue
+        for name, value in method().items():
+            if name not in _SETTINGS_CHECKS:
+                raise ValueError(
+                    f"Expected `{type(callback).__name__}.label_smoothing_settings()` to give settings among"
+                    f" {tuple(_SETTINGS_CHECKS)}, but got {name!r}"
+                )
+            value = _SETTINGS_CHECKS[name](value)
+            if name in given and given[name][0] != value:
+                raise ValueError(
+                    f"Callbacks `{given[name][1]}` and `{type(callback).__name__}` set the label-smoothing mixin's"
+                    f" `{name}` to {given[name][0]!r} and {value!r}: keep one of them"
+                )
+            given[name] = (value, type(callback).__name__)
+    return own._replace(**{name: value for name, (value, _) in given.items()}) if given else own
+
+
+class LossBatch(NamedTuple):
+    """One batch's loss and per-position statistics, handed by the mixin to every callback with an ``on_loss_batch``
+    hook, as the module computes its loss (after the batch entered the mixin's metrics).
+
+    A callback (ours, such as :class:`~ls_lightning.integration.TemperatureScaling`, or a user's) defines
+    ``on_loss_batch(self, trainer, pl_module, batch: LossBatch)`` and reads what it needs; the logits are built only
+    when :meth:`logits` is called (the fused linear loss never holds them: it remakes them chunk by chunk).
+    """
+
+    stage: Stage
+    task: Task
+    loss: LabelSmoothedCE  # the reduced loss and its terms (with gradient: detach before keeping them)
+    stats: LossStats | BinaryLossStats  # per position, detached
+    logit_parts: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]]
+
+    def logits(self, mask: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """``(logits, target, mask)`` parts of the batch, detached: the positions ``mask`` selects ((M,) bool over the
+        flattened positions; default: those not ignored) are those where the part's own ``mask`` is set.
+
+        Multi-class: (N, C, ...) logits and the target as given to the loss (one part), or, from the fused linear
+        loss, chunks of (rows, V) logits of the selected rows. Binary and multi-label: the logits and targets as
+        given (one logit per position).
+        """
+        return self.logit_parts(self.stats.valid if mask is None else mask)
+
+
 def _logs_after(step: Callable[..., Any]) -> Callable[..., Any]:
     """``step`` followed by the mixin's logging of the batch (see ``LabelSmoothingMixin.__init_subclass__``).
 
@@ -255,7 +320,7 @@ class _LoggingState:
     """The mixin's bookkeeping of logging, one object per module: its fields change every step, and a plain object's
     attributes cost less to set than a module's (``nn.Module.__setattr__`` checks for parameters and submodules)."""
 
-    __slots__ = ("epochs", "logging_own", "padding_checked", "pending", "step_depth", "user_keys", "z_loss")
+    __slots__ = ("epochs", "logging_own", "padding_checked", "pending", "settings", "step_depth", "user_keys", "z_loss")
 
     def __init__(self) -> None:
         self.user_keys: set[str] = set()  # keys the module logs itself
@@ -265,6 +330,7 @@ class _LoggingState:
         self.step_depth = 0
         self.padding_checked: set[str] = set()
         self.z_loss = False  # the pending batch's loss has a z-loss term: its key is logged
+        self.settings: MixinSettings | None = None  # the settings the pending batch was recorded with
 
 
 class LabelSmoothingMixin:
@@ -396,8 +462,9 @@ class LabelSmoothingMixin:
 
     @property
     def ls_log_metrics(self) -> tuple[MetricGroup, ...]:
-        """The groups of keys the mixin logs (see the class's ``log_metrics``)."""
-        return self._ls_log_metrics
+        """The groups of keys the mixin logs (see the class's ``log_metrics``): the module's own, or during a fit what
+        a callback passes through ``label_smoothing_settings()``. Setting it sets the module's own."""
+        return self.ls_settings.log_metrics
 
     @ls_log_metrics.setter
     def ls_log_metrics(self, groups: Sequence[MetricGroup]) -> None:
@@ -405,8 +472,9 @@ class LabelSmoothingMixin:
 
     @property
     def ls_log_prefix(self) -> str:
-        """Put between ``{stage}/`` and the name of each key the mixin (and the callback) logs."""
-        return self._ls_log_prefix
+        """Put between ``{stage}/`` and the name of each key the mixin (and the callback) logs: the module's own, or
+        a callback's (see :attr:`ls_log_metrics`)."""
+        return self.ls_settings.log_prefix
 
     @ls_log_prefix.setter
     def ls_log_prefix(self, prefix: str) -> None:
@@ -415,12 +483,26 @@ class LabelSmoothingMixin:
     @property
     def ls_task(self) -> Task:
         """``"multiclass"`` (softmax over (N, C, ...) class logits), ``"binary"`` ((N,) or (N, 1) logits, 0/1
-        targets) or ``"multilabel"`` ((N, L) logits, multi-hot targets): see the class's ``task``."""
-        return self._ls_task
+        targets) or ``"multilabel"`` ((N, L) logits, multi-hot targets): see the class's ``task``. The module's own,
+        or a callback's (see :attr:`ls_log_metrics`)."""
+        return self.ls_settings.task
 
     @ls_task.setter
     def ls_task(self, task: Task) -> None:
         self._ls_task = check_task(task)
+
+    @property
+    def ls_settings(self) -> MixinSettings:
+        """The settings in effect: the module's own (its arguments), each replaced by what a callback of the current
+        trainer passes through its ``label_smoothing_settings()`` method, if any. Nothing is written on the module:
+        after the fit, or under another trainer, the module's own settings hold again.
+
+        Raises:
+            ValueError: if two callbacks pass different values for one setting, or a value is malformed.
+        """
+        own = MixinSettings(self._ls_task, self._ls_log_metrics, self._ls_log_prefix)
+        trainer = self._ls_trainer()
+        return own if trainer is None else _settings_from_callbacks(own, _callbacks(trainer))
 
     @property
     def label_smoothing_prior(self) -> Tensor | None:
@@ -465,13 +547,14 @@ class LabelSmoothingMixin:
             ValueError: if ``z_loss`` or ``softcap`` is set for a binary or multi-label task.
         """
         stage = self._ls_resolve_stage(stage)
-        if self._ls_task != "multiclass":
+        task = self.ls_task
+        if task != "multiclass":
             if z_loss or softcap is not None:
                 raise ValueError(
-                    f"Expected `z_loss=0.0` and `softcap=None` with task={self._ls_task!r} (both act on a softmax over"
+                    f"Expected `z_loss=0.0` and `softcap=None` with task={task!r} (both act on a softmax over"
                     f" classes), but got z_loss={z_loss!r}, softcap={softcap!r}"
                 )
-            return self._ls_binary_loss(logits, target, stage)
+            return self._ls_binary_loss(logits, target, stage, task)
         loss, stats = label_smoothed_cross_entropy_with_stats(
             logits,
             target,
@@ -486,19 +569,19 @@ class LabelSmoothingMixin:
             self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
         return loss.loss
 
-    def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None) -> Tensor:
+    def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None, task: Task) -> Tensor:
         """``label_smoothed_loss`` of the binary and multi-label tasks: the label-smoothed BCE, one sample per logit."""
         if self.label_smoothing_prior is not None:
             raise ValueError(
-                f"Expected no label-smoothing prior for task={self._ls_task!r} (the smoothing target of a binary label"
+                f"Expected no label-smoothing prior for task={task!r} (the smoothing target of a binary label"
                 " is 1/2), but the module has one; set `label_smoothing_prior = None` or use task='multiclass'"
             )
-        logits, target = _binary_inputs(self._ls_task, logits, target)
+        logits, target = _binary_inputs(task, logits, target)
         loss, stats = binary_label_smoothed_cross_entropy_with_stats(
             logits, target, self._ls_epsilon(), brier=stage not in (None, "train")
         )
         if stage is not None:
-            self._ls_record(stage, loss, stats, lambda mask: _two_class_logits(logits, stats))
+            self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
         return loss.loss
 
     def label_smoothed_linear_loss(
@@ -602,14 +685,15 @@ class LabelSmoothingMixin:
         if pending is None or trainer is None or trainer.barebones:
             return
         stage, fresh = pending
-        for name in self._ls_logged_names(stage):
+        settings = state.settings or self.ls_settings
+        for name in self._ls_logged_names(stage, settings):
             if name == "z_loss" and not state.z_loss:
                 continue
             on_step = stage == "train" and name in _STEP_KEYS
             if on_step or name in fresh:
                 prog_bar = name == "loss" if on_step else (name == "acc" and stage == "val")
                 self.ls_log(
-                    self._ls_key(stage, name),
+                    _key(stage, settings.log_prefix, name),
                     getattr(self, f"ls_{stage}_metrics")[name],
                     on_step=on_step,
                     on_epoch=True,
@@ -650,32 +734,35 @@ class LabelSmoothingMixin:
         stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
     ) -> None:
-        """Add the batch to the stage's metrics (logged at the batch's end); hand the logits to the callbacks that
-        need them (``logits(mask)`` yields ``(logits, target, mask)`` parts of the batch, ``mask`` (M,) selecting
-        positions)."""
+        """Add the batch to the stage's metrics (logged as the step returns), then hand it to every callback of the
+        trainer that has an ``on_loss_batch`` hook, as a :class:`LossBatch` (``logits(mask)`` yields ``(logits,
+        target, mask)`` parts of the batch on request, ``mask`` (M,) selecting positions)."""
         trainer = self._ls_trainer()
-        if trainer is not None:
-            self._ls_update(stage, trainer, loss, stats)
-            if self._ls_state.step_depth == 0:  # called outside the module's steps (e.g. from a hook): log at once
-                self.ls_log_batch()
-        estimator = getattr(self, "ls_prior_estimator", None)
-        if stage == "train" and estimator is not None:  # online label smoothing: the correctly classified positions
-            for part in logits(stats.correct & stats.valid):
-                estimator.update(*part)
-        observers = getattr(self, "ls_val_observers", ()) if stage == "val" else ()
-        if observers:  # e.g. TemperatureScaling: callbacks that need the validation logits themselves
-            for part in logits(stats.valid):
-                for observer in observers:
-                    observer.update(*part)
+        if trainer is None:
+            return
+        settings = self.ls_settings
+        self._ls_update(stage, trainer, loss, stats, settings)
+        if self._ls_state.step_depth == 0:  # called outside the module's steps (e.g. from a hook): log at once
+            self.ls_log_batch()
+        hooks = [hook for callback in _callbacks(trainer) if (hook := getattr(callback, "on_loss_batch", None))]
+        if hooks:
+            batch = LossBatch(stage, settings.task, loss, stats, logits)
+            for hook in hooks:
+                hook(trainer, self, batch)
 
     def _ls_update(
-        self, stage: Stage, trainer: Trainer, loss: LabelSmoothedCE, stats: LossStats | BinaryLossStats
+        self,
+        stage: Stage,
+        trainer: Trainer,
+        loss: LabelSmoothedCE,
+        stats: LossStats | BinaryLossStats,
+        settings: MixinSettings,
     ) -> None:
         if stage != "train":
             self._ls_warn_if_padded(stage, trainer)
         metrics = self._ls_metrics_for(stage, loss.loss.device)
         self._ls_start_epoch(stage, trainer, metrics)
-        names = self._ls_logged_names(stage)
+        names = self._ls_logged_names(stage, settings)
         z_loss = _z_values(stats) is not None
         if not z_loss:
             names = [name for name in names if name != "z_loss"]
@@ -687,19 +774,17 @@ class LabelSmoothingMixin:
         if state.pending is not None and state.pending[0] == stage:  # a second loss in the same step (two heads)
             fresh |= state.pending[1]
             z_loss |= state.z_loss
-        state.pending, state.z_loss = (stage, fresh), z_loss
+        state.pending, state.z_loss, state.settings = (stage, fresh), z_loss, settings
 
-    def _ls_logged_names(self, stage: Stage) -> list[str]:
+    def _ls_logged_names(self, stage: Stage, settings: MixinSettings) -> list[str]:
         """Names of the keys the mixin logs for ``stage``: its groups, less those the module logs itself."""
+        user_keys = self._ls_state.user_keys
         return [
             name
-            for group in self._ls_log_metrics
+            for group in settings.log_metrics
             for name in METRIC_GROUPS[group]
-            if (stage != "train" or name in _TRAIN_KEYS) and self._ls_key(stage, name) not in self._ls_state.user_keys
+            if (stage != "train" or name in _TRAIN_KEYS) and _key(stage, settings.log_prefix, name) not in user_keys
         ]
-
-    def _ls_key(self, stage: Stage, name: str) -> str:
-        return f"{stage}/{self._ls_log_prefix}{name}"
 
     def _ls_warn_if_padded(self, stage: Stage, trainer: Trainer) -> None:
         checked = self._ls_state.padding_checked
@@ -708,11 +793,12 @@ class LabelSmoothingMixin:
         checked.add(stage)
         loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
-            if pads_samples(getattr(loader, "sampler", None)):
+            if _pads_samples(getattr(loader, "sampler", None)):
                 rank_zero_warn(
                     f"The {stage} dataloader's DistributedSampler pads the data with repeated samples, so `{stage}/...`"
-                    " metrics count them twice. Give the loader `ls_lightning.data.UnpaddedDistributedSampler(dataset)`"
-                    " (Lightning keeps a sampler that is already a DistributedSampler), or evaluate on one device."
+                    " metrics count them twice. Give the loader"
+                    " `ls_lightning.metrics.UnpaddedDistributedSampler(dataset)` (Lightning keeps a sampler that is"
+                    " already a DistributedSampler), or evaluate on one device."
                 )
                 return
 
@@ -720,7 +806,8 @@ class LabelSmoothingMixin:
     def _ls_claim(self, name: str) -> None:
         """The module logs ``name`` itself: the mixin no longer logs it."""
         self._ls_state.user_keys.add(name)
-        if any(name == self._ls_key(stage, key) for stage in _STAGES for key in _ALL_KEYS):
+        prefix = self.ls_log_prefix
+        if any(name == _key(stage, prefix, key) for stage in _STAGES for key in _ALL_KEYS):
             rank_zero_info(
                 f"`{type(self).__name__}` logs `{name}` itself: the label-smoothing mixin leaves that key to it. Set"
                 " `log_prefix` (e.g. 'ls_') to log the mixin's value beside it."
@@ -749,6 +836,17 @@ class LabelSmoothingMixin:
             metrics = _new_metrics(stage, self.ls_n_bins).to(device)
             cast(nn.Module, self).add_module(name, metrics)
         return cast(nn.ModuleDict, metrics)
+
+
+def _pads_samples(sampler: Any) -> bool:
+    """Whether ``sampler`` repeats samples to give every process the same length (torch's DistributedSampler does)."""
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return False
+    if isinstance(sampler, (UnpaddedDistributedSampler, UnrepeatedDistributedSampler)):
+        return False
+    return sampler.total_size > len(sampler.dataset)  # type: ignore[arg-type]
 
 
 def _adopt_saved_prior(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

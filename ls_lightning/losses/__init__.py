@@ -1,7 +1,9 @@
-"""The losses: the label-smoothed cross-entropy (multi-class and binary), its fused lm-head form, their kernels.
+"""The losses: the label-smoothed cross-entropy (multi-class, binary, fused with the output layer), their argument
+checks, and the priors u they smooth towards (``prior=``).
 
-:mod:`ls_lightning.losses.ops` holds the kernels (autograd Functions and the code ``torch.compile`` traces); the
-functions and the modules here are what other layers and users call. Needs torch only.
+Needs torch only. :mod:`ls_lightning.losses.ops` holds the kernels (autograd Functions, the custom op and the code
+``torch.compile`` traces); the functions and modules exported here validate, dispatch and document, and are what
+other layers and users call.
 """
 
 from ls_lightning.losses.binary import (
@@ -9,14 +11,11 @@ from ls_lightning.losses.binary import (
     binary_label_smoothed_cross_entropy,
     binary_label_smoothed_cross_entropy_with_stats,
 )
+from ls_lightning.losses.checks import check_label_smoothing, check_prior, check_softcap, check_z_loss
 from ls_lightning.losses.functional import (
     LabelSmoothedCE,
     LossStats,
     Reduction,
-    check_label_smoothing,
-    check_prior,
-    check_softcap,
-    check_z_loss,
     label_smoothed_cross_entropy,
     label_smoothed_cross_entropy_with_stats,
 )
@@ -25,24 +24,28 @@ from ls_lightning.losses.linear import (
     linear_label_smoothed_cross_entropy_with_stats,
 )
 from ls_lightning.losses.module import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy
-from ls_lightning.losses.temperature import fit_temperature
+from ls_lightning.losses.priors import LABEL_KEYS, batch_labels, class_frequency, fixed_prior, prior_matrix
 
 __all__ = [
+    "LABEL_KEYS",
     "BinaryLabelSmoothedCrossEntropy",
     "BinaryLossStats",
     "LabelSmoothedCE",
     "LabelSmoothedCrossEntropy",
     "LossStats",
     "Reduction",
+    "batch_labels",
     "binary_label_smoothed_cross_entropy",
     "binary_label_smoothed_cross_entropy_with_stats",
     "check_label_smoothing",
     "check_prior",
     "check_softcap",
     "check_z_loss",
-    "fit_temperature",
+    "class_frequency",
+    "fixed_prior",
     "label_smoothed_cross_entropy",
     "label_smoothed_cross_entropy_with_stats",
     "linear_label_smoothed_cross_entropy",
     "linear_label_smoothed_cross_entropy_with_stats",
+    "prior_matrix",
 ]

@@ -14,13 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ls_lightning.losses.functional import (
-    _REDUCTIONS,
-    LabelSmoothedCE,
-    Reduction,
-    _assert_on_device,
-    check_label_smoothing,
-)
+from ls_lightning.losses.checks import assert_on_device, check_label_smoothing, check_reduction
+from ls_lightning.losses.functional import LabelSmoothedCE, Reduction
 
 __all__ = [
     "BinaryLossStats",
@@ -174,8 +169,7 @@ def _check_arguments(
     reduction: str,
 ) -> None:
     """Raise ValueError naming the argument, the expected form and the value received."""
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
+    check_reduction(reduction)
     check_label_smoothing(eps)
     if not isinstance(input, Tensor) or not input.is_floating_point():
         raise ValueError(
@@ -216,7 +210,7 @@ def _check_target_range(target: Tensor) -> None:
         return
     if target.device.type != "cpu":
         ok = ((target >= 0) & (target <= 1)).all()
-        _assert_on_device(ok, "Expected argument `target` to hold values in [0, 1]")
+        assert_on_device(ok, "Expected argument `target` to hold values in [0, 1]")
         return
     low, high = torch.aminmax(target)
     if not (low.item() >= 0 and high.item() <= 1):  # `not`: a NaN fails too

@@ -16,19 +16,17 @@ custom op it would keep at best its eager time (see :mod:`ls_lightning.losses.op
 
 from __future__ import annotations
 
-import math
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ls_lightning.losses.checks import check_loss_arguments, check_softcap, check_z_loss
 from ls_lightning.losses.ops import fused as _fused
 from ls_lightning.losses.ops import traced as _traced
 
 Reduction = Literal["none", "mean", "sum"]
-_REDUCTIONS = ("none", "mean", "sum")
-_PRIOR_TOLERANCE = 1e-4
 # The short log_softmax path (a few small ops and three autograd nodes) is faster than the chunked kernel for inputs
 # of at most SMALL_ELEMENTS logits in at most SMALL_ROWS rows: its cost grows with the rows (PyTorch's log_softmax
 # costs ~0.2 µs a row at C = 10), the kernel's is ~40 ops of dispatch plus the elements. Measured forward + backward,
@@ -191,7 +189,7 @@ def _compute(
     ``brier=False`` may leave ``LossStats.brier`` empty where computing it costs a pass of its own. Soft-capping is
     a pointwise map in front of the loss that autograd differentiates (traced, Inductor fuses it into the loss).
     """
-    _check_arguments(input, target, eps, weight, ignore_index, reduction, prior)
+    check_loss_arguments(input, target, eps, weight, ignore_index, reduction, prior)
     check_z_loss(z_loss)
     check_softcap(softcap)
     unbatched = input.dim() == 1
@@ -201,11 +199,12 @@ def _compute(
     if t.is_floating_point():
         outputs = _composite(x, t, eps, weight, ignore_index, reduction, prior, z_loss)
     elif torch.compiler.is_compiling():
-        outputs = _traced.traced(x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier, z_loss)
+        args = (x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier, z_loss)
+        outputs = _traced.traced_loss_and_stats(*args)
     elif weight is None and prior is None and x.numel() <= SMALL_ELEMENTS and x.numel() <= SMALL_ROWS * x.shape[1]:
         outputs = _small(x, t.long(), eps, ignore_index, reduction, with_stats, brier, z_loss)
     elif torch.is_grad_enabled() and x.requires_grad:
-        outputs = _fused.FusedLabelSmoothedCE.apply(
+        outputs = _fused.FusedLabelSmoothedCEFunction.apply(
             x, t.long(), eps, weight, prior, ignore_index, reduction, with_stats, brier, z_loss
         )
     else:
@@ -231,7 +230,7 @@ def _fused_no_grad(
 ) -> tuple[Tensor, ...]:
     """The fused forward without autograd and without a gradient buffer (validation, inference)."""
     args = (x, target, eps, weight, prior, ignore_index, reduction, with_stats, None, brier, z_loss)
-    _, out, stats = _fused.run(*args)
+    _, out, stats = _fused.loss_and_row_stats(*args)
     return (out.loss, out.h_pq, out.h_uq, *stats)
 
 
@@ -314,8 +313,8 @@ def _composite(
     else:
         h_pq, h_uq, label, valid, wsum = _index_terms(logp, target, weight, ignore_index, prior)
     shape, denominator = h_pq.shape, _fused.mean_denominator(wsum, reduction)
-    h_pq = _fused.reduce(h_pq.reshape(-1), reduction, denominator, shape)
-    h_uq = _fused.reduce(h_uq.reshape(-1), reduction, denominator, shape)
+    h_pq = _fused.reduce_rows(h_pq.reshape(-1), reduction, denominator, shape)
+    h_uq = _fused.reduce_rows(h_uq.reshape(-1), reduction, denominator, shape)
     loss, z_rows = _add_z_loss((1 - eps) * h_pq + eps * h_uq, x, valid.to(acc), z_loss, reduction, True)
     return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), label, valid, wsum), z_rows)
 
@@ -373,165 +372,3 @@ def _composite_stats(
     q_y = q.gather(1, torch.where(valid, label, 0).long().unsqueeze(1)).squeeze(1)
     brier_values = q.square().sum(1) - 2 * q_y + 1
     return confidence, correct, valid.reshape(-1), brier_values.reshape(-1).float(), wsum.float()
-
-
-# ----------------------------------------------------------------------------------------------- argument checks
-
-
-def _check_arguments(
-    input: Tensor,
-    target: Tensor,
-    eps: float | Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    prior: Tensor | None,
-) -> None:
-    """Raise ValueError/TypeError naming the argument and the value for every malformed argument."""
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
-    check_label_smoothing(eps)
-    _check_shapes(input, target, ignore_index)
-    num_classes = input.shape[1] if input.dim() > 1 else input.shape[0]
-    if weight is not None and (weight.shape != (num_classes,) or not weight.is_floating_point()):
-        raise ValueError(
-            f"Expected argument `weight` to be a floating point tensor of shape ({num_classes},), "
-            f"but got {weight.dtype} of shape {tuple(weight.shape)}"
-        )
-    if prior is not None:
-        check_prior(prior, num_classes)
-    if not target.is_floating_point():
-        _check_class_indices(target, num_classes, ignore_index)
-
-
-def check_z_loss(z_loss: float) -> None:
-    """``z_loss`` a finite number ≥ 0 (its value is not read under ``torch.compile``: that would guard on it)."""
-    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)):
-        raise ValueError(f"Expected argument `z_loss` to be a finite float >= 0, but got {z_loss!r}")
-    if not torch.compiler.is_compiling() and not (math.isfinite(z_loss) and z_loss >= 0):
-        raise ValueError(f"Expected argument `z_loss` to be a finite float >= 0, but got {z_loss!r}")
-
-
-def check_softcap(softcap: float | None) -> None:
-    """``softcap`` None or a finite number > 0 (its value is not read under ``torch.compile``)."""
-    if softcap is None:
-        return
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-        raise ValueError(f"Expected argument `softcap` to be None or a finite float > 0, but got {softcap!r}")
-    if not torch.compiler.is_compiling() and not (math.isfinite(softcap) and softcap > 0):
-        raise ValueError(f"Expected argument `softcap` to be None or a finite float > 0, but got {softcap!r}")
-
-
-def check_label_smoothing(eps: float | Tensor) -> None:
-    """ε in [0, 1]; a tensor ε is range-checked only on the CPU, where reading it costs no device sync."""
-    if isinstance(eps, Tensor):
-        if eps.numel() != 1 or not eps.is_floating_point():
-            raise ValueError(
-                f"Expected argument `label_smoothing` to be a float or a 0-d floating point tensor, "
-                f"but got {eps.dtype} of shape {tuple(eps.shape)}"
-            )
-        if eps.device.type != "cpu" or torch.compiler.is_compiling():
-            return
-        value = float(eps)
-    elif isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise ValueError(f"Expected argument `label_smoothing` to be a float in [0, 1], but got {eps!r}")
-    else:
-        value = eps
-    if torch.compiler.is_compiling():
-        return  # a traced comparison of ε would guard on its value and recompile when ε changes
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"Expected argument `label_smoothing` to be in [0, 1], but got {value}")
-
-
-def _sizes_are(shape: tuple[int, ...], c: int) -> bool:
-    """``shape`` is (c,) or (c, c)."""
-    return len(shape) in (1, 2) and all(size == c for size in shape)
-
-
-def _check_shapes(input: Tensor, target: Tensor, ignore_index: int) -> None:
-    """input floating with ≥ 1 dim; target of input's shape (probabilities) or without dim 1 (indices)."""
-    if not isinstance(input, Tensor) or not input.is_floating_point() or input.dim() == 0:
-        raise ValueError(
-            f"Expected argument `input` to be a floating point tensor of shape (C), (N, C) or "
-            f"(N, C, d1, ...), but got {getattr(input, 'dtype', type(input))} "
-            f"of shape {tuple(getattr(input, 'shape', ()))}"
-        )
-    if not isinstance(target, Tensor) or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(
-            f"Expected argument `target` to be a tensor of class indices or probabilities, "
-            f"but got {getattr(target, 'dtype', type(target))}"
-        )
-    if target.is_floating_point():
-        expected = tuple(input.shape)
-        if ignore_index >= 0:
-            raise ValueError(
-                f"Expected argument `ignore_index` to be negative (unused) for probability targets, "
-                f"but got {ignore_index}"
-            )
-    else:
-        expected = (*input.shape[:1], *input.shape[2:]) if input.dim() > 1 else ()
-    if tuple(target.shape) != expected:
-        kind = "probability" if target.is_floating_point() else "class-index"
-        raise ValueError(
-            f"Expected argument `target` ({kind}) to have shape {expected} for input of shape "
-            f"{tuple(input.shape)}, but got {tuple(target.shape)}"
-        )
-
-
-# torch's device-side assert: the one way to check values on an accelerator without a host sync each step. Private
-# (so read once, with a fallback: the synchronous check); tests/test_architecture.py fails when it changes.
-_ASSERT_ASYNC = getattr(torch, "_assert_async", None)
-
-
-def _assert_on_device(condition: Tensor, message: str) -> None:
-    """Fail with ``message`` where ``condition`` (a 0-d bool tensor on an accelerator) is false, without a sync."""
-    if _ASSERT_ASYNC is not None:
-        _ASSERT_ASYNC(condition, message)
-    elif not bool(condition):
-        raise ValueError(message)
-
-
-def _check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> None:
-    """Indices in [0, C) or ignore_index: read on the CPU; on accelerators an async device assert (no sync)."""
-    if torch.compiler.is_compiling() or target.numel() == 0:
-        return
-    if target.device.type != "cpu":
-        bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-        _assert_on_device(~bad.any(), "Expected argument `target` to hold class indices in [0, C) or ignore_index")
-        return
-    low, high = torch.aminmax(target)  # one op in the common case; reading CPU scalars costs no device sync
-    if low.item() >= 0 and high.item() < num_classes:
-        return
-    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if bad.any():
-        raise ValueError(
-            f"Expected argument `target` to hold class indices in [0, {num_classes}) or ignore_index={ignore_index}, "
-            f"but got {target[bad].flatten()[0].item()}"
-        )
-
-
-def check_prior(prior: Tensor, num_classes: int | None = None) -> None:
-    """A (C,) distribution or a (C, C) matrix of distributions (rows); values checked on the CPU only.
-
-    Raises:
-        ValueError: If ``prior`` has the wrong shape, a negative entry, or a row whose sum is not 1.
-    """
-    shape = tuple(prior.shape) if isinstance(prior, Tensor) else ()
-    c = num_classes if num_classes is not None else (shape[-1] if shape else 0)
-    # each size compared on its own: under torch.compile a tuple comparison against symbolic sizes can miss
-    if not isinstance(prior, Tensor) or not prior.is_floating_point() or not _sizes_are(shape, c):
-        raise ValueError(
-            f"Expected argument `prior` to be a floating point tensor of shape ({c},) or ({c}, {c}), "
-            f"but got {getattr(prior, 'dtype', type(prior))} of shape {tuple(getattr(prior, 'shape', ()))}"
-        )
-    if torch.compiler.is_compiling():
-        return
-    ok = (prior >= 0).all() & ((prior.sum(-1) - 1).abs() <= _PRIOR_TOLERANCE).all()
-    if prior.device.type != "cpu":
-        _assert_on_device(ok, "Expected argument `prior` to hold distributions: non-negative, summing to 1")
-    elif not ok:
-        raise ValueError(
-            f"Expected argument `prior` to hold distributions (non-negative entries, rows summing to 1 "
-            f"within {_PRIOR_TOLERANCE}), but got min {prior.min().item():.4g} and row sums "
-            f"{prior.sum(-1).flatten()[:4].tolist()}"
-        )

@@ -1,4 +1,4 @@
-"""``nn.Module`` wrappers of :func:`ls_lightning.functional.label_smoothed_cross_entropy` and its binary form."""
+"""``nn.Module`` wrappers of :func:`ls_lightning.losses.label_smoothed_cross_entropy` and its binary form."""
 
 from __future__ import annotations
 
@@ -6,17 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ls_lightning.losses.binary import binary_label_smoothed_cross_entropy
-from ls_lightning.losses.functional import (
-    LabelSmoothedCE,
-    Reduction,
-    check_label_smoothing,
-    check_prior,
-    check_softcap,
-    check_z_loss,
-    label_smoothed_cross_entropy,
-)
-
-_REDUCTIONS = ("none", "mean", "sum")
+from ls_lightning.losses.checks import check_label_smoothing, check_prior, check_reduction, check_softcap, check_z_loss
+from ls_lightning.losses.functional import LabelSmoothedCE, Reduction, label_smoothed_cross_entropy
 
 
 class LabelSmoothedCrossEntropy(nn.Module):
@@ -47,7 +38,7 @@ class LabelSmoothedCrossEntropy(nn.Module):
             is not a finite number ≥ 0, or ``softcap`` is neither None nor a finite number > 0.
 
     Shape:
-        As :func:`~ls_lightning.functional.label_smoothed_cross_entropy`.
+        As :func:`~ls_lightning.losses.label_smoothed_cross_entropy`.
 
     Example:
         >>> import torch
@@ -75,8 +66,7 @@ class LabelSmoothedCrossEntropy(nn.Module):
         super().__init__()
         # float64: a float32 copy of ε would differ from the float that F.cross_entropy gets in float64 tests
         self.register_buffer("_epsilon", torch.zeros((), dtype=torch.float64), persistent=False)
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
+        check_reduction(reduction)
         if prior is not None:
             check_prior(prior)
         check_z_loss(z_loss)
@@ -166,8 +156,7 @@ class BinaryLabelSmoothedCrossEntropy(nn.Module):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"Expected argument `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}")
+        check_reduction(reduction)
         self.label_smoothing = label_smoothing
         self.reduction: Reduction = reduction
         self.register_buffer("weight", weight)

@@ -6,6 +6,7 @@ update can run without a device-host sync in the "top-label" form the mixin uses
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple, cast, get_args
 
 import torch
@@ -459,6 +460,41 @@ class BinStats(NamedTuple):
 
     def cpu(self) -> BinStats:
         return BinStats(*(t.detach().cpu() for t in self))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists of the sums (and the edges), for JSON: ``reliability.json`` and ``ls-report`` read them.
+
+        Example:
+            >>> stats = BinStats(torch.tensor([1.0, 0, 0]), torch.tensor([0.4, 0, 0]), torch.tensor([1.0, 0, 0]))
+            >>> stats.to_dict()["edges"]
+            [0.0, 0.5, 1.0]
+            >>> BinStats.from_dict(stats.to_dict()).calibration_error()
+            tensor(0.6000)
+        """
+        stats = self.cpu()
+        return {
+            "n_bins": stats.n_bins,
+            "edges": stats.edges.tolist(),
+            "counts": stats.counts.tolist(),
+            "conf_sums": stats.conf_sums.tolist(),
+            "correct_sums": stats.correct_sums.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BinStats:
+        """The :class:`BinStats` written by :meth:`to_dict` (float64).
+
+        Raises:
+            ValueError: When a list is missing or the three lists differ in length.
+        """
+        try:
+            parts = [torch.tensor(data[key], dtype=torch.float64) for key in ("counts", "conf_sums", "correct_sums")]
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"Expected per-bin lists counts, conf_sums and correct_sums, but got {error!r}") from None
+        if len({p.shape for p in parts}) != 1 or parts[0].ndim != 1 or parts[0].numel() < 2:
+            shapes = [tuple(p.shape) for p in parts]
+            raise ValueError(f"Expected three per-bin lists of one length >= 2, but got shapes {shapes}")
+        return cls(*parts)
 
 
 class _TopLabelBinnedMetric(Metric):

@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
+from ls_lightning.integration.callbacks.label_smoothing_prior import LabelSmoothingPrior, PriorName, check_num_classes
 from ls_lightning.integration.mixin import (
     LabelSmoothingMixin,
+    LossBatch,
     MetricGroup,
     Task,
     check_log_metrics,
     check_log_prefix,
     check_task,
 )
-from ls_lightning.integration.priors import OnlinePrior, class_frequency, fixed_prior, prior_matrix
-from ls_lightning.integration.schedules import Constant, Schedule
-from ls_lightning.losses.module import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy
+from ls_lightning.losses import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy
+from ls_lightning.smoothing import Constant, Schedule
 
 __all__ = ["LabelSmoothing"]
 
 _INTERVAL = Literal["step", "epoch"]
-_PRIOR_NAMES = Literal["uniform", "class_frequency", "online"]
 
 
 def _smoothing_targets(pl_module: pl.LightningModule) -> list[Any]:
@@ -64,30 +63,26 @@ class LabelSmoothing(Callback):
     rank uses the same ε and a resumed run follows the curve of an uninterrupted one.
 
     Args:
-        schedule: a float for a constant ε, or a :class:`~ls_lightning.schedules.Schedule`. Arbitrary callables are
+        schedule: a float for a constant ε, or a :class:`~ls_lightning.smoothing.Schedule`. Arbitrary callables are
             refused: a schedule must pickle (``ddp_spawn``) and have a stable ``repr`` (checkpoint state); subclass
             ``Schedule`` to wrap your own function.
         interval: ``"step"`` measures progress in optimizer steps, ``"epoch"`` in whole epochs.
         total_steps: the number of optimizer steps that maps to t = 1 (``interval="step"`` only). Defaults to the
             trainer's ``estimated_stepping_batches``.
-        prior: the smoothing distribution u, set on a ``LabelSmoothingMixin`` module when the fit starts.
-            ``None`` leaves the module's own prior (uniform unless given to the mixin). ``"uniform"``: 1/C.
-            ``"class_frequency"``: the label distribution of the training data, counted once per fit by iterating
-            the train dataloader (each process its shard, summed over processes; see
-            :func:`~ls_lightning.priors.class_frequency`). A sequence of floats or a tensor: a fixed (C,)
-            distribution (or (C, C) rows u(·|y)), validated here. ``"online"``: online label smoothing (Zhang et al.,
-            2021): epoch 0 is uniform; at the end of epoch t the softmax of the correctly classified training
-            samples, averaged per true class (:class:`~ls_lightning.priors.OnlinePrior`, summed over processes),
-            becomes row y of the (C, C) prior of epoch t + 1. The matrix is a buffer of the module (in its
-            checkpoints); the sums of an unfinished epoch are in this callback's state, so a resumed run continues.
-        num_classes: C, needed by ``"class_frequency"`` and ``"online"`` when neither the module (``num_classes``
-            hyper-parameter or attribute) nor the datamodule (``num_classes`` attribute) tells it.
-        log_metrics: the groups of keys a ``LabelSmoothingMixin`` module logs (its ``log_metrics``), set on it when
-            the fit starts; ``None`` leaves the module's own choice.
+        prior: the smoothing distribution u, a convenience for one more callback: ``LabelSmoothing(schedule,
+            prior=p, num_classes=c)`` holds a :class:`~ls_lightning.integration.LabelSmoothingPrior` ``(p, c)`` (its
+            ``prior_callback``) and runs its hooks after its own, its state inside this callback's. ``None`` leaves
+            the module's own prior (uniform unless given to the mixin); see that class for ``"uniform"``,
+            ``"class_frequency"``, ``"online"`` and fixed distributions.
+        num_classes: C, for the prior (see :class:`~ls_lightning.integration.LabelSmoothingPrior`).
+        log_metrics: the groups of keys a ``LabelSmoothingMixin`` module logs (its ``log_metrics``) during the fits
+            this callback takes part in, passed to the mixin through :meth:`label_smoothing_settings`; ``None``
+            leaves the module's own choice. Nothing is written on the module.
         log_prefix: put between ``{stage}/`` and every key the plugin logs (``train/{log_prefix}epsilon``, and the
-            mixin's keys: its ``log_prefix``); ``None`` leaves the module's (``""`` without the mixin).
-        task: ``"multiclass"``, ``"binary"`` or ``"multilabel"``, set on a ``LabelSmoothingMixin`` module (its
-            ``task``) in ``setup``; ``None`` leaves the module's. ε is scheduled alike for every task; binary and
+            mixin's keys: its ``log_prefix``), passed likewise; ``None`` leaves the module's (``""`` without the
+            mixin).
+        task: ``"multiclass"``, ``"binary"`` or ``"multilabel"``, the task of a ``LabelSmoothingMixin`` module (its
+            ``task``), passed likewise; ``None`` leaves the module's. ε is scheduled alike for every task; binary and
             multi-label tasks take no ``prior`` other than uniform.
 
     Raises:
@@ -97,13 +92,13 @@ class LabelSmoothing(Callback):
             ``num_classes`` is not a positive int, or ``task`` is unknown.
 
     ``Trainer.fit`` raises ``ValueError`` (in ``setup`` or ``on_fit_start``) when the module holds nothing to set ε
-    on, or when the schedule is not :class:`~ls_lightning.schedules.Constant` and the length of training is unknown
-    (no ``max_steps``/``max_epochs``, or a train dataloader without length), or when a prior other than uniform is
-    asked of a module without the mixin, or C is unknown or differs from the prior's; the message says what to set.
+    on, or when the schedule is not :class:`~ls_lightning.smoothing.Constant` and the length of training is unknown
+    (no ``max_steps``/``max_epochs``, or a train dataloader without length), or for what
+    :class:`~ls_lightning.integration.LabelSmoothingPrior` refuses; the message says what to set.
     Resuming from a checkpoint without this callback's state warns; ε still follows the restored counters.
 
     Example:
-        >>> from ls_lightning.integration.schedules import Cosine
+        >>> from ls_lightning.smoothing import Cosine
         >>> LabelSmoothing(Cosine(start=0.2, end=0.0), interval="epoch")
         LabelSmoothing(schedule=Cosine(start=0.2, end=0.0), interval='epoch', total_steps=None)
     """
@@ -113,7 +108,7 @@ class LabelSmoothing(Callback):
         schedule: float | Schedule = 0.1,
         interval: Literal["step", "epoch"] = "step",
         total_steps: int | None = None,
-        prior: _PRIOR_NAMES | Sequence[float] | Tensor | None = None,
+        prior: PriorName | Sequence[float] | Tensor | None = None,
         num_classes: int | None = None,
         log_metrics: Sequence[MetricGroup] | None = None,
         log_prefix: str | None = None,
@@ -128,19 +123,19 @@ class LabelSmoothing(Callback):
         self._targets: list[Any] = []
         self._total: float = math.inf
         self._restored_epsilon: float | None = None
-        self.prior: str | Tensor | None = self._check_prior(prior)
-        self.num_classes = self._check_num_classes(num_classes)
-        self.estimator: OnlinePrior | None = None  # online label smoothing: this fit's accumulator
-        self._restored_online: dict[str, Tensor] | None = None
-        self._global_rank = 0
+        # the prior is a job of its own: a callback held here, whose hooks run after this one's
+        self.prior_callback = None if prior is None else LabelSmoothingPrior(prior, num_classes)
+        if prior is None:
+            check_num_classes(num_classes)  # a malformed value is refused even when unused
         self._state_key_cache: tuple[Schedule, str, str] | None = None
         self.log_metrics = None if log_metrics is None else check_log_metrics(log_metrics)
         self.log_prefix = None if log_prefix is None else check_log_prefix(log_prefix)
         self.task = None if task is None else check_task(task)
 
     def __repr__(self) -> str:
-        extra = "" if self.prior is None else f", prior={self._prior_state()!r}"
-        extra += "" if self.num_classes is None else f", num_classes={self.num_classes!r}"
+        prior = self.prior_callback
+        extra = "" if prior is None else f", prior={prior.describe()!r}"
+        extra += "" if prior is None or prior.num_classes is None else f", num_classes={prior.num_classes!r}"
         extra += "" if self.log_metrics is None else f", log_metrics={self.log_metrics!r}"
         extra += "" if self.log_prefix is None else f", log_prefix={self.log_prefix!r}"
         extra += "" if self.task is None else f", task={self.task!r}"
@@ -161,19 +156,18 @@ class LabelSmoothing(Callback):
             cached = self._state_key_cache = (self.schedule, self.interval, key)
         return cached[2]
 
+    def label_smoothing_settings(self) -> dict[str, Any]:
+        """The mixin settings this callback passes for its fits (``log_metrics``, ``log_prefix``, ``task``: those
+        given); :class:`~ls_lightning.integration.LabelSmoothingMixin` reads them from the trainer's callbacks."""
+        given = {"log_metrics": self.log_metrics, "log_prefix": self.log_prefix, "task": self.task}
+        return {name: value for name, value in given.items() if value is not None}
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if isinstance(pl_module, LabelSmoothingMixin):  # before any key is logged, in every stage
-            if self.log_metrics is not None:
-                pl_module.ls_log_metrics = self.log_metrics
-            if self.log_prefix is not None:
-                pl_module.ls_log_prefix = self.log_prefix
-            if self.task is not None:
-                pl_module.ls_task = self.task
         if stage == TrainerFn.FITTING:  # validate/test/predict do not schedule ε
             self._check_run_is_finite(trainer)
-            self._check_prior_target(pl_module)
-            self._global_rank = trainer.global_rank
+        if self.prior_callback is not None:
+            self.prior_callback.setup(trainer, pl_module, stage)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -185,7 +179,8 @@ class LabelSmoothing(Callback):
         # the sanity-check validation sees the ε the run stopped with
         restored, self._restored_epsilon = self._restored_epsilon, None
         self._set_epsilon(restored if restored is not None else self._epsilon_at(trainer))
-        self._set_up_prior(trainer, pl_module)
+        if self.prior_callback is not None:
+            self.prior_callback.on_fit_start(trainer, pl_module)
 
     @override
     def on_train_batch_start(
@@ -195,54 +190,48 @@ class LabelSmoothing(Callback):
         self._set_epsilon(epsilon)
         self._log(trainer, pl_module, epsilon)
 
+    def on_loss_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: LossBatch) -> None:
+        """The mixin's hook, handed on to the prior callback (online label smoothing reads the training logits)."""
+        if self.prior_callback is not None:
+            self.prior_callback.on_loss_batch(trainer, pl_module, batch)
+
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.estimator is not None:
-            self._advance_online_prior(pl_module, self.estimator)
+        if self.prior_callback is not None:
+            self.prior_callback.on_train_epoch_end(trainer, pl_module)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._targets = []  # do not keep the model alive through the callback
         self._restored_epsilon = None  # unused when the strategy restores after `on_fit_start`: not for the next fit
-        self._restored_online = None
-        estimator = getattr(pl_module, "ls_prior_estimator", None)
-        if stage == TrainerFn.FITTING and estimator is not None and estimator is self.estimator:
-            del pl_module.ls_prior_estimator  # the module leaves the fit as it came; the callback keeps the sums
+        if self.prior_callback is not None:
+            self.prior_callback.teardown(trainer, pl_module, stage)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """The settings and ε; with a prior also its description, and with ``"online"`` the epoch's sums so far.
-
-        With ``"online"`` under multi-process training this sums the accumulators over processes (a collective):
-        Lightning calls it on every rank when it saves a checkpoint.
-        """
+        """The settings and ε; with a prior also the prior callback's state (its description, and with ``"online"``
+        the epoch's sums so far, a collective under multi-process training: Lightning calls it on every rank)."""
         state: dict[str, Any] = {
             "epsilon": self.epsilon,
             "schedule": repr(self.schedule),
             "interval": self.interval,
             "total_steps": self.total_steps,
         }
-        if self.prior is not None:  # without a prior the state is what it was before priors existed
-            state["prior"] = self._prior_state()
-        if self.estimator is not None:
-            with self.estimator.sync_context(dist_sync_fn=self.estimator.dist_sync_fn):
-                state["online_sums"] = self.estimator.sums.detach().cpu().clone()
-                state["online_counts"] = self.estimator.counts.detach().cpu().clone()
+        if self.prior_callback is not None:  # without a prior the state is what it was before priors existed
+            state.update(self.prior_callback.state_dict())
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epsilon = self._restored_epsilon = state_dict.get("epsilon")
-        if state_dict.get("online_sums") is not None:
-            self._restored_online = {"sums": state_dict["online_sums"], "counts": state_dict["online_counts"]}
-            if self.estimator is not None:  # a strategy that restores after `on_fit_start`
-                self._load_online_sums(self.estimator)
+        if self.prior_callback is not None:
+            self.prior_callback.load_state_dict(state_dict)
         saved = {key: state_dict.get(key) for key in ("schedule", "interval", "total_steps", "prior")}
         current = {
             "schedule": repr(self.schedule),
             "interval": self.interval,
             "total_steps": self.total_steps,
-            "prior": self._prior_state(),
+            "prior": None if self.prior_callback is None else self.prior_callback.describe(),
         }
         changed = {key: (saved[key], current[key]) for key in saved if key in state_dict and saved[key] != current[key]}
         if changed:
@@ -263,126 +252,6 @@ class LabelSmoothing(Callback):
         return {**vars(self), "_targets": []}
 
     @staticmethod
-    def _check_prior(prior: Any) -> str | Tensor | None:
-        if prior is None:
-            return None
-        if isinstance(prior, str):
-            if prior not in get_args(_PRIOR_NAMES):
-                raise ValueError(
-                    f"Expected argument `prior` to be one of {get_args(_PRIOR_NAMES)}, a sequence of floats or a"
-                    f" tensor, but got {prior!r}"
-                )
-            return prior
-        return fixed_prior(prior)
-
-    @staticmethod
-    def _check_num_classes(num_classes: Any) -> int | None:
-        if num_classes is None:
-            return None
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"Expected argument `num_classes` to be a positive int or None, but got {num_classes!r}")
-        return num_classes
-
-    def _prior_state(self) -> str | list | None:
-        """The prior as the checkpoint and ``repr`` show it: a name or the fixed values."""
-        return self.prior.tolist() if isinstance(self.prior, Tensor) else self.prior
-
-    def _check_prior_target(self, pl_module: pl.LightningModule) -> None:
-        if self.prior is None or (isinstance(self.prior, str) and self.prior == "uniform"):
-            return
-        if not isinstance(pl_module, LabelSmoothingMixin):
-            raise ValueError(
-                f"`LabelSmoothing(prior={self._prior_state()!r})` needs a module derived from"
-                f" `ls_lightning.LabelSmoothingMixin` that computes its loss with `self.label_smoothed_loss`, but"
-                f" {type(pl_module).__name__} is not one. Derive it from the mixin, or use `prior=None` (uniform, which"
-                " `torch.nn.CrossEntropyLoss` supports)."
-            )
-        if pl_module.ls_task != "multiclass":
-            raise ValueError(
-                f"`LabelSmoothing(prior={self._prior_state()!r})` is for multi-class tasks, but the module's task is"
-                f" {pl_module.ls_task!r}: a binary label is smoothed towards 1/2. Use `prior=None` or 'uniform'."
-            )
-
-    def _set_up_prior(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Give the module the prior of the first epoch (and, for online label smoothing, the accumulator)."""
-        if self.prior is None:
-            return
-        module = cast("LabelSmoothingMixin", pl_module)
-        if isinstance(self.prior, Tensor):
-            num_classes = self._resolve_num_classes(trainer, pl_module, required=False)
-            if num_classes is not None and self.prior.shape[-1] != num_classes:
-                raise ValueError(
-                    f"Expected argument `prior` of `LabelSmoothing` to have num_classes={num_classes} entries per"
-                    f" row (the model's number of classes), but got shape {tuple(self.prior.shape)}"
-                )
-            module.label_smoothing_prior = self.prior.to(pl_module.device)
-        elif self.prior == "uniform":
-            if hasattr(module, "label_smoothing_prior"):
-                module.label_smoothing_prior = None
-        elif self.prior == "class_frequency":
-            module.label_smoothing_prior = self._count_class_frequency(trainer, pl_module)
-        else:
-            self._attach_online_prior(trainer, pl_module)
-
-    def _resolve_num_classes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, required: bool) -> int | None:
-        """C from the callback's argument, the module's hyper-parameter or attribute, or the datamodule's attribute."""
-        hparams = getattr(pl_module, "hparams", {})
-        candidates = [
-            self.num_classes,
-            hparams.get("num_classes") if isinstance(hparams, dict) else None,
-            getattr(pl_module, "num_classes", None),
-            getattr(getattr(trainer, "datamodule", None), "num_classes", None),
-        ]
-        found = next((c for c in candidates if isinstance(c, int) and not isinstance(c, bool)), None)
-        if found is None and required:
-            raise ValueError(
-                f"`LabelSmoothing(prior={self._prior_state()!r})` needs the number of classes, but neither the module"
-                f" ({type(pl_module).__name__}: a `num_classes` hyper-parameter or attribute) nor the datamodule has"
-                " one. Set `LabelSmoothing(..., num_classes=...)`."
-            )
-        return found
-
-    def _count_class_frequency(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
-        """One pass over this rank's train dataloader (labels only, no forward), summed over processes."""
-        num_classes = cast(int, self._resolve_num_classes(trainer, pl_module, required=True))
-        trainer.fit_loop.setup_data()  # what `estimated_stepping_batches` does; Lightning skips it once done
-        loader = trainer.train_dataloader
-        if loader is None or isinstance(loader, (dict, list, tuple)):
-            raise ValueError(
-                "`LabelSmoothing(prior='class_frequency')` counts the labels of one train dataloader, but the trainer"
-                f" has {type(loader).__name__}. Pass the counted distribution as a fixed prior instead:"
-                " `prior=ls_lightning.priors.class_frequency(labels, num_classes)`."
-            )
-        with isolate_rng():  # a shuffling sampler draws its seed from the global generator: keep training's draws
-            prior = class_frequency(loader, num_classes, getattr(pl_module, "ls_ignore_index", -100),
-                                    device=pl_module.device)  # fmt: skip
-        return prior
-
-    def _attach_online_prior(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        num_classes = cast(int, self._resolve_num_classes(trainer, pl_module, required=True))
-        self.estimator = OnlinePrior(num_classes, getattr(pl_module, "ls_ignore_index", -100)).to(pl_module.device)
-        if self._restored_online is not None:  # resumed: the module's matrix came back with its state_dict
-            self._load_online_sums(self.estimator)
-        else:
-            cast("LabelSmoothingMixin", pl_module).label_smoothing_prior = None  # epoch 0 smooths uniformly
-        pl_module.ls_prior_estimator = self.estimator  # the mixin feeds it every training batch
-
-    def _load_online_sums(self, estimator: OnlinePrior) -> None:
-        """The checkpoint holds the sums of all processes: rank 0 takes them, the others start from 0."""
-        restored, self._restored_online = self._restored_online or {}, None
-        if self._global_rank == 0 and restored:
-            estimator.sums.copy_(restored["sums"])
-            estimator.counts.copy_(restored["counts"])
-
-    @staticmethod
-    def _advance_online_prior(pl_module: pl.LightningModule, estimator: OnlinePrior) -> None:
-        """Turn this epoch's sums (over all processes) into the next epoch's prior and start a new epoch."""
-        module = cast("LabelSmoothingMixin", pl_module)
-        estimator.previous.copy_(prior_matrix(module.label_smoothing_prior, estimator.num_classes))
-        module.label_smoothing_prior = estimator.compute()
-        estimator.reset()
-
-    @staticmethod
     def _check_schedule(schedule: Any) -> Schedule:
         if isinstance(schedule, Schedule):
             return schedule
@@ -394,7 +263,7 @@ class LabelSmoothing(Callback):
                     f"Expected argument `schedule` to be a float in [0, 1], but got {schedule!r}"
                 ) from None
         raise TypeError(
-            "Expected argument `schedule` to be a float or an `ls_lightning.schedules.Schedule` (subclass it to wrap"
+            "Expected argument `schedule` to be a float or an `ls_lightning.smoothing.Schedule` (subclass it to wrap"
             f" your own function), but got {schedule!r}"
         )
 

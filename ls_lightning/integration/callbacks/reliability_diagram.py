@@ -6,60 +6,24 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from ls_lightning.integration.figures import log_figure
 from ls_lightning.integration.mixin import LabelSmoothingMixin
-from ls_lightning.metrics.calibration import BinStats
+from ls_lightning.metrics import BinStats
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-__all__ = ["RELIABILITY_JSON", "ReliabilityDiagram", "bin_stats_from_dict", "bin_stats_to_dict"]
+__all__ = ["RELIABILITY_JSON", "ReliabilityDiagram"]
 
 # The file ``ls-report`` reads the final validation's curve from.
 RELIABILITY_JSON = "reliability.json"
 _IMAGE_TAG = "val/reliability_diagram"
-
-
-def bin_stats_to_dict(stats: BinStats) -> dict[str, Any]:
-    """Plain lists of a :class:`~ls_lightning.metrics.BinStats` (and its edges), for JSON.
-
-    Example:
-        >>> stats = BinStats(torch.tensor([1.0, 0, 0]), torch.tensor([0.4, 0, 0]), torch.tensor([1.0, 0, 0]))
-        >>> bin_stats_to_dict(stats)["edges"]
-        [0.0, 0.5, 1.0]
-        >>> bin_stats_from_dict(bin_stats_to_dict(stats)).calibration_error()
-        tensor(0.6000)
-    """
-    stats = stats.cpu()
-    return {
-        "n_bins": stats.n_bins,
-        "edges": stats.edges.tolist(),
-        "counts": stats.counts.tolist(),
-        "conf_sums": stats.conf_sums.tolist(),
-        "correct_sums": stats.correct_sums.tolist(),
-    }
-
-
-def bin_stats_from_dict(data: dict[str, Any]) -> BinStats:
-    """The :class:`~ls_lightning.metrics.BinStats` written by :func:`bin_stats_to_dict`.
-
-    Raises:
-        ValueError: When a list is missing or the three lists differ in length.
-    """
-    try:
-        parts = [torch.tensor(data[key], dtype=torch.float64) for key in ("counts", "conf_sums", "correct_sums")]
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"Expected per-bin lists counts, conf_sums and correct_sums, but got {error!r}") from None
-    if len({p.shape for p in parts}) != 1 or parts[0].ndim != 1 or parts[0].numel() < 2:
-        raise ValueError(f"Expected three per-bin lists of one length >= 2, but got shapes {[p.shape for p in parts]}")
-    return BinStats(*parts)
 
 
 def _has_matplotlib() -> bool:
@@ -150,7 +114,7 @@ class ReliabilityDiagram(Callback):
         folder = Path(str(self.dirpath))
         folder.mkdir(parents=True, exist_ok=True)
         epoch, step = trainer.current_epoch, trainer.global_step
-        record = {"stage": "val", "epoch": epoch, "global_step": step, "task": self._task, **bin_stats_to_dict(stats)}
+        record = {"stage": "val", "epoch": epoch, "global_step": step, "task": self._task, **stats.to_dict()}
         (folder / RELIABILITY_JSON).write_text(json.dumps(record, indent=1) + "\n")
         if not self._can_plot:
             return

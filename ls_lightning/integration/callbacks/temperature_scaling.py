@@ -12,9 +12,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
-from ls_lightning.integration.mixin import LabelSmoothingMixin
-from ls_lightning.losses.temperature import fit_temperature
-from ls_lightning.metrics.calibration import binned_calibration_arg_validation, binned_calibration_error
+from ls_lightning.integration.mixin import LabelSmoothingMixin, LossBatch
+from ls_lightning.metrics import binned_calibration_arg_validation, binned_calibration_error, fit_temperature
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -61,6 +60,15 @@ class _ValidationLogits(Metric):
         return logits.reshape(-1, max(num_classes, 1)), target.long()
 
 
+def _two_class_logits(logits: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Binary logits z as the two-class logits [0, z] (whose softmax is [1 − σ(z), σ(z)]) with 0/1 class indices, so
+    that the multi-class fit applies; positions with a soft target are masked out."""
+    z = logits.reshape(-1, 1).float()
+    flat = target.reshape(-1)
+    hard = (flat == 0) | (flat == 1)
+    return torch.cat([torch.zeros_like(z), z], dim=1), flat.long(), hard & mask.reshape(-1)
+
+
 class TemperatureScaling(Callback):
     r"""Fit a temperature on each validation epoch's logits and log ``val/temperature`` and ``val/ece_ts``.
 
@@ -73,8 +81,8 @@ class TemperatureScaling(Callback):
     and ``val/ece_ts`` is the ECE left once that is corrected, next to ``val/ece`` of the raw model. Both are
     computed on the same validation data T is fitted on (an optimistic ECE, as in the literature's tables).
 
-    The mixin hands each validation batch's logits to the callback (``ls_val_observers``); they are kept until the
-    epoch ends, O(N·C) memory and, under DDP, gathered to every process once per epoch: that is why this is
+    The mixin hands each validation batch's logits to the callback (its ``on_loss_batch`` hook); they are kept until
+    the epoch ends, O(N·C) memory and, under DDP, gathered to every process once per epoch: that is why this is
     opt-in. Every process then fits the same T on the same gathered logits, so the logged values agree without a
     further reduction. Soft (probability) validation targets cannot be scored and are skipped with a warning.
 
@@ -114,19 +122,22 @@ class TemperatureScaling(Callback):
             return
         self._state = _ValidationLogits()
         self._binary = pl_module.ls_task != "multiclass"
-        observers = getattr(pl_module, "ls_val_observers", ())
-        # a tuple, so not registered as a submodule (the mixin calls `update` on each)
-        pl_module.ls_val_observers = (*observers, self)  # type: ignore[assignment]
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        observers = getattr(pl_module, "ls_val_observers", ())
-        if self in observers:
-            pl_module.ls_val_observers = tuple(o for o in observers if o is not self)  # type: ignore[assignment]
         self._state = None
 
+    def on_loss_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: LossBatch) -> None:
+        """The mixin's hook: keep each validation batch's logits and targets (counted positions only)."""
+        if self._state is None or batch.stage != "val":
+            return
+        for logits, target, mask in batch.logits():
+            if self._binary:  # z as the two-class logits [0, z]; soft-target positions are left out
+                logits, target, mask = _two_class_logits(logits, target, mask)
+            self.update(logits, target, mask)
+
     def update(self, logits: Tensor, target: Tensor, valid: Tensor) -> None:
-        """Called by the mixin for each validation batch: keep the batch's logits and targets."""
+        """Keep a batch's (N, C, ...) logits, class indices and (M,) mask of counted positions."""
         if self._state is None:
             return
         if target.is_floating_point():

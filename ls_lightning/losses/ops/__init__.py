@@ -1,2 +1,3 @@
-"""Kernels of the losses: the chunked one-pass eager kernel (:mod:`.fused`) and the code ``torch.compile`` traces
-(:mod:`.traced`). Internal to :mod:`ls_lightning.losses`; call the functions there."""
+"""Kernels of the losses, internal to :mod:`ls_lightning.losses` (call the functions there): the chunked one-pass
+eager kernel (:mod:`.fused`), the code ``torch.compile`` traces (:mod:`.traced`), and the fused linear kernel with
+its custom op (:mod:`.linear`)."""

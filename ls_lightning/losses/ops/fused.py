@@ -60,7 +60,7 @@ def _parse_size(text: str) -> int:
 
 
 # Elements per chunk on the CPU (see :func:`cache_chunk_elements`); `python benchmarks/loss.py` prints it.
-CHUNK_ELEMENTS = cache_chunk_elements()
+CACHE_CHUNK_ELEMENTS = cache_chunk_elements()
 # Where the pass needs a workspace besides the gradient (no gradient, half precision, (N, C, d1, …) input), a chunk
 # is at most 2**22 elements, so that the workspace stays within 16 MiB of float32 whatever the cache.
 WORKSPACE_ELEMENTS = 1 << 22
@@ -149,7 +149,7 @@ def row_pass(
         x.new_empty(y.numel(), dtype=acc) if sqnorm else None,
     )
     direct = grad is not None and inner == 1 and grad.dtype == acc  # the gradient rows serve as workspace
-    budget = CHUNK_ELEMENTS if x.device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
+    budget = CACHE_CHUNK_ELEMENTS if x.device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
     per_chunk = max(1, (budget if direct else min(budget, WORKSPACE_ELEMENTS)) // (num_classes * inner))
     ws = None if direct else x.new_empty(min(n, per_chunk) * inner, num_classes, dtype=acc)
     grad3 = None if grad is None else grad.view(x3.shape)
@@ -163,7 +163,7 @@ def row_pass(
             if z_coef is not None:  # z-loss: d lse²/dz = 2·lse·q, lse from this chunk's (logit, probability) pair
                 a = a + z_coef[r] * (out.top[r] - out.qmax[r].log())
             a = a if normalised else a * out.qmax[r]  # exp(z − max)·qmax = softmax(z)
-            _chunk_grad(work, y[r], smoothing, (a, coefs[1][r], coefs[2][r]), uniform if normalised else None)
+            chunk_gradient(work, y[r], smoothing, (a, coefs[1][r], coefs[2][r]), uniform if normalised else None)
             if not direct:
                 grad3[n0:n1].copy_(work.view(n1 - n0, inner, num_classes).transpose(1, 2))
     return out
@@ -220,7 +220,7 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
     return False
 
 
-def _chunk_grad(
+def chunk_gradient(
     work: Tensor,
     yc: Tensor,
     smoothing: Smoothing,
@@ -257,7 +257,9 @@ class Prepared(NamedTuple):
     smoothing: Smoothing
 
 
-def prepare(x: Tensor, target: Tensor, weight: Tensor | None, prior: Tensor | None, ignore_index: int) -> Prepared:
+def prepare_labels(
+    x: Tensor, target: Tensor, weight: Tensor | None, prior: Tensor | None, ignore_index: int
+) -> Prepared:
     """Labels, validity, label weights and prior totals per row; no host synchronisation."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     keep = target.reshape(-1) != ignore_index
@@ -324,7 +326,7 @@ def z_loss_term(lse: Tensor, valid: Tensor, z_loss: float, reduction: str, shape
     """``z_loss·lse²`` per row (0 where ignored) and reduced like the loss over the counted rows, unweighted: the
     mean divides by their number (0 when there are none)."""
     rows = z_loss * lse.square() * valid
-    return rows, reduce(rows, reduction, mean_denominator(valid.sum(), reduction), shape)
+    return rows, reduce_rows(rows, reduction, mean_denominator(valid.sum(), reduction), shape)
 
 
 def z_coefficient(prep: Prepared, z_loss: float, reduction: str, g_loss: Tensor | None = None) -> Tensor:
@@ -337,7 +339,7 @@ def z_coefficient(prep: Prepared, z_loss: float, reduction: str, g_loss: Tensor 
     return k if denominator is None else k / denominator
 
 
-def reduce(rows: Tensor, reduction: str, denominator: Tensor | None, shape: torch.Size) -> Tensor:
+def reduce_rows(rows: Tensor, reduction: str, denominator: Tensor | None, shape: torch.Size) -> Tensor:
     """PyTorch's reductions; ``mean`` divides by ``denominator`` (see :func:`mean_denominator`)."""
     if reduction == "none":
         return rows.view(shape)
@@ -381,9 +383,9 @@ def fused_forward(
     uniform = None if coefs is None or z_coef is not None else uniform_coefficients(x, prep, coefs)
     rows = row_pass(x, prep.y, prep.smoothing, coefs, grad, with_stats, with_stats and brier, uniform, z_coef)
     terms = row_terms(x, prep, rows)
-    h_pq = reduce(terms.h_pq, reduction, denominator, target.shape)
-    h_uq = reduce(terms.h_uq, reduction, denominator, target.shape)
-    loss = combine(h_pq, h_uq, eps)
+    h_pq = reduce_rows(terms.h_pq, reduction, denominator, target.shape)
+    h_uq = reduce_rows(terms.h_uq, reduction, denominator, target.shape)
+    loss = mix_terms(h_pq, h_uq, eps)
     if not z_loss:
         return Outputs(loss, h_pq, h_uq, weight_sum, denominator, terms)
     z_rows, z_term = z_loss_term(terms.lse, prep.valid, z_loss, reduction, target.shape)
@@ -404,12 +406,12 @@ def uniform_coefficients(x: Tensor, prep: Prepared, coefs: tuple[Tensor, Tensor,
     return float(coefs[0][0]), float(coefs[1][0])
 
 
-def combine(h_pq: Tensor, h_uq: Tensor, eps: float | Tensor) -> Tensor:
+def mix_terms(h_pq: Tensor, h_uq: Tensor, eps: float | Tensor) -> Tensor:
     """(1 − ε)·h_pq + ε·h_uq, as one ``lerp`` for a float ε."""
     return torch.lerp(h_pq, h_uq, eps) if isinstance(eps, float) else (1 - eps) * h_pq + eps * h_uq
 
 
-def run(
+def loss_and_row_stats(
     x: Tensor,
     target: Tensor,
     eps: float | Tensor,
@@ -426,12 +428,12 @@ def run(
 
     ``brier=False`` leaves the Brier values empty and saves the pass computing ‖q‖ (training needs no Brier score).
     """
-    prep = prepare(x, target, weight, prior, ignore_index)
+    prep = prepare_labels(x, target, weight, prior, ignore_index)
     out = fused_forward(x, target, eps, prep, reduction, with_stats, grad, brier, z_loss)
     return prep, out, row_stats(out, target, prep, with_stats)
 
 
-class FusedLabelSmoothedCE(torch.autograd.Function):
+class FusedLabelSmoothedCEFunction(torch.autograd.Function):
     """Autograd wrapper of :func:`fused_forward`: one gradient buffer, scaled in place by backward.
 
     Outputs: loss, h_pq, h_uq, then the non-differentiable stats (confidence, correct, valid, brier, weight_sum,
@@ -455,7 +457,7 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
     ) -> tuple[Tensor, ...]:
         grad = torch.empty(x.shape, dtype=x.dtype, device=x.device) if ctx.needs_input_grad[0] else None
         args = (x, target, eps, weight, prior, ignore_index, reduction, with_stats, grad, brier, z_loss)
-        prep, out, stats = run(*args)
+        prep, out, stats = loss_and_row_stats(*args)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(*stats)
         ctx.save_for_backward(x)
@@ -470,7 +472,7 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
             return (None,) * 10
         grad, ctx.grad = ctx.grad, None  # hand the buffer out once; a second backward (retain_graph) recomputes
         if grad is not None and g_pq is None and g_uq is None and g_loss is not None:
-            if not _is_cpu_one(g_loss):  # reading a CPU scalar costs no device synchronisation
+            if not is_cpu_one(g_loss):  # reading a CPU scalar costs no device synchronisation
                 grad.mul_(g_loss.unsqueeze(1) if g_loss.dim() > 0 else g_loss)
         else:
             if grad is None:
@@ -479,7 +481,7 @@ class FusedLabelSmoothedCE(torch.autograd.Function):
         return (grad, *(None,) * 9)
 
 
-def _is_cpu_one(g: Tensor) -> bool:
+def is_cpu_one(g: Tensor) -> bool:
     """True for a 0-d CPU gradient equal to 1, the grad_output of ``loss.backward()`` on a reduced loss."""
     return g.dim() == 0 and g.device.type == "cpu" and not torch.compiler.is_compiling() and bool(g == 1)
 

@@ -34,7 +34,7 @@ def _class_row(v: Tensor | None, y: Tensor, x: Tensor) -> Tensor | float:
     return v[y].movedim(-1, 1)
 
 
-class _RowTerms(torch.autograd.Function):
+class _RowTermsFunction(torch.autograd.Function):
     """Per-position H(p,q), H(u,q), lse, top logit and (``with_argmax``, else None) its class, of (N, C, d1, …)
     logits; ``wy`` and ``total`` None mean ``valid``. The argmax comes from the max's own reduction: asked for
     separately it would cost a pass over the logits of its own. ``lse_grad``: lse is differentiable too (its
@@ -88,7 +88,7 @@ class _RowTerms(torch.autograd.Function):
         return grad.to(x.dtype), None, None, None, None, None, None, None
 
 
-def traced(
+def traced_loss_and_stats(
     x: Tensor,
     target: Tensor,
     eps: float | Tensor,
@@ -103,9 +103,9 @@ def traced(
     """loss, h_pq, h_uq and the LossStats fields (empty unless ``with_stats``) of (N, C, d1, …) logits; ``z_loss``
     adds ``z_loss·lse²`` (:func:`~ls_lightning.losses.ops.fused.z_loss_term`) to the loss, differentiated through
     lse."""
-    prep = _fused.prepare(x, target, weight, prior, ignore_index)
+    prep = _fused.prepare_labels(x, target, weight, prior, ignore_index)
     shape, v = target.shape, prep.smoothing.v
-    h_pq, h_uq, lse, top, argmax = _RowTerms.apply(
+    h_pq, h_uq, lse, top, argmax = _RowTermsFunction.apply(
         x,
         prep.y.view(shape),
         prep.valid.view(shape),
@@ -117,8 +117,8 @@ def traced(
     )
     weight_sum = prep.wy.sum()
     denominator = _fused.mean_denominator(weight_sum, reduction)
-    h_pq = _fused.reduce(h_pq, reduction, denominator, shape)
-    h_uq = _fused.reduce(h_uq, reduction, denominator, shape)
+    h_pq = _fused.reduce_rows(h_pq, reduction, denominator, shape)
+    h_uq = _fused.reduce_rows(h_uq, reduction, denominator, shape)
     e = eps.to(h_pq.dtype) if isinstance(eps, Tensor) else eps
     loss = (1 - e) * h_pq + e * h_uq
     z_rows = x.new_empty(0, dtype=torch.float32)

@@ -1,14 +1,13 @@
-"""Samplers that keep multi-process evaluation exact: each sample seen by exactly one process, once."""
+"""The evaluation sampler that keeps metrics exact over several processes: each sample seen by one process, once."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["UnpaddedDistributedSampler", "pads_samples"]
+__all__ = ["UnpaddedDistributedSampler"]
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -39,14 +38,3 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
-
-
-def pads_samples(sampler: Any) -> bool:
-    """Whether ``sampler`` repeats samples to give every process the same length (torch's DistributedSampler does)."""
-    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
-        return False
-    if isinstance(sampler, (UnpaddedDistributedSampler, UnrepeatedDistributedSampler)):
-        return False
-    return sampler.total_size > len(sampler.dataset)  # type: ignore[arg-type]

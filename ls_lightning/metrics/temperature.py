@@ -8,6 +8,8 @@ import warnings
 import torch
 from torch import Tensor
 
+__all__ = ["fit_temperature"]
+
 
 def _fit_temperature_arg_validation(
     logits: Tensor, target: Tensor, max_iter: int, bounds: tuple[float, float], ignore_index: int | None
