@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ls_lightning import LabelSmoothing
 from ls_lightning.cli import config as schemas
-from ls_lightning.cli.config import ConfigValueError, validate_config
+from ls_lightning.cli.config import validate_config
 from ls_lightning.cli.data import BreastCancerDataModule, DigitsDataModule, SyntheticDataModule, TextDataModule
+from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.models import CNN, MLP, Transformer
 from ls_lightning.cli.run import build_run
 from ls_lightning.smoothing import Constant, Cosine, Exponential, Linear, Step, TwoStage

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.cli.data import TensorDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
+from ls_lightning.cli.data import TensorDataModule, _UnpaddedBatches
+from ls_lightning.metrics import UnpaddedDistributedSampler
 from ls_lightning.smoothing import Cosine
 
 C, FEATURES, IGNORE = 4, 5, -100

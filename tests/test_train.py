@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from ls_lightning.cli.config import ConfigValueError
+from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.eval import evaluate
 from ls_lightning.cli.train import train
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
+from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.loggers import register_resolvers
 
 # OmegaConf 2.3 reads annotations at run time and does not understand ``X | None``: the dataclasses below use
@@ -28,12 +29,10 @@ __all__ = [
     "BreastCancerDataConfig",
     "CNNConfig",
     "CalibrationConfig",
-    "ConfigValueError",
     "DataConfig",
     "DigitsDataConfig",
     "LabelSmoothingConfig",
     "MLPConfig",
-    "MissingDependencyError",
     "ModelConfig",
     "PathsConfig",
     "PriorConfig",
@@ -43,6 +42,7 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "TransformerConfig",
+    "defaults_of",
     "register_configs",
     "validate_config",
 ]
@@ -208,6 +208,7 @@ class DigitsDataConfig(DataConfig):
 @dataclass
 class BreastCancerDataConfig(DataConfig):
     _target_: str = "ls_lightning.cli.data.BreastCancerDataModule"
+    batch_size: int = _ranged(32, _POSITIVE_INT)
     val_fraction: float = _ranged(0.2, _FRACTION)
     test_fraction: float = _ranged(0.2, _FRACTION)
     split_seed: int = 0
@@ -235,7 +236,7 @@ class TextDataConfig(DataConfig):
     max_corpus_bytes: int = _ranged(1_000_000, _POSITIVE_INT)
     val_fraction: float = _ranged(0.03, _FRACTION)
     test_fraction: float = _ranged(0.03, _FRACTION)
-    train_sequences_per_epoch: Optional[int] = _ranged(None, _Range(1, optional=True))
+    train_sequences_per_epoch: Optional[int] = _ranged(256, _Range(1, optional=True))
     min_frequency: int = _ranged(2, _POSITIVE_INT)
     split_seed: int = 0
     cache_dir: Optional[str] = None
@@ -251,6 +252,7 @@ class ModelConfig:
 @dataclass
 class MLPConfig(ModelConfig):
     _target_: str = "ls_lightning.cli.models.MLP"
+    lr: float = _ranged(0.005, _Range(0.0, low_open=True))
     hidden_sizes: list[int] = field(default_factory=lambda: [128], metadata={"rule": _POSITIVE_INT})
     dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
 
@@ -273,6 +275,7 @@ class TransformerConfig(ModelConfig):
     dim_feedforward: int = _ranged(512, _POSITIVE_INT)
     dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
     tie_weights: bool = True
+    lr: float = _ranged(0.002, _Range(0.0, low_open=True))
 
 
 # --- trainer, paths, root ----------------------------------------------------------------------------------------
@@ -354,6 +357,23 @@ class TrainConfig:
     seed: int = 0
     ckpt_path: Optional[str] = None
     optimized_metric: Optional[str] = None
+
+
+def defaults_of(schema: type) -> dict[str, Any]:
+    """The default of every field of a structured config but ``_target_`` (lists as tuples): the one source of the
+    defaults of the class it configures, whose signature reads them from here.
+
+    Example:
+        >>> defaults_of(MLPConfig)["hidden_sizes"]
+        (128,)
+    """
+    found = {}
+    for item in fields(schema):
+        if item.name == "_target_":
+            continue
+        value = item.default_factory() if item.default_factory is not MISSING_FIELD else item.default
+        found[item.name] = tuple(value) if isinstance(value, list) else value
+    return found
 
 
 # Root-level names (no group): a schema stored as an option of its group (``data/digits_schema``) would be listed

@@ -14,19 +14,31 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ls_lightning.cli.config import (
+    BreastCancerDataConfig,
+    DataConfig,
+    DigitsDataConfig,
+    SyntheticDataConfig,
+    TextDataConfig,
+    defaults_of,
+)
 from ls_lightning.cli.errors import MissingDependencyError
 from ls_lightning.metrics import UnpaddedDistributedSampler
 
 __all__ = [
     "BreastCancerDataModule",
     "DigitsDataModule",
-    "MissingDependencyError",
     "SequencesPerEpochSampler",
     "SyntheticDataModule",
     "TensorDataModule",
     "TextDataModule",
-    "UnpaddedDistributedSampler",
 ]
+
+# The defaults of each data module are those of its structured config (ls_lightning.cli.config): one source, which the
+# command line's YAML files do not repeat.
+_BASE, _DIGITS, _BREAST_CANCER, _SYNTHETIC, _TEXT = map(
+    defaults_of, (DataConfig, DigitsDataConfig, BreastCancerDataConfig, SyntheticDataConfig, TextDataConfig)
+)
 
 
 class _UnpaddedBatches(UnpaddedDistributedSampler):
@@ -71,7 +83,7 @@ class TensorDataModule(L.LightningDataModule):
     # the model's task (LabelSmoothingMixin's `task`); a binary set has num_classes = 1, the one logit of its model
     task: str = "multiclass"
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int = _BASE["batch_size"], num_workers: int = _BASE["num_workers"]) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Expected argument `batch_size` to be a positive int, but got {batch_size!r}")
@@ -121,12 +133,7 @@ class _BundledDataModule(TensorDataModule):
     dataset_name = "digits"  # in the message when scikit-learn is missing
 
     def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        split_seed: int = 0,
+        self, batch_size: int, num_workers: int, val_fraction: float, test_fraction: float, split_seed: int
     ) -> None:
         super().__init__(batch_size, num_workers)
         _check_fractions(val_fraction, test_fraction)
@@ -154,6 +161,16 @@ class DigitsDataModule(_BundledDataModule):
 
     num_features = 64
     num_classes = 10
+
+    def __init__(
+        self,
+        batch_size: int = _DIGITS["batch_size"],
+        num_workers: int = _DIGITS["num_workers"],
+        val_fraction: float = _DIGITS["val_fraction"],
+        test_fraction: float = _DIGITS["test_fraction"],
+        split_seed: int = _DIGITS["split_seed"],
+    ) -> None:
+        super().__init__(batch_size, num_workers, val_fraction, test_fraction, split_seed)
 
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
         from sklearn.datasets import load_digits
@@ -197,6 +214,16 @@ class BreastCancerDataModule(_BundledDataModule):
     num_classes = 1
     task = "binary"
     dataset_name = "breast-cancer"
+
+    def __init__(
+        self,
+        batch_size: int = _BREAST_CANCER["batch_size"],
+        num_workers: int = _BREAST_CANCER["num_workers"],
+        val_fraction: float = _BREAST_CANCER["val_fraction"],
+        test_fraction: float = _BREAST_CANCER["test_fraction"],
+        split_seed: int = _BREAST_CANCER["split_seed"],
+    ) -> None:
+        super().__init__(batch_size, num_workers, val_fraction, test_fraction, split_seed)
 
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
         from sklearn.datasets import load_breast_cancer
@@ -266,16 +293,16 @@ class SyntheticDataModule(TensorDataModule):
 
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        num_classes: int = 10,
-        num_features: int = 20,
-        num_train: int = 2000,
-        num_val: int = 500,
-        num_test: int = 500,
-        class_sep: float = 1.0,
-        label_noise: float = 0.0,
-        seed: int = 0,
+        batch_size: int = _SYNTHETIC["batch_size"],
+        num_workers: int = _SYNTHETIC["num_workers"],
+        num_classes: int = _SYNTHETIC["num_classes"],
+        num_features: int = _SYNTHETIC["num_features"],
+        num_train: int = _SYNTHETIC["num_train"],
+        num_val: int = _SYNTHETIC["num_val"],
+        num_test: int = _SYNTHETIC["num_test"],
+        class_sep: float = _SYNTHETIC["class_sep"],
+        label_noise: float = _SYNTHETIC["label_noise"],
+        seed: int = _SYNTHETIC["seed"],
     ) -> None:
         super().__init__(batch_size, num_workers)
         for name, value, low in [("num_classes", num_classes, 2), ("num_features", num_features, 1)]:
@@ -419,17 +446,17 @@ class TextDataModule(TensorDataModule):
 
     def __init__(
         self,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        vocab_size: int = 8192,
-        block_size: int = 64,
-        max_corpus_bytes: int = 1_000_000,
-        val_fraction: float = 0.03,
-        test_fraction: float = 0.03,
-        train_sequences_per_epoch: int | None = None,
-        min_frequency: int = 2,
-        split_seed: int = 0,
-        cache_dir: str | None = None,
+        batch_size: int = _TEXT["batch_size"],
+        num_workers: int = _TEXT["num_workers"],
+        vocab_size: int = _TEXT["vocab_size"],
+        block_size: int = _TEXT["block_size"],
+        max_corpus_bytes: int = _TEXT["max_corpus_bytes"],
+        val_fraction: float = _TEXT["val_fraction"],
+        test_fraction: float = _TEXT["test_fraction"],
+        train_sequences_per_epoch: int | None = _TEXT["train_sequences_per_epoch"],
+        min_frequency: int = _TEXT["min_frequency"],
+        split_seed: int = _TEXT["split_seed"],
+        cache_dir: str | None = _TEXT["cache_dir"],
         ignore_index: int = -100,
     ) -> None:
         from ls_lightning.cli.text import MIN_VOCAB_SIZE, _tokenizer_class

@@ -10,9 +10,14 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
 
+from ls_lightning.cli.config import CNNConfig, MLPConfig, ModelConfig, TransformerConfig, defaults_of
 from ls_lightning.integration import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup, Task
 
 __all__ = ["CNN", "MLP", "Classifier", "Transformer"]
+
+# The defaults of each model are those of its structured config (ls_lightning.cli.config): one source, which the
+# command line's YAML files do not repeat.
+_BASE, _MLP, _CNN, _TRANSFORMER = map(defaults_of, (ModelConfig, MLPConfig, CNNConfig, TransformerConfig))
 
 
 class Classifier(LabelSmoothingMixin, L.LightningModule):
@@ -38,8 +43,8 @@ class Classifier(LabelSmoothingMixin, L.LightningModule):
     def __init__(
         self,
         *,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        lr: float = _BASE["lr"],
+        weight_decay: float = _BASE["weight_decay"],
         label_smoothing: float = 0.1,
         prior: Tensor | None = None,
         task: Task = "multiclass",
@@ -140,11 +145,13 @@ class MLP(Classifier):
         self,
         num_features: int,
         num_classes: int,
-        hidden_sizes: Sequence[int] = (128,),
-        dropout: float = 0.0,
+        hidden_sizes: Sequence[int] = _MLP["hidden_sizes"],
+        dropout: float = _MLP["dropout"],
+        lr: float = _MLP["lr"],
+        weight_decay: float = _MLP["weight_decay"],
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         hidden = _check_sizes("hidden_sizes", hidden_sizes)
         _check_dropout(dropout)
         # the prior is a buffer (saved in the state dict); as a hyper-parameter it would bloat hparams.yaml
@@ -188,13 +195,15 @@ class CNN(Classifier):
         self,
         num_features: int,
         num_classes: int,
-        image_size: int = 8,
-        channels: Sequence[int] = (16, 32),
-        hidden_size: int = 64,
-        dropout: float = 0.0,
+        image_size: int = _CNN["image_size"],
+        channels: Sequence[int] = _CNN["channels"],
+        hidden_size: int = _CNN["hidden_size"],
+        dropout: float = _CNN["dropout"],
+        lr: float = _CNN["lr"],
+        weight_decay: float = _CNN["weight_decay"],
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         chans = _check_sizes("channels", channels)
         _check_dropout(dropout)
         if num_features != image_size**2:
@@ -259,16 +268,18 @@ class Transformer(Classifier):
         self,
         num_features: int,
         num_classes: int,
-        d_model: int = 128,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        dim_feedforward: int = 512,
-        dropout: float = 0.0,
-        tie_weights: bool = True,
+        d_model: int = _TRANSFORMER["d_model"],
+        num_layers: int = _TRANSFORMER["num_layers"],
+        num_heads: int = _TRANSFORMER["num_heads"],
+        dim_feedforward: int = _TRANSFORMER["dim_feedforward"],
+        dropout: float = _TRANSFORMER["dropout"],
+        tie_weights: bool = _TRANSFORMER["tie_weights"],
         log_metrics: Sequence[MetricGroup] = (*DEFAULT_LOG_METRICS, "perplexity"),
+        lr: float = _TRANSFORMER["lr"],
+        weight_decay: float = _TRANSFORMER["weight_decay"],
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         sizes = dict(num_features=num_features, num_classes=num_classes, d_model=d_model, num_layers=num_layers)
         for name, value in {**sizes, "num_heads": num_heads, "dim_feedforward": dim_feedforward}.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -1,7 +1,7 @@
 """The Lightning integration: the mixin, the callbacks, and :func:`log_figure`. Needs lightning.
 
-Only code that uses Lightning lives here: the schedules and priors it applies are in :mod:`ls_lightning.smoothing`,
-the metrics it logs in :mod:`ls_lightning.metrics`, the losses in :mod:`ls_lightning.losses`.
+Only code that uses Lightning lives here: the schedules it applies are in :mod:`ls_lightning.smoothing`, the losses and
+priors in :mod:`ls_lightning.losses`, the metrics it logs in :mod:`ls_lightning.metrics`.
 """
 
 from ls_lightning.integration.callbacks.label_smoothing import LabelSmoothing
@@ -13,7 +13,9 @@ from ls_lightning.integration.mixin import (
     DEFAULT_LOG_METRICS,
     METRIC_GROUPS,
     LabelSmoothingMixin,
+    LossBatch,
     MetricGroup,
+    MixinSettings,
     Stage,
     Task,
 )
