@@ -247,6 +247,9 @@ class ModelConfig:
     _target_: str = MISSING
     lr: float = _ranged(1e-3, _Range(0.0, low_open=True))
     weight_decay: float = _ranged(0.0, _Range(0.0))
+    # "batch": each step's loss is its batch's mean; "step": the mean over all counted positions of the optimizer
+    # step's micro-batches on all processes (padded sequences, accumulation, DDP), see ls_lightning.integration
+    loss_normalization: str = _ranged("batch", _Choices(("batch", "step")))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ls_lightning.cli.config import CNNConfig, MLPConfig, ModelConfig, TransformerConfig, defaults_of
-from ls_lightning.integration import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup, Task
+from ls_lightning.integration import DEFAULT_LOG_METRICS, LabelSmoothingMixin, LossNormalization, MetricGroup, Task
 
 __all__ = ["CNN", "MLP", "Classifier", "Transformer"]
 
@@ -33,6 +33,8 @@ class Classifier(LabelSmoothingMixin, L.LightningModule):
         prior: the smoothing prior u, ``None`` for uniform.
         task: the mixin's task; ``"binary"`` with ``num_classes=1`` (one logit) for a binary data set such as
             ``data=breast_cancer``.
+        loss_normalization: the mixin's: ``"batch"`` (each batch's mean) or ``"step"`` (the mean over the optimizer
+            step's counted positions on all processes; for padded sequences with accumulation or DDP).
 
     Raises:
         ValueError: if ``lr`` or ``weight_decay`` is out of range.
@@ -48,8 +50,9 @@ class Classifier(LabelSmoothingMixin, L.LightningModule):
         label_smoothing: float = 0.1,
         prior: Tensor | None = None,
         task: Task = "multiclass",
+        loss_normalization: LossNormalization = _BASE["loss_normalization"],
     ) -> None:
-        super().__init__(label_smoothing=label_smoothing, prior=prior, task=task)
+        super().__init__(label_smoothing=label_smoothing, prior=prior, task=task, loss_normalization=loss_normalization)
         if not lr > 0:
             raise ValueError(f"Expected argument `lr` to be a positive float, but got {lr!r}")
         if not weight_decay >= 0:

@@ -19,6 +19,7 @@ from ls_lightning.integration.mixin import (
     Stage,
     Task,
 )
+from ls_lightning.integration.normalization import LossNormalization
 
 __all__ = [
     "DEFAULT_LOG_METRICS",
@@ -28,6 +29,7 @@ __all__ = [
     "LabelSmoothingMixin",
     "LabelSmoothingPrior",
     "LossBatch",
+    "LossNormalization",
     "MetricGroup",
     "MixinSettings",
     "ReliabilityDiagram",

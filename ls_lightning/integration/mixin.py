@@ -13,10 +13,17 @@ from torch import Tensor, nn
 from torch.utils.data.distributed import DistributedSampler
 from torchmetrics import Metric
 
+from ls_lightning.integration.normalization import (
+    LossNormalization,
+    StepNormalizer,
+    check_loss_normalization,
+    check_step_normalization,
+)
 from ls_lightning.losses import (
     BinaryLossStats,
     LabelSmoothedCE,
     LossStats,
+    Reduction,
     binary_label_smoothed_cross_entropy_with_stats,
     label_smoothed_cross_entropy_with_stats,
     linear_label_smoothed_cross_entropy_with_stats,
@@ -181,8 +188,8 @@ def _update_metrics(
 ) -> None:
     """Add one batch to the metrics of ``names`` (and always to ``ece``, the calibration bins).
 
-    Loss terms enter as batch means weighted by the batch's count of positions (the mixin uses no class weights),
-    so the epoch value is the mean over positions, exact across batches and processes. ``step``: the loss terms go
+    Loss terms enter as batch means weighted by the batch's count of positions (Σ w_y with class weights), so the
+    epoch value is the mean over positions, exact across batches and processes. ``step``: the loss terms go
     through the metric's ``forward``, whose batch value Lightning logs on step.
     """
     count = stats.weight_sum
@@ -293,6 +300,18 @@ class LossBatch(NamedTuple):
         return self.logit_parts(self.stats.valid if mask is None else mask)
 
 
+def _normalizes_first(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A module's own ``on_before_optimizer_step``, after the mixin's normalisation of the step (idempotent)."""
+
+    @functools.wraps(hook)
+    def normalized(self: LabelSmoothingMixin, optimizer: Any) -> Any:
+        self._ls_normalize_step()
+        return hook(self, optimizer)
+
+    normalized.ls_normalizes_first = True  # type: ignore[attr-defined]
+    return normalized
+
+
 def _logs_after(step: Callable[..., Any]) -> Callable[..., Any]:
     """``step`` followed by the mixin's logging of the batch (see ``LabelSmoothingMixin.__init_subclass__``).
 
@@ -320,7 +339,17 @@ class _LoggingState:
     """The mixin's bookkeeping of logging, one object per module: its fields change every step, and a plain object's
     attributes cost less to set than a module's (``nn.Module.__setattr__`` checks for parameters and submodules)."""
 
-    __slots__ = ("epochs", "logging_own", "padding_checked", "pending", "settings", "step_depth", "user_keys", "z_loss")
+    __slots__ = (
+        "epochs",
+        "logging_own",
+        "normalizer",
+        "padding_checked",
+        "pending",
+        "settings",
+        "step_depth",
+        "user_keys",
+        "z_loss",
+    )
 
     def __init__(self) -> None:
         self.user_keys: set[str] = set()  # keys the module logs itself
@@ -331,6 +360,7 @@ class _LoggingState:
         self.padding_checked: set[str] = set()
         self.z_loss = False  # the pending batch's loss has a z-loss term: its key is logged
         self.settings: MixinSettings | None = None  # the settings the pending batch was recorded with
+        self.normalizer: StepNormalizer | None = None  # loss_normalization="step": the optimizer step's count
 
 
 class LabelSmoothingMixin:
@@ -378,6 +408,14 @@ class LabelSmoothingMixin:
             the same keys with every label position one sample: ``acc`` at threshold 0.5; ``ece``, ``mce``,
             ``rmsce`` equal to torchmetrics' ``BinaryCalibrationError`` on σ(logits) (label positions pooled);
             ``brier`` the mean (σ(z) − t)². Kept in the attribute ``ls_task``; takes no ``prior``.
+        weight: class weights w (C,) of the multi-class loss, as ``F.cross_entropy``'s ``weight``: the loss terms
+            are weighted means (Σ w_y over the counted positions), accuracy and calibration stay per position.
+        loss_normalization: ``"batch"`` (default): a training step's loss is its batch's mean, as
+            ``F.cross_entropy``'s. ``"step"``: the gradient of each optimizer step is that of the mean loss over all
+            counted positions of all its micro-batches on all processes (gradient accumulation, DDP and FSDP,
+            padded or variable-length sequences; :mod:`ls_lightning.integration.normalization`). It costs one
+            all-reduce of a count and one pass over the gradients per optimizer step; the logged values are the same
+            global means either way, but the returned training loss is then the batch's share of the step's mean.
 
     Raises:
         TypeError, ValueError: for an ε outside [0, 1], a prior that is not a tensor, an unknown metric group, a
@@ -402,6 +440,7 @@ class LabelSmoothingMixin:
     _ls_log_metrics: tuple[MetricGroup, ...] = DEFAULT_LOG_METRICS
     _ls_log_prefix: str = ""
     _ls_task: Task = "multiclass"
+    _ls_loss_normalization: LossNormalization = "batch"
     _ls_epsilon_tensor: Tensor | None = None
     # The logging state: keys the module logs itself, the batch waiting to be logged, each stage's epoch.
     _ls_logging_state: _LoggingState | None = None
@@ -418,12 +457,16 @@ class LabelSmoothingMixin:
         log_metrics: Sequence[MetricGroup] = DEFAULT_LOG_METRICS,
         log_prefix: str = "",
         task: Task = "multiclass",
+        weight: Tensor | None = None,
+        loss_normalization: LossNormalization = "batch",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.ls_task = task
         self.label_smoothing = label_smoothing
         self.label_smoothing_prior = prior
+        self.ls_weight = weight
+        self.ls_loss_normalization = loss_normalization
         self.ls_ignore_index = ignore_index
         self.ls_n_bins = n_bins
         self.ls_log_metrics = log_metrics
@@ -438,6 +481,10 @@ class LabelSmoothingMixin:
             step = getattr(cls, name, None)
             if step is not None and not getattr(step, "ls_logs_after", False):
                 setattr(cls, name, _logs_after(step))
+        # loss_normalization="step" rescales the gradients before anything in the module's own hook reads them
+        hook = vars(cls).get("on_before_optimizer_step")
+        if hook is not None and not getattr(hook, "ls_normalizes_first", False):
+            cls.on_before_optimizer_step = _normalizes_first(hook)  # type: ignore[method-assign]
 
     @property
     def label_smoothing(self) -> float:
@@ -516,6 +563,38 @@ class LabelSmoothingMixin:
             raise TypeError(f"Expected argument `prior` to be a Tensor of shape (C,) or (C, C), but got {prior!r}")
         cast(nn.Module, self).register_buffer("_ls_prior", prior)
 
+    @property
+    def ls_weight(self) -> Tensor | None:
+        """Class weights w (C,) of the multi-class losses, as ``F.cross_entropy``'s ``weight``; ``None``: unweighted.
+        A buffer (it follows the module's device and, when set, is saved in its checkpoints)."""
+        return cast("Tensor | None", getattr(self, "_ls_weight", None))
+
+    @ls_weight.setter
+    def ls_weight(self, weight: Tensor | None) -> None:
+        if weight is not None and (
+            not isinstance(weight, Tensor) or weight.dim() != 1 or not weight.is_floating_point()
+        ):
+            raise TypeError(
+                f"Expected argument `weight` to be None or a floating point (C,) tensor, but got {weight!r}"
+            )
+        cast(nn.Module, self).register_buffer("_ls_weight", weight)
+
+    @property
+    def ls_loss_normalization(self) -> LossNormalization:
+        """``"batch"``: each training step's loss is its batch's mean, as ``F.cross_entropy``'s. ``"step"``: the mean
+        over all counted positions of all micro-batches of the optimizer step on all processes (see
+        :mod:`ls_lightning.integration.normalization`)."""
+        return self._ls_loss_normalization
+
+    @ls_loss_normalization.setter
+    def ls_loss_normalization(self, value: LossNormalization) -> None:
+        self._ls_loss_normalization = check_loss_normalization(value)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Lightning's hook; with ``loss_normalization="step"`` first rescales the step's gradients to its mean."""
+        self._ls_normalize_step()
+        super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
+
     def label_smoothed_loss(
         self,
         logits: Tensor,
@@ -541,10 +620,13 @@ class LabelSmoothingMixin:
                 Both are multi-class terms (of the softmax's normaliser): binary and multi-label tasks refuse them.
 
         Returns:
-            The scalar loss (``reduction="mean"``), with gradient.
+            The scalar loss (``reduction="mean"``; with ``loss_normalization="step"`` in training, the batch's share
+            of the optimizer step's mean), with gradient.
 
         Raises:
-            ValueError: if ``z_loss`` or ``softcap`` is set for a binary or multi-label task.
+            ValueError: if ``z_loss`` or ``softcap`` is set for a binary or multi-label task, class weights or a prior
+                are set for one, or ``loss_normalization="step"`` meets a z-loss with class weights or manual
+                optimization.
         """
         stage = self._ls_resolve_stage(stage)
         task = self.ls_task
@@ -555,19 +637,20 @@ class LabelSmoothingMixin:
                     f" classes), but got z_loss={z_loss!r}, softcap={softcap!r}"
                 )
             return self._ls_binary_loss(logits, target, stage, task)
+        reduction = self._ls_reduction(stage, z_loss)
         loss, stats = label_smoothed_cross_entropy_with_stats(
             logits,
             target,
             self._ls_epsilon(),
+            weight=self.ls_weight,
             ignore_index=self.ls_ignore_index,
+            reduction=reduction,
             prior=self.label_smoothing_prior,
             brier=stage not in (None, "train"),  # the Brier score is a val/test measure
             z_loss=z_loss,
             softcap=softcap,
         )
-        if stage is not None:
-            self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
-        return loss.loss
+        return self._ls_finish_loss(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
 
     def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None, task: Task) -> Tensor:
         """``label_smoothed_loss`` of the binary and multi-label tasks: the label-smoothed BCE, one sample per logit."""
@@ -576,13 +659,17 @@ class LabelSmoothingMixin:
                 f"Expected no label-smoothing prior for task={task!r} (the smoothing target of a binary label"
                 " is 1/2), but the module has one; set `label_smoothing_prior = None` or use task='multiclass'"
             )
+        if self.ls_weight is not None:
+            raise ValueError(
+                f"Expected no class weights for task={task!r} (they weigh the classes of a softmax), but the module has"
+                " some; use task='multiclass', or weigh the positive labels with the binary loss's `pos_weight`"
+            )
         logits, target = _binary_inputs(task, logits, target)
+        reduction = self._ls_reduction(stage, 0.0)
         loss, stats = binary_label_smoothed_cross_entropy_with_stats(
-            logits, target, self._ls_epsilon(), brier=stage not in (None, "train")
+            logits, target, self._ls_epsilon(), reduction=reduction, brier=stage not in (None, "train")
         )
-        if stage is not None:
-            self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
-        return loss.loss
+        return self._ls_finish_loss(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
 
     def label_smoothed_linear_loss(
         self,
@@ -622,23 +709,59 @@ class LabelSmoothingMixin:
         """
         stage = self._ls_resolve_stage(stage)
         _check_gathered(linear_weight)
+        reduction = self._ls_reduction(stage, z_loss)
         loss, stats = linear_label_smoothed_cross_entropy_with_stats(
             hidden,
             linear_weight,
             target,
             self._ls_epsilon(),
             linear_bias=linear_bias,
+            weight=self.ls_weight,
             ignore_index=self.ls_ignore_index,
+            reduction=reduction,
             prior=self.label_smoothing_prior,
             brier=stage not in (None, "train"),
             z_loss=z_loss,
             softcap=softcap,
         )
+        logits = lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)  # noqa: E731
+        return self._ls_finish_loss(stage, loss, stats, logits)
+
+    def _ls_reduction(self, stage: Stage | None, z_loss: float) -> Reduction:
+        """``"sum"`` for a training loss normalised over the optimizer step, else ``"mean"``."""
+        if stage != "train" or self._ls_loss_normalization != "step":
+            return "mean"
+        check_step_normalization(cast(nn.Module, self), self._ls_trainer(), bool(z_loss) and self.ls_weight is not None)
+        return "sum"
+
+    def _ls_finish_loss(
+        self,
+        stage: Stage | None,
+        loss: LabelSmoothedCE,
+        stats: LossStats | BinaryLossStats,
+        logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
+    ) -> Tensor:
+        """Record the batch (its terms as means) and return the loss to differentiate: the batch mean, or under
+        ``loss_normalization="step"`` the summed loss's share of the step's mean."""
+        summed = stage == "train" and self._ls_loss_normalization == "step"
         if stage is not None:
-            self._ls_record(
-                stage, loss, stats, lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)
-            )
-        return loss.loss
+            means = LabelSmoothedCE(*(t.detach() / stats.weight_sum.clamp(min=1) for t in loss)) if summed else loss
+            self._ls_record(stage, means, stats, logits)
+        if not summed:
+            return loss.loss
+        return self._ls_step_normalizer.share(loss.loss, stats.weight_sum)
+
+    @property
+    def _ls_step_normalizer(self) -> StepNormalizer:
+        state = self._ls_state
+        if state.normalizer is None:
+            state.normalizer = StepNormalizer()
+        return state.normalizer
+
+    def _ls_normalize_step(self) -> None:
+        state, trainer = self._ls_state, self._ls_trainer()
+        if state.normalizer is not None and trainer is not None:
+            state.normalizer.finish(cast(nn.Module, self), trainer)
 
     def calibration_bins(self, stage: Stage, *, sync: bool = True) -> BinStats | None:
         """Per-bin sums (count, confidence, correct) of ``stage``'s ECE state for the current epoch.
