@@ -346,6 +346,7 @@ class _LoggingState:
         "padding_checked",
         "pending",
         "settings",
+        "soft_checked",
         "step_depth",
         "user_keys",
         "z_loss",
@@ -361,6 +362,7 @@ class _LoggingState:
         self.z_loss = False  # the pending batch's loss has a z-loss term: its key is logged
         self.settings: MixinSettings | None = None  # the settings the pending batch was recorded with
         self.normalizer: StepNormalizer | None = None  # loss_normalization="step": the optimizer step's count
+        self.soft_checked = 0  # id of the trainer whose fit was checked for soft targets that are smoothed already
 
 
 class LabelSmoothingMixin:
@@ -638,6 +640,7 @@ class LabelSmoothingMixin:
                 )
             return self._ls_binary_loss(logits, target, stage, task)
         reduction = self._ls_reduction(stage, z_loss)
+        self._ls_check_soft_targets(target, 1 if target.dim() > 1 else 0, stage)
         loss, stats = label_smoothed_cross_entropy_with_stats(
             logits,
             target,
@@ -666,6 +669,7 @@ class LabelSmoothingMixin:
             )
         logits, target = _binary_inputs(task, logits, target)
         reduction = self._ls_reduction(stage, 0.0)
+        self._ls_check_soft_targets(target, None, stage)
         loss, stats = binary_label_smoothed_cross_entropy_with_stats(
             logits, target, self._ls_epsilon(), reduction=reduction, brier=stage not in (None, "train")
         )
@@ -726,6 +730,32 @@ class LabelSmoothingMixin:
         )
         logits = lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)  # noqa: E731
         return self._ls_finish_loss(stage, loss, stats, logits)
+
+    def _ls_check_soft_targets(self, target: Tensor, class_dim: int | None, stage: Stage | None) -> None:
+        """Warn, once per fit, when ε > 0 meets soft targets that already give every class a share (smoothed twice).
+
+        Read on the first training batch of a fit with probability targets (one reduction and one host read then).
+        ``class_dim``: the class dimension of multi-class targets; ``None``: binary targets, smoothed towards ½.
+        """
+        state, trainer = self._ls_state, self._ls_trainer()
+        if stage != "train" or not target.is_floating_point() or trainer is None or state.soft_checked == id(trainer):
+            return
+        state.soft_checked = id(trainer)
+        epsilon = self._label_smoothing
+        if class_dim is None:  # binary: a target strictly inside (0, 1) everywhere
+            share = torch.minimum(target, 1 - target).amin()
+            estimate, num_classes = 2 * float(share), 2
+        else:
+            num_classes = target.shape[class_dim]
+            share = target.amin()
+            estimate = num_classes * float(share)
+        if epsilon > 0 and estimate > 0:
+            rank_zero_warn(
+                f"`label_smoothing={epsilon:g}` smooths soft targets that already give every class a share (at least"
+                f" {estimate / num_classes:.3g} of each of {num_classes}: smoothed by about {estimate:.3g}, as timm's"
+                f" `Mixup(label_smoothing={estimate:.2g})` does by default), so they are smoothed twice. Smooth once:"
+                " give the mixup `label_smoothing=0`, or set the module's (or the LabelSmoothing callback's) ε to 0."
+            )
 
     def _ls_reduction(self, stage: Stage | None, z_loss: float) -> Reduction:
         """``"sum"`` for a training loss normalised over the optimizer step, else ``"mean"``."""
