@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "LabelSmoothing": "ls_lightning.integration.callbacks",
     "LabelSmoothingMixin": "ls_lightning.integration.mixin",
+    "PenultimateProjection": "ls_lightning.integration.callbacks",
     "ReliabilityDiagram": "ls_lightning.integration.callbacks",
     "TemperatureScaling": "ls_lightning.integration.callbacks",
     "UnpaddedDistributedSampler": "ls_lightning.integration.samplers",
@@ -21,13 +22,19 @@ _EXPORTS = {
 __all__ = [
     "LabelSmoothing",
     "LabelSmoothingMixin",
+    "PenultimateProjection",
     "ReliabilityDiagram",
     "TemperatureScaling",
     "UnpaddedDistributedSampler",
 ]
 
 if TYPE_CHECKING:
-    from ls_lightning.integration.callbacks import LabelSmoothing, ReliabilityDiagram, TemperatureScaling
+    from ls_lightning.integration.callbacks import (
+        LabelSmoothing,
+        PenultimateProjection,
+        ReliabilityDiagram,
+        TemperatureScaling,
+    )
     from ls_lightning.integration.mixin import LabelSmoothingMixin
     from ls_lightning.integration.samplers import UnpaddedDistributedSampler
 
