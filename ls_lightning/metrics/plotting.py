@@ -170,7 +170,7 @@ def plot_reliability_curves(
         ValueError: When ``curves`` is empty.
 
     Example:
-    >>> from ls_lightning.metrics.calibration import BinStats
+        >>> from ls_lightning.metrics.calibration import BinStats
         >>> stats = BinStats(torch.tensor([1.0, 3, 0]), torch.tensor([0.3, 2.4, 0]), torch.tensor([0.0, 2, 0]))
         >>> fig = plot_reliability_curves([("ε=0", stats), ("ε=0.1", stats)])
     """

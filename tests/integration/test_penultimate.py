@@ -193,7 +193,8 @@ def test_template_module_numbers_pictures_and_three_loggers(tmp_path: Path) -> N
     artifacts = [a.path for a in client.list_artifacts(loggers[1].run_id, IMAGE)]
     assert artifacts == [f"{IMAGE}/step_{s}.png" for s in steps]
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    images = sorted((run_dir / "files" / "media" / "images").rglob("*.png"))
+    # W&B keeps each logged image under files/media/images/<key>_<its own step>_<hash>.png
+    images = sorted((run_dir / "files" / "media" / "images" / "val").glob("penultimate_projection_*.png"))
     assert len(images) == 2 and all(p.read_bytes()[:8] == PNG for p in images)
 
 
