@@ -69,26 +69,23 @@ def _classwise_calibration_update(
         - Output: three float64 tensors of shape :math:`(C, n\_bins + 1)`; slot ``n_bins`` holds :math:`q = 1`.
     """
     num_classes, slots = probs.shape[1], n_bins + 1
-    # Slot of (class k, bin b) in one flat histogram: k · slots + b, so one bincount fills all classes.
-    offsets = torch.arange(num_classes, device=probs.device) * slots
-    flat_index = (_bin_index(probs.reshape(-1), n_bins).view_as(probs) + offsets).reshape(-1)
-    safe_target = target.clamp(0, num_classes - 1)  # ignored positions (weight 0) may hold any value
-    label = torch.zeros(probs.shape, dtype=_STATE_DTYPE, device=probs.device)
-    label.scatter_(1, safe_target.unsqueeze(1), 1.0)
+    device = probs.device
+    # Slot of (class k, bin b) in one flat histogram: k · slots + b, so one scatter fills all classes.
+    slot = _bin_index(probs.reshape(-1), n_bins).view_as(probs) + torch.arange(num_classes, device=device) * slots
+    safe_target = target.clamp(0, num_classes - 1).unsqueeze(1)  # ignored positions (weight 0) may hold any value
+    label_slot = slot.gather(1, safe_target).squeeze(1)  # [y = k] is 1 in one slot per position: (M,), not (M, C)
     if weight is None:
-        w = torch.ones(probs.shape, dtype=_STATE_DTYPE, device=probs.device)
+        w_row = torch.ones(probs.shape[0], dtype=_STATE_DTYPE, device=device)
         q = probs.to(_STATE_DTYPE)
     else:
-        w = weight.to(_STATE_DTYPE).unsqueeze(1).expand(probs.shape)
-        q = torch.where(w != 0, probs.to(_STATE_DTYPE), 0.0) * w
-        label = label * w
-    size = num_classes * slots
-    sums = [
-        torch.zeros(size, dtype=_STATE_DTYPE, device=probs.device).scatter_add_(0, flat_index, v.reshape(-1))
-        for v in (w, q, label)
-    ]
-    count, prob_sum, label_sum = (s.view(num_classes, slots) for s in sums)
-    return count, prob_sum, label_sum
+        w_row = weight.to(_STATE_DTYPE)
+        q = torch.where(w_row.unsqueeze(1) != 0, probs.to(_STATE_DTYPE), 0.0) * w_row.unsqueeze(1)
+    zeros = torch.zeros(num_classes * slots, dtype=_STATE_DTYPE, device=device)
+    flat = slot.reshape(-1)
+    count = zeros.scatter_add(0, flat, w_row.unsqueeze(1).expand(probs.shape).reshape(-1))
+    prob_sum = zeros.scatter_add(0, flat, q.reshape(-1))
+    label_sum = zeros.scatter_add(0, label_slot, w_row)
+    return count.view(num_classes, slots), prob_sum.view(num_classes, slots), label_sum.view(num_classes, slots)
 
 
 def _classwise_calibration_compute(
