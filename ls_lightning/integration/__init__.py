@@ -6,6 +6,7 @@ priors in :mod:`ls_lightning.losses`, the metrics it logs in :mod:`ls_lightning.
 
 from ls_lightning.integration.callbacks.label_smoothing import LabelSmoothing
 from ls_lightning.integration.callbacks.label_smoothing_prior import LabelSmoothingPrior
+from ls_lightning.integration.callbacks.penultimate import PROJECTION_IMAGE, RATIO_KEY, PenultimateProjection
 from ls_lightning.integration.callbacks.reliability_diagram import RELIABILITY_JSON, ReliabilityDiagram
 from ls_lightning.integration.callbacks.temperature_scaling import TemperatureScaling
 from ls_lightning.integration.figures import log_figure
@@ -24,6 +25,8 @@ from ls_lightning.integration.normalization import LossNormalization
 __all__ = [
     "DEFAULT_LOG_METRICS",
     "METRIC_GROUPS",
+    "PROJECTION_IMAGE",
+    "RATIO_KEY",
     "RELIABILITY_JSON",
     "LabelSmoothing",
     "LabelSmoothingMixin",
@@ -32,6 +35,7 @@ __all__ = [
     "LossNormalization",
     "MetricGroup",
     "MixinSettings",
+    "PenultimateProjection",
     "ReliabilityDiagram",
     "Stage",
     "Task",
