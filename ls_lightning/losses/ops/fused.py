@@ -306,8 +306,16 @@ def row_terms(x: Tensor, prep: Prepared, rows: RowStats) -> Terms:
     h_pq = prep.wy * (lse - z_y)
     v = prep.smoothing.v
     if isinstance(v, float):  # v = 1/C: no weights, uniform prior, V_i = valid
-        return Terms(h_pq, prep.valid * torch.add(lse, rows.vz, alpha=-v), lse, z_y, rows)
-    return Terms(h_pq, prep.total * lse - prep.valid * rows.vz, lse, z_y, rows)
+        h_uq = prep.valid * torch.add(lse, rows.vz, alpha=-v)
+    else:
+        h_uq = prep.total * lse - prep.valid * rows.vz
+    return Terms(counted(h_pq, prep.valid), counted(h_uq, prep.valid), lse, z_y, rows)
+
+
+def counted(rows: Tensor, valid: Tensor) -> Tensor:
+    """``rows`` with ignored rows set to 0: multiplying by ``valid`` leaves 0·inf = NaN where an ignored row holds a
+    −inf logit (PyTorch masks those rows out)."""
+    return torch.where(valid != 0, rows, 0.0)
 
 
 class Outputs(NamedTuple):
@@ -325,7 +333,7 @@ class Outputs(NamedTuple):
 def z_loss_term(lse: Tensor, valid: Tensor, z_loss: float, reduction: str, shape: torch.Size) -> tuple[Tensor, Tensor]:
     """``z_loss·lse²`` per row (0 where ignored) and reduced like the loss over the counted rows, unweighted: the
     mean divides by their number (0 when there are none)."""
-    rows = z_loss * lse.square() * valid
+    rows = counted(z_loss * lse.square(), valid)
     return rows, reduce_rows(rows, reduction, mean_denominator(valid.sum(), reduction), shape)
 
 
@@ -349,10 +357,12 @@ def reduce_rows(rows: Tensor, reduction: str, denominator: Tensor | None, shape:
 
 
 def mean_denominator(weight_sum: Tensor, reduction: str) -> Tensor | None:
-    """Σ w[y] over valid rows with 0 replaced by 1 (every row is then 0: the mean is 0, not NaN); None unless mean."""
+    """Σ w[y] over counted rows, the mean's divisor as PyTorch's (negative too, with negative class weights), with 0
+    replaced by inf: when nothing is counted, or the counted rows' weights are all 0, the mean is 0 with zero gradient
+    (PyTorch: NaN). None unless mean."""
     if reduction != "mean":
         return None
-    return torch.where(weight_sum > 0, weight_sum, torch.ones_like(weight_sum))
+    return torch.where(weight_sum != 0, weight_sum, torch.full_like(weight_sum, float("inf")))
 
 
 def fused_forward(
@@ -407,8 +417,17 @@ def uniform_coefficients(x: Tensor, prep: Prepared, coefs: tuple[Tensor, Tensor,
 
 
 def mix_terms(h_pq: Tensor, h_uq: Tensor, eps: float | Tensor) -> Tensor:
-    """(1 − ε)·h_pq + ε·h_uq, as one ``lerp`` for a float ε."""
-    return torch.lerp(h_pq, h_uq, eps) if isinstance(eps, float) else (1 - eps) * h_pq + eps * h_uq
+    """(1 − ε)·h_pq + ε·h_uq as PyTorch sums it, and h_pq itself at ε = 0.
+
+    A −inf logit makes H(u,q) infinite: at ε = 0 PyTorch has no H(u,q) term, and 0·inf would be NaN. Not ``lerp``:
+    h_pq + ε·(h_uq − h_pq) is NaN where both are infinite (a −inf logit at the label), PyTorch's sum is inf. A tensor
+    ε is compared on the terms' device (a CPU ε is read as a scalar there, never copied: no synchronisation).
+    """
+    if not isinstance(eps, Tensor):
+        loss = h_pq * (1 - eps)
+        return loss if eps == 0 else loss + h_uq * eps
+    e = h_pq.new_zeros(()) + eps.to(h_pq.dtype)
+    return torch.where(e == 0, h_pq, (1 - e) * h_pq + e * h_uq)
 
 
 def loss_and_row_stats(

@@ -65,8 +65,8 @@ class _RowTermsFunction(torch.autograd.Function):
         top = top.squeeze(1)
         lse = top + log_sum
         z_y = xf.gather(1, y.unsqueeze(1)).squeeze(1)
-        h_pq = (valid if wy is None else wy) * (lse - z_y)
-        h_uq = (valid if total is None else total) * log_sum - valid * v_shifted
+        h_pq = _fused.counted((valid if wy is None else wy) * (lse - z_y), valid)
+        h_uq = _fused.counted((valid if total is None else total) * log_sum - valid * v_shifted, valid)
         ctx.save_for_backward(x, y, valid, wy, total, v, lse)
         ctx.mark_non_differentiable(*([] if lse_grad else [lse]), top, *([] if index is None else [index]))
         ctx.lse_grad = lse_grad
@@ -119,8 +119,9 @@ def traced_loss_and_stats(
     denominator = _fused.mean_denominator(weight_sum, reduction)
     h_pq = _fused.reduce_rows(h_pq, reduction, denominator, shape)
     h_uq = _fused.reduce_rows(h_uq, reduction, denominator, shape)
-    e = eps.to(h_pq.dtype) if isinstance(eps, Tensor) else eps
-    loss = (1 - e) * h_pq + e * h_uq
+    # ε as a tensor: _fused.mix_terms's test of a float ε for 0 would put a guard on its value (a recompilation)
+    e = eps if isinstance(eps, Tensor) else torch.scalar_tensor(eps, dtype=h_pq.dtype, device=h_pq.device)
+    loss = _fused.mix_terms(h_pq, h_uq, e)
     z_rows = x.new_empty(0, dtype=torch.float32)
     if z_loss:
         rows, z_term = _fused.z_loss_term(lse.reshape(-1), prep.valid, z_loss, reduction, shape)
