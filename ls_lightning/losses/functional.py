@@ -57,6 +57,7 @@ class LossStats(NamedTuple):
     brier: Tensor  # (M,) float32: Σ_c (q_c − onehot_c)², onehot of the target class
     weight_sum: Tensor  # 0-d float32: the denominator of reduction="mean"
     z_loss: Tensor | None = None  # (M,) float32: z_loss·lse² (0 where ignored); empty (or None) without a z-loss
+    entropy: Tensor | None = None  # (M,) float32: predictive entropy H(q) = −Σ_c q_c log q_c; empty without Brier
 
 
 def label_smoothed_cross_entropy(
@@ -290,8 +291,9 @@ def _small(
     loss, z_rows = _add_z_loss(loss, x, valid, z_loss, reduction, with_stats)
     if not with_stats:
         empty = [x.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)]
-        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows)
-    return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), target, keep, weight_sum, brier), z_rows)
+        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows, x.new_empty(0, dtype=torch.float32))
+    *stats, entropy = _composite_stats(logp.detach(), target, keep, weight_sum, brier)
+    return (loss, h_pq, h_uq, *stats, z_rows, entropy)
 
 
 def _smoothed_loss(
@@ -346,7 +348,8 @@ def _composite(
     h_pq = _fused.reduce_rows(h_pq.reshape(-1), reduction, denominator, shape)
     h_uq = _fused.reduce_rows(h_uq.reshape(-1), reduction, denominator, shape)
     loss, z_rows = _add_z_loss(_fused.mix_terms(h_pq, h_uq, eps), x, valid.to(acc), z_loss, reduction, True)
-    return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), label, valid, wsum), z_rows)
+    *stats, entropy = _composite_stats(logp.detach(), label, valid, wsum)
+    return (loss, h_pq, h_uq, *stats, z_rows, entropy)
 
 
 def _class_view(t: Tensor, logp: Tensor) -> Tensor:
@@ -393,12 +396,21 @@ def _index_terms(
 def _composite_stats(
     logp: Tensor, label: Tensor, valid: Tensor, wsum: Tensor, brier: bool = True
 ) -> tuple[Tensor, ...]:
-    """LossStats fields from log-probabilities (Brier against the one-hot of ``label``; empty unless ``brier``)."""
+    """LossStats fields but z_loss from log-probabilities: confidence, correct, valid, Brier (against the one-hot of
+    ``label``), weight_sum and the predictive entropy (Brier and entropy empty unless ``brier``)."""
     top, argmax = logp.max(1)
     confidence, correct = top.exp().reshape(-1).float(), (argmax == label).reshape(-1)
     if not brier:
-        return confidence, correct, valid.reshape(-1), confidence.new_empty(0), wsum.float()
+        return confidence, correct, valid.reshape(-1), confidence.new_empty(0), wsum.float(), confidence.new_empty(0)
     q = logp.exp()
     q_y = q.gather(1, torch.where(valid, label, 0).long().unsqueeze(1)).squeeze(1)
     brier_values = q.square().sum(1) - 2 * q_y + 1
-    return confidence, correct, valid.reshape(-1), brier_values.reshape(-1).float(), wsum.float()
+    entropy = -torch.special.xlogy(q, q).sum(1)  # 0·log 0 = 0 where a −inf logit makes q = 0
+    return (
+        confidence,
+        correct,
+        valid.reshape(-1),
+        brier_values.reshape(-1).float(),
+        wsum.float(),
+        entropy.reshape(-1).float(),
+    )

@@ -83,6 +83,7 @@ class RowStats(NamedTuple):
     argmax: Tensor | None  # index of the max probability, for correctness; None when not asked for
     vz: Tensor  # v_i · z_i (before the 1/C factor when v is uniform)
     sqnorm: Tensor | None  # ‖q‖, for Σ q² (Brier); None when not asked for
+    plogp: Tensor | None = None  # Σ q log q = −H(q), the predictive entropy's negative; asked for with ``sqnorm``
 
 
 class Smoothing(NamedTuple):
@@ -147,6 +148,7 @@ def row_pass(
         torch.empty(y.numel(), dtype=torch.long, device=x.device) if argmax else None,
         x.new_empty(y.numel(), dtype=acc),
         x.new_empty(y.numel(), dtype=acc) if sqnorm else None,
+        x.new_empty(y.numel(), dtype=acc) if sqnorm else None,
     )
     direct = grad is not None and inner == 1 and grad.dtype == acc  # the gradient rows serve as workspace
     budget = CACHE_CHUNK_ELEMENTS if x.device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
@@ -182,6 +184,7 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
     else:
         torch.sum(xc * v.index_select(0, yc), 1, out=out.vz[r])
     qmax, top, norm = out.qmax[r], out.top[r], None if out.sqnorm is None else out.sqnorm[r]
+    plogp = None if out.plogp is None else out.plogp[r]
     index = None if out.argmax is None else out.argmax[r]
     if xc.shape[1] >= SOFTMAX_MIN_CLASSES:
         # One fused kernel (max, exp and sum, scale); lse = top − log q_top for a (top logit, its probability) pair.
@@ -206,6 +209,8 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
             torch.max(work, 1, out=(qmax, index))
         if norm is not None:
             torch.linalg.vector_norm(work, dim=1, out=norm)
+        if plogp is not None:  # xlogy: 0 where q = 0 (a −inf logit), where q·log q would be NaN
+            torch.sum(torch.special.xlogy(work, work), 1, out=plogp)
         return True
     # Few classes: that kernel's per-row overhead dominates, separate ops are several times faster.
     if index is None:
@@ -217,6 +222,8 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
     qmax.reciprocal_()  # the top probability is exp(0) / Σ exp(z − max)
     if norm is not None:
         torch.linalg.vector_norm(work, dim=1, out=norm).mul_(qmax)
+    if plogp is not None:  # q = qmax·w with w = exp(z − max): Σ q log q = qmax·Σ w log w + log qmax
+        torch.sum(torch.special.xlogy(work, work), 1, out=plogp).mul_(qmax).add_(qmax.log())
     return False
 
 
@@ -521,21 +528,25 @@ def _recompute_grad(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: 
 
 
 def row_stats(out: Outputs, target: Tensor, prep: Prepared, with_stats: bool) -> tuple[Tensor, ...]:
-    """confidence, correct, valid, brier, weight_sum and z_loss, float32 where real-valued (all but weight_sum empty
-    unless with_stats; brier empty unless the pass kept ‖q‖, z_loss unless there is one)."""
+    """confidence, correct, valid, brier, weight_sum, z_loss and entropy, float32 where real-valued (all but
+    weight_sum empty unless with_stats; brier and entropy empty unless the pass kept ‖q‖, z_loss unless there is
+    one)."""
     rows = out.terms.rows
     if out.z_rows is None or not with_stats:
         z_rows = rows.qmax.new_empty(0, dtype=torch.float32)
     else:
         z_rows = out.z_rows.detach().float()
+
+    def none() -> Tensor:  # a tensor of its own each: outputs of the linear loss's custom op may not alias
+        return rows.qmax.new_empty(0, dtype=torch.float32)
+
     if not with_stats:
-        empty = [
-            rows.qmax.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)
-        ]
-        return (*empty, out.weight_sum.float(), z_rows)
+        empty = [rows.qmax.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool)]
+        return (*empty, none(), out.weight_sum.float(), z_rows, none())
     if rows.sqnorm is None:
-        brier = rows.qmax.new_empty(0, dtype=torch.float32)
+        brier, entropy = none(), none()
     else:
         brier = (rows.sqnorm.square() - 2 * (out.terms.z_y - out.terms.lse).exp() + 1).float()
+        entropy = (-cast(Tensor, rows.plogp)).float()
     correct = cast(Tensor, rows.argmax) == target.reshape(-1)
-    return rows.qmax.float(), correct, prep.valid.bool(), brier, out.weight_sum.float(), z_rows
+    return rows.qmax.float(), correct, prep.valid.bool(), brier, out.weight_sum.float(), z_rows, entropy

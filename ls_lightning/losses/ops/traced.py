@@ -128,17 +128,21 @@ def traced_loss_and_stats(
         loss, z_rows = loss + z_term, rows.detach().float() if with_stats else z_rows
     if not with_stats:
         empty = [x.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)]
-        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows)
+        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows, x.new_empty(0, dtype=torch.float32))
     lse = lse.detach()
     confidence = (top - lse).exp().reshape(-1).float()
     correct = (argmax == target).reshape(-1)
-    values = _brier(x.detach(), target, prep, lse) if brier else confidence.new_empty(0)
-    return (loss, h_pq, h_uq, confidence, correct, prep.valid.bool(), values, weight_sum.float(), z_rows)
+    none = (confidence.new_empty(0), confidence.new_empty(0))
+    values, entropy = _brier_and_entropy(x.detach(), target, prep, lse) if brier else none
+    return (loss, h_pq, h_uq, confidence, correct, prep.valid.bool(), values, weight_sum.float(), z_rows, entropy)
 
 
-def _brier(x: Tensor, target: Tensor, prep: _fused.Prepared, lse: Tensor) -> Tensor:
-    """Σ_c (q_c − onehot_c)² per position, flattened: a pass over the logits of its own (Σ q² needs lse first)."""
+def _brier_and_entropy(x: Tensor, target: Tensor, prep: _fused.Prepared, lse: Tensor) -> tuple[Tensor, Tensor]:
+    """Σ_c (q_c − onehot_c)² and the entropy −Σ_c q_c log q_c per position, flattened: a pass over the logits of its
+    own (both need lse first)."""
     xf = x.to(lse.dtype)
     z_y = xf.gather(1, prep.y.view(target.shape).unsqueeze(1)).squeeze(1)
-    square_sum = (2 * (xf - lse.unsqueeze(1))).exp().sum(1)
-    return (square_sum - 2 * (z_y - lse).exp() + 1).reshape(-1).float()
+    q = (xf - lse.unsqueeze(1)).exp()
+    entropy = -torch.special.xlogy(q, q).sum(1)  # 0·log 0 = 0 where a −inf logit makes q = 0
+    brier = q.square().sum(1) - 2 * (z_y - lse).exp() + 1
+    return brier.reshape(-1).float(), entropy.reshape(-1).float()
