@@ -59,6 +59,7 @@ class LossStats(NamedTuple):
     brier: Tensor  # (M,) float32: Σ_c (q_c − onehot_c)², onehot of the target class
     weight_sum: Tensor  # 0-d float32: the denominator of reduction="mean"
     z_loss: Tensor | None = None  # (M,) float32: z_loss·lse² (0 where ignored); empty (or None) without a z-loss
+    entropy: Tensor | None = None  # (M,) float32: predictive entropy H(q) = −Σ_c q_c log q_c (ignored rows too)
 
 
 def label_smoothed_cross_entropy(
