@@ -142,7 +142,10 @@ def _memory(kind: str, which: int, n: int, c: int, compiled: bool) -> float:
     """Peak extra resident memory of fwd+bwd over the logits' size, in a fresh process (which: 0 ours, 1 plain)."""
     here = os.path.dirname(os.path.abspath(__file__))
     code = _MEMORY.format(here=here, kind=kind, which=which, n=n, c=c, compiled=compiled)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # A fixed mmap threshold turns off glibc's dynamic one, which after the first free of a large block serves blocks
+    # of up to 32 MiB from the heap, where the previous call's freed memory is still resident and uncounted.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 17)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(done.stdout.strip().splitlines()[-1])
 
 

@@ -23,7 +23,7 @@ recompiles when its value changes.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +55,8 @@ __all__ = [
     "margin_smoothed_cross_entropy_with_stats",
 ]
 
-# Inputs of at most this many logits in at most this many rows take the traced formulas eagerly: there each PyTorch
-# op costs microseconds of dispatch whatever its size, and the chunked kernels have more ops (see benchmarks/relatives.py
-# --shapes for the crossover).
+# Inputs of at most this many logits in at most this many rows take a short log_softmax path (as the label-smoothed
+# loss does): there each PyTorch op costs microseconds of dispatch whatever its size, and the chunked kernels have more.
 SMALL_ELEMENTS = 1 << 16
 SMALL_ROWS = 512
 
@@ -359,8 +358,10 @@ def _compute(
     args = (spec, weight, ignore_index, reduction, with_stats, brier)
     if t.is_floating_point():
         outputs = _soft(x, t, spec, weight, reduction, with_stats, brier)
-    elif torch.compiler.is_compiling() or (x.numel() <= SMALL_ELEMENTS and x.numel() <= SMALL_ROWS * x.shape[1]):
+    elif torch.compiler.is_compiling():
         outputs = _ops.traced(x, t.long(), *args)
+    elif x.numel() <= SMALL_ELEMENTS and x.numel() <= SMALL_ROWS * x.shape[1]:
+        outputs = _small(x, t.long(), *args)
     elif torch.is_grad_enabled() and x.requires_grad:
         outputs = _ops.RelativeFunction.apply(x, t.long(), *args)
     else:
@@ -369,7 +370,45 @@ def _compute(
     terms = tuple(value for value in (loss, h_pq, term) if value is not None)
     if unbatched and reduction == "none":
         terms = tuple(value.squeeze(0) for value in terms)
-    return terms, LossStats(*stats)
+    return terms, LossStats(*cast("list[Tensor]", stats))
+
+
+def _small(
+    x: Tensor,
+    target: Tensor,
+    spec: Spec,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    brier: bool,
+) -> tuple[Tensor | None, ...]:
+    """Few-op path for small inputs (class indices), on ``log_softmax``; autograd differentiates it."""
+    acc = _ops.accumulation_dtype(x.dtype)
+    logp = torch.log_softmax(x, 1, dtype=acc)
+    valid = target != ignore_index
+    y = torch.where(valid, target, 0)
+    wy = (valid.to(acc) if weight is None else weight.to(acc)[y] * valid).reshape(-1)
+    nll = -logp.gather(1, y.unsqueeze(1)).squeeze(1)
+    q = logp.exp()
+    entropy = -(q * logp).sum(1)
+    extra = entropy if spec.kind == "penalty" else None
+    if spec.kind == "margin":
+        xf = x.to(acc)
+        extra = F.relu((xf.amax(1, keepdim=True) - xf) - spec.margin).mean(1)
+    elif spec.kind == "focal" and (isinstance(spec.gamma, str) or spec.gamma >= 1):
+        # autograd's derivative of (1 − q_y)^γ is finite for γ ≥ 1 (FLSD-53: 3 and 5), and a few ops cost less
+        # here than an autograd Function; below 1 it is NaN where q_y rounds to 1, and FocalRows takes over
+        extra = (-torch.expm1(-nll)).pow(_ops.focal_gamma(nll, spec.gamma)) * nll
+    weight_sum = wy.sum()
+    denominator = _fused.mean_denominator(weight_sum, reduction)
+    loss, h_pq, term = _ops.combine(spec, nll, extra, (wy, wy), denominator, reduction, target.shape)
+    empty = x.new_empty(0, dtype=torch.float32)
+    if not with_stats:
+        flags = x.new_empty(0, dtype=torch.bool)
+        return (loss, h_pq, term, empty, flags, flags, empty, weight_sum.float(), empty, empty)
+    stats = _composite_stats(logp.detach(), target, valid, weight_sum, brier)
+    return (loss, h_pq, term, *stats, empty, entropy.detach().reshape(-1).float())
 
 
 def _soft(

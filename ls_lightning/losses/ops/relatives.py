@@ -177,8 +177,8 @@ def row_pass(
         return x.new_empty(m, dtype=acc) if wanted else None
 
     index = torch.empty(m, dtype=torch.long, device=x.device) if stats else None
-    out = Rows(x.new_empty(m, dtype=acc), rows(stats or spec.kind == "penalty"), rows(spec.kind == "margin"), None, None, None)
-    out = out._replace(confidence=rows(stats), argmax=index, square_sum=rows(brier))
+    entropy, gap_sum = rows(stats or spec.kind == "penalty"), rows(spec.kind == "margin")
+    out = Rows(x.new_empty(m, dtype=acc), entropy, gap_sum, rows(stats), index, rows(brier))
     direct = grad is not None and inner == 1 and grad.dtype == acc  # the gradient rows serve as workspace
     per_chunk = chunk_samples(x, num_classes * inner)
     size = (min(n, per_chunk) * inner, num_classes)
@@ -282,20 +282,18 @@ _STEPS = {"penalty": _penalty_step, "focal": _focal_step, "margin": _margin_step
 # ------------------------------------------------------------------------------------------- losses from the rows
 
 
-
-
 def combine(
     spec: Spec,
     nll: Tensor,
     extra: Tensor | None,
-    weights: tuple[Tensor | None, Tensor],
+    weights: tuple[Tensor | None, Tensor | None],
     denominator: Tensor | None,
     reduction: str,
     shape: Any,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(loss, h_pq, term) from the row values, reduced like ``F.cross_entropy`` (``mean`` divides by
-    ``denominator``). ``weights``: those of ℓ (None: ℓ is weighted already) and of the regulariser, per row.
-    ``extra``: H (penalty) or S / C (margin); the focal term is formed here from ℓ."""
+    ``denominator``). ``weights``: those of ℓ and of the regulariser per row (None: weighted already, or 1).
+    ``extra``: H (penalty), S / C (margin) or the focal rows (None: formed here from ℓ by :class:`FocalRows`)."""
     nll_weight, term_weight = weights
 
     def reduce(values: Tensor, weight: Tensor | None) -> Tensor:
@@ -304,7 +302,8 @@ def combine(
 
     h_pq = reduce(nll, nll_weight)
     if spec.kind == "focal":
-        return reduce(FocalRows.apply(nll, focal_gamma(nll, spec.gamma)), term_weight), h_pq, None
+        focal = FocalRows.apply(nll, focal_gamma(nll, spec.gamma)) if extra is None else extra
+        return reduce(focal, term_weight), h_pq, None
     assert extra is not None
     term = reduce(extra, term_weight)
     weight = spec.weight.to(h_pq.dtype) if isinstance(spec.weight, Tensor) else spec.weight
@@ -438,8 +437,14 @@ class RelativeFunction(torch.autograd.Function):
 
 
 def no_grad_run(
-    x: Tensor, target: Tensor, spec: Spec, weight: Tensor | None, ignore_index: int, reduction: str,
-    with_stats: bool, brier: bool,
+    x: Tensor,
+    target: Tensor,
+    spec: Spec,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    with_stats: bool,
+    brier: bool,
 ) -> tuple[Tensor | None, ...]:
     """The eager pass without autograd and without a gradient buffer (validation, inference)."""
     result = run(x, target, spec, weight, ignore_index, reduction, with_stats, brier, None)
