@@ -3,9 +3,10 @@
 Run ``python benchmarks/relatives.py`` (about ten minutes on 2 cores, most of it compiling), ``--no-compile`` for the
 eager columns only, ``--kinds penalty,margin`` or ``--shapes 4096x1000`` for fewer. Each relative (confidence penalty
 β = 0.1, focal γ = 2, FLSD-53, MbLS λ = 0.1, m = 10) is timed forward + backward against the plain formulation below,
-in the same process: medians (and minima) of interleaved runs, as ``benchmarks/loss.py`` measures (its helpers are
-reused). Compiled means ``torch.compile(fn, fullgraph=True)`` (Inductor) of ours and of the plain formulation, a fresh
-compile per shape. Memory is the peak resident set (VmHWM) above the baseline of a fresh process once the logits
+in the same process: medians (and minima) of interleaved runs, as ``benchmarks/loss.py`` measures, and the ratio of
+the medians of the process's CPU time (the steadier figure on a shared machine with ``OMP_NUM_THREADS=1``). Compiled
+means ``torch.compile(fn, fullgraph=True)`` (Inductor) of ours and of the plain formulation, a fresh compile per
+shape. Memory is the peak resident set (VmHWM) above the baseline of a fresh process once the logits
 exist, after one call (and compilation) and a reset of the peak, over the logits' size; the gradient alone is 1.00.
 
 The plain formulations are the most economical compositions of PyTorch ops we know (one log_softmax, reused):
@@ -21,13 +22,16 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import random
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from loss import _CALLS_PER_SAMPLE_ELEMENTS, _interleaved, machine  # benchmarks/loss.py: the project's timing
+from loss import _CALLS_PER_SAMPLE_ELEMENTS, machine  # benchmarks/loss.py: the project's helpers
 
 from ls_lightning.losses.relatives import (
     confidence_penalty_cross_entropy,
@@ -101,7 +105,29 @@ def _logits(n: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, c, (n,), generator=gen)
 
 
+def _interleaved(fns: list[Callable[[], None]], repeats: int) -> list[tuple[float, float, float]]:
+    """(median, min) wall-clock and median CPU milliseconds of each function, run in turn in a new (seeded) random
+    order each repeat, as ``benchmarks/loss.py`` does. The CPU time of the process leaves out the time slices that
+    other processes take from it on a shared machine: with one thread it is the steadier figure."""
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    for fn in fns:  # warm-up (and compilation)
+        fn()
+    order = list(range(len(fns)))
+    shuffle = random.Random(0).shuffle
+    for _ in range(repeats):
+        shuffle(order)
+        for i in order:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fns[i]()
+            wall[i].append((time.perf_counter() - start) * 1e3)
+            cpu[i].append((time.process_time() - start_cpu) * 1e3)
+    return [(statistics.median(w), min(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)]
+
+
 def _time_row(kind: str, n: int, c: int, repeats: int, compiled: bool) -> str:
+    """ms of ours and of the plain formulation and their ratios: of the wall-clock medians, of the minima, of the
+    CPU-time medians; with ``compiled``, the same for both compiled."""
     x, y = _logits(n, c)
     calls = max(1, _CALLS_PER_SAMPLE_ELEMENTS // (n * c))
     losses = list(KINDS[kind])
@@ -109,12 +135,10 @@ def _time_row(kind: str, n: int, c: int, repeats: int, compiled: bool) -> str:
         torch._dynamo.reset()  # a fresh compile per shape, as a user with one shape gets
         losses += [torch.compile(fn, fullgraph=True) for fn in KINDS[kind]]
     fns = [functools.partial(_repeat, functools.partial(_fwd_bwd, loss, x, y), calls) for loss in losses]
-    times = [(t / calls, m / calls) for t, m in _interleaved(fns, repeats)]
-    (ours, ours_min), (ref, ref_min) = times[:2]
-    line = f"{kind:>8} {f'{n}×{c}':>11} {ours:8.2f} {ref:8.2f} {ours / ref:7.3f} {ours_min / ref_min:6.3f}"
-    if compiled:
-        (c_ours, c_ours_min), (c_ref, c_ref_min) = times[2:]
-        line += f" {c_ours:9.2f} {c_ref:9.2f} {c_ours / c_ref:8.3f} {c_ours_min / c_ref_min:6.3f}"
+    times = [tuple(t / calls for t in row) for row in _interleaved(fns, repeats)]
+    line = f"{kind:>8} {f'{n}×{c}':>11}"
+    for (ours, ours_min, ours_cpu), (ref, ref_min, ref_cpu) in (times[:2], times[2:]) if compiled else (times[:2],):
+        line += f" {ours:8.2f} {ref:8.2f} {ours / ref:6.3f} {ours_min / ref_min:6.3f} {ours_cpu / ref_cpu:6.3f}"
     return line
 
 
@@ -164,9 +188,9 @@ def main() -> None:
     compiled = not args.no_compile
     print(f"machine: {machine()}")
     print(f"float32, fwd+bwd, median of {args.repeats} interleaved runs; load average {os.getloadavg()[0]:.2f}")
-    head = f"{'kind':>8} {'shape':>11} {'ours ms':>8} {'plain ms':>8} {'ratio':>7} {'(min)':>6}"
+    head = f"{'kind':>8} {'shape':>11} {'ours ms':>8} {'plain ms':>8} {'ratio':>6} {'(min)':>6} {'(cpu)':>6}"
     if compiled:
-        head += f" {'c.ours ms':>9} {'c.plain ms':>9} {'c.ratio':>8} {'(min)':>6}"
+        head += f" {'c.ours':>8} {'c.plain':>8} {'ratio':>6} {'(min)':>6} {'(cpu)':>6}"
     print(head)
     for n, c in shapes:
         for kind in kinds:

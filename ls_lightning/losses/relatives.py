@@ -101,10 +101,11 @@ def confidence_penalty_cross_entropy(
     .. math::
         L = H(p, q) - \beta\,H(q), \qquad H(q) = -\textstyle\sum_k q_k \log q_k, \quad q = \mathrm{softmax}(z)
 
-    ``H(q)`` is each position's entropy summed over its classes (Pereyra et al., "Regularizing neural networks by
-    penalizing confident output distributions", eq. 2). Label smoothing adds KL(u‖q) to the cross-entropy, this
-    loss −H(q) = KL(q‖u) − log C. MbLS's re-implementation (by-liu/MbLS, ``calibrate/losses/penalty_entropy.py``)
-    takes the mean over positions *and classes* of clamped probabilities instead: its ``alpha`` is our β·C.
+    ``H(q)`` is each position's entropy summed over its classes, as in Pereyra et al., "Regularizing neural networks
+    by penalizing confident output distributions" (ICLR 2017 workshop). Label smoothing adds KL(u‖q) to the
+    cross-entropy, this loss −H(q) = KL(q‖u) − log C. MbLS's re-implementation (by-liu/MbLS,
+    ``calibrate/losses/penalty_entropy.py``) takes the mean over positions *and classes* of clamped probabilities
+    instead: its ``alpha`` is our β·C.
 
     Args:
         input: Logits.

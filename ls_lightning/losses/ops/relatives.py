@@ -24,9 +24,11 @@ with t_i the indicator of the row's maximum over the number of its ties (one ent
 Eager (:func:`row_pass`, :class:`RelativeFunction`): as :mod:`.fused`, the logits are read once in row chunks that
 stay in cache; each chunk yields the row values and, when a gradient is wanted, writes it into one buffer of the
 logits' size with the mean's denominator folded in, which backward hands to autograd (scaled in place unless
-grad_output is 1). Besides that buffer a pass holds at most two chunk-sized workspaces, each at most an eighth of
-the logits (:data:`WORKSPACE_FRACTION`). PyTorch's ``exp`` on the CPU is several times slower than its fused softmax
-kernel, so q always comes from ``softmax`` and log q from ``z − lse``, with ``lse = max z − log max q``.
+grad_output is 1). Besides that buffer a pass holds chunk-sized workspaces, each at most an eighth of the logits
+(:data:`WORKSPACE_FRACTION`): one for the confidence penalty and MbLS on (N, C) float32 logits, none for the focal
+loss, one or two more for (N, C, d1, …) or half-precision input. PyTorch's ``exp`` on the CPU is several times
+slower than its fused softmax kernel, so q always comes from ``softmax`` and log q from ``z − lse``, with
+``lse = max z − log max q``.
 
 Traced (:class:`RowTerms`, :func:`traced`): the row values as formulas that Inductor fuses into one reduction
 forward (max, then one loop for Σ exp, Σ q·z, Σ q², the margin sums) and one pointwise pass backward that recomputes
@@ -36,16 +38,16 @@ q from the saved lse. β and λ are only ever multiplied, never compared, so the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
 
 from ls_lightning.losses.ops import fused as _fused
 
-# Each workspace besides the gradient (one or two, each one chunk) is at most this fraction of the logits: with the
-# gradient itself, a pass holds at most 1.25× the logits' size (1.125× for the confidence penalty and MbLS, which need
-# one; the focal loss needs none unless statistics are asked for).
+# Each workspace besides the gradient (one chunk) is at most this fraction of the logits: with the gradient itself, a
+# pass over (N, C) float32 logits holds 1.125× their size for the confidence penalty and MbLS (one workspace) and
+# 1.0× for the focal loss (none, unless statistics are asked for).
 WORKSPACE_FRACTION = 8
 # Below this many elements a chunk costs more in per-op dispatch than it saves: the whole input is one chunk.
 MIN_CHUNK_ELEMENTS = 1 << 16
@@ -167,7 +169,7 @@ def row_pass(
 ) -> Rows:
     """Read ``x`` (N, C, d1, …) once in row chunks; return the row values and, given ``grad`` and ``coefs``, write
     the gradient into ``grad``. ``y``: flattened labels, ignored rows set to a valid class. ``stats`` asks for the
-    entropy, confidence and argmax of every row, ``brier`` for ‖q‖ too."""
+    entropy, confidence and argmax of every row, ``brier`` for Σ q² too."""
     x3, inner = _layout(x)
     n, num_classes = x3.shape[0], x3.shape[1]
     acc = accumulation_dtype(x.dtype)
@@ -219,18 +221,28 @@ def _entropy(c: Chunk, q: Tensor, lse: Tensor, top: Tensor, scratch: Tensor) -> 
     return (lse - top) + (top - scratch.sum(1))
 
 
+def _label_nll(c: Chunk, q: Tensor, nll: Tensor) -> bool:
+    """q = softmax(x) into ``q`` and ℓ = −log q_y into ``nll``, saving the two max reductions of lse; False (and
+    ``nll`` unset) where some q_y is not a normal float, whose log would lose digits. Reads a flag: CPU only."""
+    torch.softmax(c.x, 1, out=q)
+    q_y = q.gather(1, c.y.unsqueeze(1)).squeeze(1)
+    if not bool((q_y >= torch.finfo(q_y.dtype).tiny).all()):
+        return False
+    torch.log(q_y, out=nll).neg_()
+    return True
+
+
 def _penalty_step(c: Chunk, out: Rows, r: slice, coefs: Coefficients | None, _margin: float) -> None:
     """Confidence penalty: ℓ, H and the gradient ``q ⊙ (A + B(log q + H)) − A δ_y`` (q in ``spare``)."""
-    q, label = c.spare, c.y.unsqueeze(1)
-    assert q is not None and out.entropy is not None
+    q, label = cast(Tensor, c.spare), c.y.unsqueeze(1)
     lse, top = _softmax_rows(c, q, out, r)
     out.nll[r] = lse - c.x.gather(1, label).squeeze(1)
     h = _entropy(c, q, lse, top, c.work)
-    out.entropy[r] = h
+    cast(Tensor, out.entropy)[r] = h
     if coefs is None:
         return
     a, b = coefs(r, out.nll[r])
-    assert b is not None
+    b = cast(Tensor, b)
     # q ⊙ (A + B(z − lse + H)) = B·(q ⊙ z) + (A + B(H − lse))·q, and ``work`` holds q ⊙ z: two in-place passes
     # (PyTorch's out-of-place addcmul with per-row factors costs several times an in-place one on the CPU)
     c.work.mul_(b.unsqueeze(1)).addcmul_(q, (a + b * (h - lse)).unsqueeze(1))
@@ -240,10 +252,13 @@ def _penalty_step(c: Chunk, out: Rows, r: slice, coefs: Coefficients | None, _ma
 def _focal_step(c: Chunk, out: Rows, r: slice, coefs: Coefficients | None, _margin: float) -> None:
     """Focal loss: ℓ (and H with statistics) and the gradient ``A·φ(ℓ)·(q − δ_y)`` (q in ``work``)."""
     q, label = c.work, c.y.unsqueeze(1)
-    lse, top = _softmax_rows(c, q, out, r)
-    out.nll[r] = lse - c.x.gather(1, label).squeeze(1)
-    if out.entropy is not None and c.spare is not None:
-        out.entropy[r] = _entropy(c, q, lse, top, c.spare)
+    if out.confidence is None and c.x.device.type == "cpu" and _label_nll(c, q, out.nll[r]):
+        pass  # the loss alone on the CPU: ℓ = −log q_y straight from the softmax (as :mod:`.fused` does)
+    else:
+        lse, top = _softmax_rows(c, q, out, r)
+        out.nll[r] = lse - c.x.gather(1, label).squeeze(1)
+        if out.entropy is not None and c.spare is not None:
+            out.entropy[r] = _entropy(c, q, lse, top, c.spare)
     if coefs is None:
         return
     a, _ = coefs(r, out.nll[r])
@@ -255,18 +270,17 @@ def _margin_step(c: Chunk, out: Rows, r: slice, coefs: Coefficients | None, marg
     gaps in ``work``), t the indicator of the row's maximum over the number of its ties: the maximum's part of the
     gradient is split among tied maxima, as PyTorch's ``amax`` does (by-liu/MbLS's ``max(dim=1)`` gives it to one
     of them; the same wherever the maximum is unique). Finding the argmax instead costs ~15× a max on the CPU."""
-    q, gap, label = c.spare, c.work, c.y.unsqueeze(1)
-    assert q is not None and out.gap_sum is not None
+    q, gap, label = cast(Tensor, c.spare), c.work, c.y.unsqueeze(1)
     lse, top = _softmax_rows(c, q, out, r)
     out.nll[r] = lse - c.x.gather(1, label).squeeze(1)
     if out.entropy is not None:
         out.entropy[r] = _entropy(c, q, lse, top, gap)
     torch.sub((top - margin).unsqueeze(1), c.x, out=gap).clamp_min_(0)
-    out.gap_sum[r] = gap.sum(1)
+    cast(Tensor, out.gap_sum)[r] = gap.sum(1)
     if coefs is None:
         return
     a, b = coefs(r, out.nll[r])
-    assert b is not None
+    b = cast(Tensor, b)
     count = gap.sign_().sum(1)
     gap.mul_(-b.unsqueeze(1)).addcmul_(q, a.unsqueeze(1)).scatter_add_(1, label, -a.unsqueeze(1))
     bn = b * count
@@ -304,8 +318,7 @@ def combine(
     if spec.kind == "focal":
         focal = FocalRows.apply(nll, focal_gamma(nll, spec.gamma)) if extra is None else extra
         return reduce(focal, term_weight), h_pq, None
-    assert extra is not None
-    term = reduce(extra, term_weight)
+    term = reduce(cast(Tensor, extra), term_weight)
     weight = spec.weight.to(h_pq.dtype) if isinstance(spec.weight, Tensor) else spec.weight
     return (h_pq - weight * term if spec.kind == "penalty" else h_pq + weight * term), h_pq, term
 
@@ -517,7 +530,7 @@ def traced(
     brier: bool,
 ) -> tuple[Tensor | None, ...]:
     """loss, h_pq, term and the LossStats fields of (N, C, d1, …) logits and class indices, as formulas
-    ``torch.compile`` fuses (also the eager path of small inputs, where a few ops cost less than a chunked pass)."""
+    ``torch.compile`` fuses."""
     prep = _fused.prepare(x, target, weight, None, ignore_index)
     shape = target.shape
     margin = spec.margin if spec.kind == "margin" else None
