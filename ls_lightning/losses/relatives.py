@@ -15,9 +15,9 @@ the cross-entropy term is PyTorch's soft-target one, ``−Σ_k w_k p_k log q_k``
 ``Σ_k w_k p_k`` (w_y for a one-hot p) and ``mean`` divides by the number of positions, as PyTorch does.
 
 Class indices go through the chunked one-pass kernels of :mod:`.ops.relatives` (closed-form gradients, no
-logits-sized temporary besides the gradient); under ``torch.compile``, and for small inputs, through its traced
-formulas (one fused reduction forward, one pointwise pass backward). β and λ stay data there: a 0-d tensor never
-recompiles when its value changes.
+logits-sized temporary besides the gradient), and under ``torch.compile`` through its traced formulas (one fused
+reduction forward, one pointwise pass backward), where β and λ stay data: a 0-d tensor never recompiles when its value
+changes. Small inputs and probability targets take a short ``log_softmax`` path that autograd differentiates.
 """
 
 from __future__ import annotations
@@ -391,8 +391,7 @@ def _small(
     y = torch.where(valid, target, 0)
     wy = (valid.to(acc) if weight is None else weight.to(acc)[y] * valid).reshape(-1)
     nll = -logp.gather(1, y.unsqueeze(1)).squeeze(1)
-    q = logp.exp()
-    entropy = -(q * logp).sum(1)
+    entropy = -(logp.exp() * logp).sum(1) if spec.kind == "penalty" or with_stats else None
     extra = entropy if spec.kind == "penalty" else None
     if spec.kind == "margin":
         xf = x.to(acc)
@@ -409,7 +408,7 @@ def _small(
         flags = x.new_empty(0, dtype=torch.bool)
         return (loss, h_pq, term, empty, flags, flags, empty, weight_sum.float(), empty, empty)
     stats = _composite_stats(logp.detach(), target, valid, weight_sum, brier)
-    return (loss, h_pq, term, *stats, empty, entropy.detach().reshape(-1).float())
+    return (loss, h_pq, term, *stats, empty, cast(Tensor, entropy).detach().reshape(-1).float())
 
 
 def _soft(
@@ -428,7 +427,7 @@ def _soft(
         extra = entropy
     else:
         xf = x.to(acc)
-        extra = ((xf.amax(1, keepdim=True) - xf) - spec.margin).clamp_min(0).mean(1)
+        extra = F.relu((xf.amax(1, keepdim=True) - xf) - spec.margin).mean(1)
     count = nll.new_full((), float(nll.numel()))
     denominator = _fused.mean_denominator(count, reduction)
     loss, h_pq, term = _ops.combine(spec, nll, extra, (None, term_weight), denominator, reduction, nll.shape)
