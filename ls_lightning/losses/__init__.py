@@ -1,5 +1,6 @@
-"""The losses: the label-smoothed cross-entropy (multi-class, binary, fused with the output layer), their argument
-checks, and the priors u they smooth towards (``prior=``).
+"""The losses: the label-smoothed cross-entropy (multi-class, binary, fused with the output layer), its train-time
+relatives (confidence penalty, focal loss and FLSD-53, margin-based label smoothing), their argument checks, and the
+priors u they smooth towards (``prior=``).
 
 Needs torch only. :mod:`ls_lightning.losses.ops` holds the kernels (autograd Functions, the custom op and the code
 ``torch.compile`` traces); the functions and modules exported here validate, dispatch and document, and are what
@@ -25,16 +26,34 @@ from ls_lightning.losses.linear import (
 )
 from ls_lightning.losses.module import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy
 from ls_lightning.losses.priors import LABEL_KEYS, batch_labels, class_frequency, fixed_prior, prior_matrix
+from ls_lightning.losses.relatives import (
+    ConfidencePenaltyCE,
+    FocalCE,
+    MarginSmoothedCE,
+    binary_focal_cross_entropy,
+    binary_focal_cross_entropy_with_stats,
+    confidence_penalty_cross_entropy,
+    confidence_penalty_cross_entropy_with_stats,
+    focal_cross_entropy,
+    focal_cross_entropy_with_stats,
+    margin_smoothed_cross_entropy,
+    margin_smoothed_cross_entropy_with_stats,
+)
 
 __all__ = [
     "LABEL_KEYS",
     "BinaryLabelSmoothedCrossEntropy",
     "BinaryLossStats",
+    "ConfidencePenaltyCE",
+    "FocalCE",
     "LabelSmoothedCE",
     "LabelSmoothedCrossEntropy",
     "LossStats",
+    "MarginSmoothedCE",
     "Reduction",
     "batch_labels",
+    "binary_focal_cross_entropy",
+    "binary_focal_cross_entropy_with_stats",
     "binary_label_smoothed_cross_entropy",
     "binary_label_smoothed_cross_entropy_with_stats",
     "check_label_smoothing",
@@ -42,10 +61,16 @@ __all__ = [
     "check_softcap",
     "check_z_loss",
     "class_frequency",
+    "confidence_penalty_cross_entropy",
+    "confidence_penalty_cross_entropy_with_stats",
     "fixed_prior",
+    "focal_cross_entropy",
+    "focal_cross_entropy_with_stats",
     "label_smoothed_cross_entropy",
     "label_smoothed_cross_entropy_with_stats",
     "linear_label_smoothed_cross_entropy",
     "linear_label_smoothed_cross_entropy_with_stats",
+    "margin_smoothed_cross_entropy",
+    "margin_smoothed_cross_entropy_with_stats",
     "prior_matrix",
 ]
