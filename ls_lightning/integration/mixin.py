@@ -20,19 +20,24 @@ from ls_lightning.integration.normalization import (
     check_step_normalization,
 )
 from ls_lightning.losses import (
+    SCHEDULED_NAMES,
     BinaryLossStats,
     LabelSmoothedCE,
     LossStats,
+    Objective,
     Reduction,
-    binary_label_smoothed_cross_entropy_with_stats,
-    label_smoothed_cross_entropy_with_stats,
+    binary_objective_with_stats,
+    check_objective,
     linear_label_smoothed_cross_entropy_with_stats,
+    objective_with_stats,
 )
+from ls_lightning.losses.checks import check_non_negative
 from ls_lightning.metrics import (
     AdaptiveCalibrationError,
     BinnedCalibrationError,
     BinStats,
     BrierScore,
+    ClasswiseCalibrationError,
     Overconfidence,
     Perplexity,
     UnpaddedDistributedSampler,
@@ -51,9 +56,9 @@ MetricGroup = Literal["loss", "terms", "acc", "calibration", "perplexity"]
 # Lightning's running stage (``trainer.state.stage``) -> our key prefix. Sanity checking and prediction log nothing.
 _STAGE_PREFIX: dict[str, Stage] = {"train": "train", "validate": "val", "test": "test"}
 _STAGES: tuple[Stage, ...] = ("train", "val", "test")
-_LOSS_TERMS = ("loss", "h_pq", "h_uq")
-# Logged on step (training) and epoch: the loss terms and the z-loss's term, the latter only for losses that have one.
-_STEP_KEYS = (*_LOSS_TERMS, "z_loss")
+# Logged on step (training) and epoch: the loss terms (the fields of the objective's result: h_uq for label smoothing,
+# entropy for the confidence penalty, margin_penalty for MbLS) and the z-loss's term, only for losses that have one.
+_STEP_KEYS = frozenset(("loss", "h_pq", "h_uq", "entropy", "margin_penalty", "z_loss"))
 # The module's step methods: the mixin logs a batch's keys as the outermost step call returns, when the module's own
 # `self.log` calls for the batch are known (and before any batch-end hook reads `trainer.callback_metrics`).
 _STEP_METHODS = ("training_step", "validation_step", "test_step")
@@ -61,9 +66,12 @@ _STEP_METHODS = ("training_step", "validation_step", "test_step")
 # logged for val and test only.
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "loss": ("loss",),
-    "terms": ("h_pq", "h_uq", "z_loss"),  # z_loss: only for a loss called with z_loss > 0
+    # each objective's own: h_uq (label smoothing), margin_penalty (MbLS); z_loss for a loss called with z_loss > 0
+    "terms": ("h_pq", "h_uq", "margin_penalty", "z_loss"),
     "acc": ("acc",),
-    "calibration": ("ece", "mce", "rmsce", "ece_adaptive", "brier", "overconfidence"),
+    # entropy: the mean predictive entropy (the confidence penalty's own term, so for it also in training);
+    # ece_classwise: multi-class tasks only
+    "calibration": ("ece", "mce", "rmsce", "ece_adaptive", "ece_classwise", "brier", "overconfidence", "entropy"),
     "perplexity": ("perplexity",),
 }
 DEFAULT_LOG_METRICS: tuple[MetricGroup, ...] = ("loss", "terms", "acc", "calibration")
@@ -122,7 +130,7 @@ def _check_epsilon(value: Any) -> float:
     return float(value)
 
 
-_TRAIN_KEYS = frozenset(("loss", "h_pq", "h_uq", "z_loss", "acc", "ece", "perplexity"))
+_TRAIN_KEYS = frozenset(("loss", "h_pq", "h_uq", "margin_penalty", "z_loss", "acc", "ece", "perplexity"))
 # Rows of logits built at a time for the callbacks that need them from the fused linear loss (online prior, TS).
 _LOGIT_CHUNK_ELEMENTS = 1 << 22
 
@@ -163,11 +171,14 @@ def _check_gathered(linear_weight: Tensor) -> None:
         )
 
 
-def _new_metrics(stage: Stage, n_bins: int) -> nn.ModuleDict:
-    """One torchmetrics ``Metric`` per key the mixin can log for ``stage``; ``ece`` also serves ``calibration_bins``."""
-    metrics: dict[str, Metric] = {name: WeightedMean() for name in (*_STEP_KEYS, "acc")}
+def _new_metrics(stage: Stage, n_bins: int, num_classes: int | None, ignore_index: int) -> nn.ModuleDict:
+    """One torchmetrics ``Metric`` per key the mixin can log for ``stage``; ``ece`` also serves ``calibration_bins``.
+    ``num_classes``: C of a multi-class loss (for the class-wise ECE), ``None`` for binary and multi-label tasks."""
+    metrics: dict[str, Metric] = {name: WeightedMean() for name in (*sorted(_STEP_KEYS), "acc")}
     metrics.update(perplexity=Perplexity(), ece=BinnedCalibrationError(n_bins=n_bins, norm="l1"))
     if stage != "train":
+        if num_classes is not None and num_classes > 1:
+            metrics.update(ece_classwise=ClasswiseCalibrationError(num_classes, n_bins, ignore_index=ignore_index))
         metrics.update(
             mce=BinnedCalibrationError(n_bins=n_bins, norm="max"),
             rmsce=BinnedCalibrationError(n_bins=n_bins, norm="l2"),
@@ -181,8 +192,9 @@ def _new_metrics(stage: Stage, n_bins: int) -> nn.ModuleDict:
 def _update_metrics(
     metrics: nn.ModuleDict,
     names: Sequence[str],
-    loss: LabelSmoothedCE,
+    loss: NamedTuple,
     stats: LossStats | BinaryLossStats,
+    logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
     *,
     step: bool,
 ) -> None:
@@ -194,14 +206,18 @@ def _update_metrics(
     """
     count = stats.weight_sum
     metric = cast("Mapping[str, Metric]", metrics)
-    for name, value in zip(_LOSS_TERMS, loss, strict=True):
+    terms: dict[str, Tensor] = loss._asdict()
+    for name, value in terms.items():
         if name in names:
             (metric[name] if step else metric[name].update)(value.detach(), count)
+    entropy = getattr(stats, "entropy", None)
+    if "entropy" in names and "entropy" not in terms and entropy is not None and entropy.numel():
+        metric["entropy"].update(entropy, stats.valid)  # the mean predictive entropy over the counted positions
     z_values = _z_values(stats)
     if "z_loss" in names and z_values is not None:  # 0 with weight 0 where ignored
         (metric["z_loss"] if step else metric["z_loss"].update)(z_values, stats.valid)
     if "perplexity" in names:
-        metric["perplexity"].update(loss.h_pq.detach(), count)
+        metric["perplexity"].update(terms["h_pq"].detach(), count)
     if "acc" in names:
         metric["acc"].update(stats.correct, stats.valid)
     if isinstance(stats, BinaryLossStats):
@@ -212,6 +228,28 @@ def _update_metrics(
             metric[name].update(stats.confidence, stats.correct, weight=stats.valid)
     if "brier" in names and "brier" in metric and stats.brier.numel():
         metric["brier"].update(stats.brier, weight=stats.valid)
+    if "ece_classwise" in names and "ece_classwise" in metric:
+        for part, target, mask in logits(stats.valid):  # every class's probability: a softmax of its own
+            if not target.is_floating_point():
+                metric["ece_classwise"].update(part.detach(), target, weight=mask.reshape(target.shape).float())
+
+
+def _logged_in(stage: Stage, name: str, objective: Objective) -> bool:
+    """Training logs the loss terms, accuracy, ECE and perplexity; the confidence penalty's term (the entropy) too."""
+    return stage != "train" or name in _TRAIN_KEYS or (name == "entropy" and objective == "confidence_penalty")
+
+
+def _available(name: str, loss: Any, stats: LossStats | BinaryLossStats, metrics: nn.ModuleDict) -> bool:
+    """Whether the batch has a value for key ``name``: a term of its loss's result (the objective's fields, the
+    z-loss's where it has one), the predictive entropy where the pass computed it, or a metric of the stage."""
+    if name in loss._fields:
+        return True
+    if name == "z_loss":
+        return _z_values(stats) is not None
+    if name == "entropy":
+        entropy = getattr(stats, "entropy", None)
+        return entropy is not None and entropy.numel() > 0
+    return name not in _STEP_KEYS and name in metrics
 
 
 def _update_binary_calibration(metric: Mapping[str, Metric], names: Sequence[str], stats: BinaryLossStats) -> None:
@@ -242,13 +280,24 @@ class MixinSettings(NamedTuple):
     task: Task
     log_metrics: tuple[MetricGroup, ...]
     log_prefix: str
+    objective: Objective = "label_smoothing"
+    focal_gamma: float = 3.0
+    margin: float = 10.0
 
 
 _SETTINGS_CHECKS: dict[str, Callable[[Any], Any]] = {
     "task": check_task,
     "log_metrics": check_log_metrics,
     "log_prefix": check_log_prefix,
+    "objective": check_objective,
+    "focal_gamma": lambda value: _check_number("focal_gamma", value),
+    "margin": lambda value: _check_number("margin", value),
 }
+
+
+def _check_number(name: str, value: Any) -> float:
+    check_non_negative(name, value)
+    return float(value)
 
 
 def _settings_from_callbacks(own: MixinSettings, callbacks: Iterable[Any]) -> MixinSettings:
@@ -349,17 +398,16 @@ class _LoggingState:
         "soft_checked",
         "step_depth",
         "user_keys",
-        "z_loss",
     )
 
     def __init__(self) -> None:
         self.user_keys: set[str] = set()  # keys the module logs itself
-        self.pending: tuple[Stage, frozenset[str]] | None = None  # the batch waiting to be logged
+        # the batch waiting to be logged: its stage, the keys new to this epoch, and the keys it logs
+        self.pending: tuple[Stage, frozenset[str], tuple[str, ...]] | None = None
         self.epochs: dict[Stage, Any] = {}  # each stage's current epoch (or evaluation run)
         self.logging_own = False
         self.step_depth = 0
         self.padding_checked: set[str] = set()
-        self.z_loss = False  # the pending batch's loss has a z-loss term: its key is logged
         self.settings: MixinSettings | None = None  # the settings the pending batch was recorded with
         self.normalizer: StepNormalizer | None = None  # loss_normalization="step": the optimizer step's count
         self.soft_checked = 0  # id of the trainer whose fit was checked for soft targets that are smoothed already
@@ -443,6 +491,9 @@ class LabelSmoothingMixin:
     _ls_log_prefix: str = ""
     _ls_task: Task = "multiclass"
     _ls_loss_normalization: LossNormalization = "batch"
+    _ls_objective: Objective = "label_smoothing"
+    _ls_focal_gamma: float = 3.0
+    _ls_margin: float = 10.0
     _ls_epsilon_tensor: Tensor | None = None
     # The logging state: keys the module logs itself, the batch waiting to be logged, each stage's epoch.
     _ls_logging_state: _LoggingState | None = None
@@ -459,15 +510,21 @@ class LabelSmoothingMixin:
         log_metrics: Sequence[MetricGroup] = DEFAULT_LOG_METRICS,
         log_prefix: str = "",
         task: Task = "multiclass",
-        weight: Tensor | None = None,
+        class_weight: Tensor | None = None,
         loss_normalization: LossNormalization = "batch",
+        objective: Objective = "label_smoothing",
+        focal_gamma: float = 3.0,
+        margin: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.ls_task = task
         self.label_smoothing = label_smoothing
         self.label_smoothing_prior = prior
-        self.ls_weight = weight
+        self.ls_class_weight = class_weight
+        self._ls_objective = check_objective(objective)
+        self._ls_focal_gamma = _check_number("focal_gamma", focal_gamma)
+        self._ls_margin = _check_number("margin", margin)
         self.ls_loss_normalization = loss_normalization
         self.ls_ignore_index = ignore_index
         self.ls_n_bins = n_bins
@@ -549,7 +606,14 @@ class LabelSmoothingMixin:
         Raises:
             ValueError: if two callbacks pass different values for one setting, or a value is malformed.
         """
-        own = MixinSettings(self._ls_task, self._ls_log_metrics, self._ls_log_prefix)
+        own = MixinSettings(
+            self._ls_task,
+            self._ls_log_metrics,
+            self._ls_log_prefix,
+            self._ls_objective,
+            self._ls_focal_gamma,
+            self._ls_margin,
+        )
         trainer = self._ls_trainer()
         return own if trainer is None else _settings_from_callbacks(own, _callbacks(trainer))
 
@@ -566,20 +630,34 @@ class LabelSmoothingMixin:
         cast(nn.Module, self).register_buffer("_ls_prior", prior)
 
     @property
-    def ls_weight(self) -> Tensor | None:
+    def ls_class_weight(self) -> Tensor | None:
         """Class weights w (C,) of the multi-class losses, as ``F.cross_entropy``'s ``weight``; ``None``: unweighted.
         A buffer (it follows the module's device and, when set, is saved in its checkpoints)."""
-        return cast("Tensor | None", getattr(self, "_ls_weight", None))
+        return cast("Tensor | None", getattr(self, "_ls_class_weight", None))
 
-    @ls_weight.setter
-    def ls_weight(self, weight: Tensor | None) -> None:
+    @ls_class_weight.setter
+    def ls_class_weight(self, weight: Tensor | None) -> None:
         if weight is not None and (
             not isinstance(weight, Tensor) or weight.dim() != 1 or not weight.is_floating_point()
         ):
             raise TypeError(
-                f"Expected argument `weight` to be None or a floating point (C,) tensor, but got {weight!r}"
+                f"Expected argument `class_weight` to be None or a floating point (C,) tensor, but got {weight!r}"
             )
-        cast(nn.Module, self).register_buffer("_ls_weight", weight)
+        cast(nn.Module, self).register_buffer("_ls_class_weight", weight)
+
+    @property
+    def ls_objective(self) -> Objective:
+        """The loss: ``"label_smoothing"`` or one of its relatives (``"confidence_penalty"``, ``"focal"``,
+        ``"flsd53"``, ``"mbls"``; :mod:`ls_lightning.losses.objectives`): the module's own (its ``objective``), or
+        what a callback passes (see :attr:`ls_settings`)."""
+        return self.ls_settings.objective
+
+    @property
+    def ls_scheduled_name(self) -> str | None:
+        """What :attr:`label_smoothing` weighs under the current objective, as its logged key's name: ``"epsilon"``
+        (label smoothing's ε), ``"beta"`` (the confidence penalty's β), ``"margin_weight"`` (MbLS's λ), or ``None``
+        (the focal losses schedule nothing)."""
+        return SCHEDULED_NAMES[self.ls_objective]
 
     @property
     def ls_loss_normalization(self) -> LossNormalization:
@@ -641,19 +719,25 @@ class LabelSmoothingMixin:
             return self._ls_binary_loss(logits, target, stage, task)
         reduction = self._ls_reduction(stage, z_loss)
         self._ls_check_soft_targets(target, 1 if target.dim() > 1 else 0, stage)
-        loss, stats = label_smoothed_cross_entropy_with_stats(
+        settings = self.ls_settings
+        loss, stats = objective_with_stats(
+            settings.objective,
             logits,
             target,
             self._ls_epsilon(),
-            weight=self.ls_weight,
+            focal_gamma=settings.focal_gamma,
+            margin=settings.margin,
+            weight=self.ls_class_weight,
             ignore_index=self.ls_ignore_index,
             reduction=reduction,
             prior=self.label_smoothing_prior,
-            brier=stage not in (None, "train"),  # the Brier score is a val/test measure
+            brier=stage not in (None, "train"),  # the Brier score (and the entropy) are val/test measures
             z_loss=z_loss,
             softcap=softcap,
         )
-        return self._ls_finish_loss(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
+        classes = logits.shape[1] if logits.dim() > 1 else logits.shape[0]
+        parts = lambda mask: iter(((logits.detach(), target, mask),))  # noqa: E731
+        return self._ls_finish_loss(stage, loss, stats, parts, classes)
 
     def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None, task: Task) -> Tensor:
         """``label_smoothed_loss`` of the binary and multi-label tasks: the label-smoothed BCE, one sample per logit."""
@@ -662,7 +746,7 @@ class LabelSmoothingMixin:
                 f"Expected no label-smoothing prior for task={task!r} (the smoothing target of a binary label"
                 " is 1/2), but the module has one; set `label_smoothing_prior = None` or use task='multiclass'"
             )
-        if self.ls_weight is not None:
+        if self.ls_class_weight is not None:
             raise ValueError(
                 f"Expected no class weights for task={task!r} (they weigh the classes of a softmax), but the module has"
                 " some; use task='multiclass', or weigh the positive labels with the binary loss's `pos_weight`"
@@ -670,10 +754,17 @@ class LabelSmoothingMixin:
         logits, target = _binary_inputs(task, logits, target)
         reduction = self._ls_reduction(stage, 0.0)
         self._ls_check_soft_targets(target, None, stage)
-        loss, stats = binary_label_smoothed_cross_entropy_with_stats(
-            logits, target, self._ls_epsilon(), reduction=reduction, brier=stage not in (None, "train")
+        settings = self.ls_settings
+        loss, stats = binary_objective_with_stats(
+            settings.objective,
+            logits,
+            target,
+            self._ls_epsilon(),
+            focal_gamma=settings.focal_gamma,
+            reduction=reduction,
+            brier=stage not in (None, "train"),
         )
-        return self._ls_finish_loss(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
+        return self._ls_finish_loss(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)), None)
 
     def label_smoothed_linear_loss(
         self,
@@ -713,6 +804,12 @@ class LabelSmoothingMixin:
         """
         stage = self._ls_resolve_stage(stage)
         _check_gathered(linear_weight)
+        if self.ls_objective != "label_smoothing":
+            raise ValueError(
+                "Expected objective 'label_smoothing' with `label_smoothed_linear_loss` (the fused linear loss is"
+                f" label smoothing's), but the module's is {self.ls_objective!r}: compute the logits and call"
+                " `label_smoothed_loss`"
+            )
         reduction = self._ls_reduction(stage, z_loss)
         loss, stats = linear_label_smoothed_cross_entropy_with_stats(
             hidden,
@@ -720,7 +817,7 @@ class LabelSmoothingMixin:
             target,
             self._ls_epsilon(),
             linear_bias=linear_bias,
-            weight=self.ls_weight,
+            weight=self.ls_class_weight,
             ignore_index=self.ls_ignore_index,
             reduction=reduction,
             prior=self.label_smoothing_prior,
@@ -729,7 +826,7 @@ class LabelSmoothingMixin:
             softcap=softcap,
         )
         logits = lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)  # noqa: E731
-        return self._ls_finish_loss(stage, loss, stats, logits)
+        return self._ls_finish_loss(stage, loss, stats, logits, linear_weight.shape[0])
 
     def _ls_check_soft_targets(self, target: Tensor, class_dim: int | None, stage: Stage | None) -> None:
         """Warn, once per fit, when ε > 0 meets soft targets that already give every class a share (smoothed twice).
@@ -761,22 +858,26 @@ class LabelSmoothingMixin:
         """``"sum"`` for a training loss normalised over the optimizer step, else ``"mean"``."""
         if stage != "train" or self._ls_loss_normalization != "step":
             return "mean"
-        check_step_normalization(cast(nn.Module, self), self._ls_trainer(), bool(z_loss) and self.ls_weight is not None)
+        check_step_normalization(
+            cast(nn.Module, self), self._ls_trainer(), bool(z_loss) and self.ls_class_weight is not None
+        )
         return "sum"
 
     def _ls_finish_loss(
         self,
         stage: Stage | None,
-        loss: LabelSmoothedCE,
+        loss: Any,
         stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
+        num_classes: int | None,
     ) -> Tensor:
         """Record the batch (its terms as means) and return the loss to differentiate: the batch mean, or under
-        ``loss_normalization="step"`` the summed loss's share of the step's mean."""
+        ``loss_normalization="step"`` the summed loss's share of the step's mean. ``num_classes``: C of a
+        multi-class loss, ``None`` for binary and multi-label tasks."""
         summed = stage == "train" and self._ls_loss_normalization == "step"
         if stage is not None:
-            means = LabelSmoothedCE(*(t.detach() / stats.weight_sum.clamp(min=1) for t in loss)) if summed else loss
-            self._ls_record(stage, means, stats, logits)
+            means = type(loss)(*(t.detach() / stats.weight_sum.clamp(min=1) for t in loss)) if summed else loss
+            self._ls_record(stage, means, stats, logits, num_classes)
         if not summed:
             return loss.loss
         return self._ls_step_normalizer.share(loss.loss, stats.weight_sum)
@@ -837,10 +938,10 @@ class LabelSmoothingMixin:
         trainer = self._ls_trainer()
         if pending is None or trainer is None or trainer.barebones:
             return
-        stage, fresh = pending
+        stage, fresh, names = pending
         settings = state.settings or self.ls_settings
-        for name in self._ls_logged_names(stage, settings):
-            if name == "z_loss" and not state.z_loss:
+        for name in names:
+            if _key(stage, settings.log_prefix, name) in state.user_keys:  # the module's step logged it itself
                 continue
             on_step = stage == "train" and name in _STEP_KEYS
             if on_step or name in fresh:
@@ -883,9 +984,10 @@ class LabelSmoothingMixin:
     def _ls_record(
         self,
         stage: Stage,
-        loss: LabelSmoothedCE,
+        loss: Any,
         stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
+        num_classes: int | None = None,
     ) -> None:
         """Add the batch to the stage's metrics (logged as the step returns), then hand it to every callback of the
         trainer that has an ``on_loss_batch`` hook, as a :class:`LossBatch` (``logits(mask)`` yields ``(logits,
@@ -894,7 +996,7 @@ class LabelSmoothingMixin:
         if trainer is None:
             return
         settings = self.ls_settings
-        self._ls_update(stage, trainer, loss, stats, settings)
+        self._ls_update(stage, trainer, loss, stats, settings, logits, num_classes)
         if self._ls_state.step_depth == 0:  # called outside the module's steps (e.g. from a hook): log at once
             self.ls_log_batch()
         hooks = [hook for callback in _callbacks(trainer) if (hook := getattr(callback, "on_loss_batch", None))]
@@ -907,27 +1009,26 @@ class LabelSmoothingMixin:
         self,
         stage: Stage,
         trainer: Trainer,
-        loss: LabelSmoothedCE,
+        loss: Any,
         stats: LossStats | BinaryLossStats,
         settings: MixinSettings,
+        logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
+        num_classes: int | None,
     ) -> None:
         if stage != "train":
             self._ls_warn_if_padded(stage, trainer)
-        metrics = self._ls_metrics_for(stage, loss.loss.device)
+        metrics = self._ls_metrics_for(stage, loss.loss.device, num_classes)
         self._ls_start_epoch(stage, trainer, metrics)
-        names = self._ls_logged_names(stage, settings)
-        z_loss = _z_values(stats) is not None
-        if not z_loss:
-            names = [name for name in names if name != "z_loss"]
+        names = [name for name in self._ls_logged_names(stage, settings) if _available(name, loss, stats, metrics)]
         # A metric without updates is new to this epoch (Lightning resets the logged ones at the epoch's end): it is
         # handed to `self.log` once, and Lightning computes it at the epoch's end.
         fresh = frozenset(name for name in names if cast(Metric, metrics[name]).update_count == 0)
-        _update_metrics(metrics, names, loss, stats, step=stage == "train")
+        _update_metrics(metrics, names, loss, stats, logits, step=stage == "train")
         state = self._ls_state
         if state.pending is not None and state.pending[0] == stage:  # a second loss in the same step (two heads)
             fresh |= state.pending[1]
-            z_loss |= state.z_loss
-        state.pending, state.z_loss, state.settings = (stage, fresh), z_loss, settings
+            names = [*state.pending[2], *(name for name in names if name not in state.pending[2])]
+        state.pending, state.settings = (stage, fresh, tuple(names)), settings
 
     def _ls_logged_names(self, stage: Stage, settings: MixinSettings) -> list[str]:
         """Names of the keys the mixin logs for ``stage``: its groups, less those the module logs itself."""
@@ -936,7 +1037,12 @@ class LabelSmoothingMixin:
             name
             for group in settings.log_metrics
             for name in METRIC_GROUPS[group]
-            if (stage != "train" or name in _TRAIN_KEYS) and _key(stage, settings.log_prefix, name) not in user_keys
+            if (
+                stage != "train"
+                or name in _TRAIN_KEYS
+                or (name == "entropy" and settings.objective == "confidence_penalty")
+            )
+            and _key(stage, settings.log_prefix, name) not in user_keys
         ]
 
     def _ls_warn_if_padded(self, stage: Stage, trainer: Trainer) -> None:
@@ -980,13 +1086,13 @@ class LabelSmoothingMixin:
         for metric in metrics.values():
             cast(Metric, metric).reset()
 
-    def _ls_metrics_for(self, stage: Stage, device: torch.device) -> nn.ModuleDict:
+    def _ls_metrics_for(self, stage: Stage, device: torch.device, num_classes: int | None) -> nn.ModuleDict:
         # Created on first use rather than in __init__, so a module whose __init__ never reached ours still works;
         # the states are not persistent, so checkpoints do not change.
         name = f"ls_{stage}_metrics"
         metrics = getattr(self, name, None)
         if metrics is None:
-            metrics = _new_metrics(stage, self.ls_n_bins).to(device)
+            metrics = _new_metrics(stage, self.ls_n_bins, num_classes, self.ls_ignore_index).to(device)
             cast(nn.Module, self).add_module(name, metrics)
         return cast(nn.ModuleDict, metrics)
 

@@ -25,6 +25,14 @@ from ls_lightning.losses.linear import (
     linear_label_smoothed_cross_entropy_with_stats,
 )
 from ls_lightning.losses.module import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy
+from ls_lightning.losses.objectives import (
+    OBJECTIVES,
+    SCHEDULED_NAMES,
+    Objective,
+    binary_objective_with_stats,
+    check_objective,
+    objective_with_stats,
+)
 from ls_lightning.losses.priors import LABEL_KEYS, batch_labels, class_frequency, fixed_prior, prior_matrix
 from ls_lightning.losses.relatives import (
     ConfidencePenaltyCE,
@@ -42,6 +50,8 @@ from ls_lightning.losses.relatives import (
 
 __all__ = [
     "LABEL_KEYS",
+    "OBJECTIVES",
+    "SCHEDULED_NAMES",
     "BinaryLabelSmoothedCrossEntropy",
     "BinaryLossStats",
     "ConfidencePenaltyCE",
@@ -50,13 +60,16 @@ __all__ = [
     "LabelSmoothedCrossEntropy",
     "LossStats",
     "MarginSmoothedCE",
+    "Objective",
     "Reduction",
     "batch_labels",
     "binary_focal_cross_entropy",
     "binary_focal_cross_entropy_with_stats",
     "binary_label_smoothed_cross_entropy",
     "binary_label_smoothed_cross_entropy_with_stats",
+    "binary_objective_with_stats",
     "check_label_smoothing",
+    "check_objective",
     "check_prior",
     "check_softcap",
     "check_z_loss",
@@ -72,5 +85,6 @@ __all__ = [
     "linear_label_smoothed_cross_entropy_with_stats",
     "margin_smoothed_cross_entropy",
     "margin_smoothed_cross_entropy_with_stats",
+    "objective_with_stats",
     "prior_matrix",
 ]

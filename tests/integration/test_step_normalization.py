@@ -37,7 +37,7 @@ class TokenModel(LabelSmoothingMixin, L.LightningModule):
     """A language-model-shaped module: (N, T, D) inputs, (N, T) targets with padding, a linear output layer."""
 
     def __init__(self, fused: bool, z_loss: float, weight: Tensor | None, normalization: str = "step") -> None:
-        super().__init__(label_smoothing=EPS, weight=weight, loss_normalization=normalization)
+        super().__init__(label_smoothing=EPS, class_weight=weight, loss_normalization=normalization)
         torch.manual_seed(0)
         self.body = nn.Linear(D, D)
         self.head = nn.Linear(D, C)
@@ -59,9 +59,9 @@ class TokenModel(LabelSmoothingMixin, L.LightningModule):
 def _reference_step(model: TokenModel, clip: float | None) -> dict[str, Tensor]:
     """One SGD step (lr 1) on the mean loss over the concatenated batch, written with PyTorch's own cross-entropy."""
     x, y = _data().tensors
-    reference = TokenModel(model.fused, model.z_loss, model.ls_weight, "batch")
+    reference = TokenModel(model.fused, model.z_loss, model.ls_class_weight, "batch")
     logits = reference.head(torch.tanh(reference.body(x))).reshape(-1, C)
-    weight = model.ls_weight
+    weight = model.ls_class_weight
     loss = F.cross_entropy(logits, y.reshape(-1), weight=weight, ignore_index=-100, label_smoothing=EPS)
     valid = y.reshape(-1) != -100
     if model.z_loss:
