@@ -185,6 +185,12 @@ class LabelSmoothingConfig:
     prior: PriorConfig = MISSING
     interval: str = _ranged("step", _Choices(("step", "epoch")))
     total_steps: Optional[int] = _ranged(None, _Range(1, optional=True))
+    # the loss: label smoothing or a relative (ls_lightning.losses.objectives); the schedule weighs it (ε, β or λ)
+    objective: str = _ranged(
+        "label_smoothing", _Choices(("label_smoothing", "confidence_penalty", "focal", "flsd53", "mbls"))
+    )
+    focal_gamma: float = _ranged(3.0, _Range(0.0))  # γ of objective=focal
+    margin: float = _ranged(10.0, _Range(0.0))  # m of objective=mbls
 
 
 # --- data and model ----------------------------------------------------------------------------------------------
@@ -342,6 +348,9 @@ class CalibrationConfig:
     diagrams: bool = True
     # fit T on the validation logits, log val/temperature and val/ece_ts (keeps the logits: O(N·C) memory)
     temperature_scaling: bool = False
+    # the penultimate layer's activations projected on the plane of three classes' templates (Müller et al. 2019) and
+    # {stage}/penultimate_within_between (ls_lightning.integration.PenultimateProjection)
+    penultimate: bool = False
 
 
 @dataclass
