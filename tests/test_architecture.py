@@ -21,7 +21,7 @@ THIRD_PARTY = {
     0: {"torch", "typing_extensions"},
     1: {"torchmetrics", "matplotlib", "mpl_toolkits"},  # matplotlib: reliability diagrams (the plot extra)
     2: {"lightning"},
-    3: {"hydra", "omegaconf", "sklearn", "tokenizers", "optuna", "yaml", "numpy"},
+    3: {"hydra", "omegaconf", "sklearn", "tokenizers", "optuna", "yaml", "numpy", "mnist1d"},
 }
 # The one private torch name the package reads, on purpose: a device-side assert with no public equivalent (a check
 # without a host sync on accelerators). It is read once, with a synchronous fallback; test_assert_async_still_works
