@@ -66,11 +66,19 @@ def mnist1d_settings(num_samples: int, train_split: float, shuffle_seq: bool, se
 
 def mnist1d_key(settings: dict[str, Any]) -> str:
     """A hash of everything the generated arrays depend on: the settings and the generating libraries' versions."""
-    from importlib.metadata import version
-
-    versions = {name: version(name) for name in ("mnist1d", "numpy", "scipy")}
+    versions = {name: _version(name) for name in ("mnist1d", "numpy", "scipy")}
     payload = {"format": _FORMAT, "settings": settings, "versions": versions}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:  # importable without an installed distribution (a source tree on the path)
+        module = __import__(name)
+        return str(getattr(module, "__version__", "unknown"))
 
 
 def _generate(settings: dict[str, Any]) -> dict[str, Any]:
