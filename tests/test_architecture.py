@@ -28,7 +28,7 @@ THIRD_PARTY = {
     "losses": {"torch", "typing_extensions"},
     "metrics": {"torchmetrics", "matplotlib", "mpl_toolkits"},  # matplotlib: reliability diagrams (the plot extra)
     "integration": {"lightning"},
-    "cli": {"hydra", "omegaconf", "sklearn", "tokenizers", "optuna", "yaml", "numpy"},
+    "cli": {"hydra", "omegaconf", "sklearn", "tokenizers", "optuna", "yaml", "numpy", "mnist1d"},
     "conf": {"hydra", "omegaconf"},
 }
 # The headline names: exported by `ls_lightning` itself as well as by their layer package.

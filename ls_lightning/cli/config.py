@@ -33,6 +33,10 @@ __all__ = [
     "DigitsDataConfig",
     "LabelSmoothingConfig",
     "MLPConfig",
+    "MNIST1DCNNConfig",
+    "MNIST1DDataConfig",
+    "MNIST1DGRUConfig",
+    "MNIST1DMLPConfig",
     "ModelConfig",
     "PathsConfig",
     "PriorConfig",
@@ -249,6 +253,22 @@ class TextDataConfig(DataConfig):
 
 
 @dataclass
+class MNIST1DDataConfig(DataConfig):
+    _target_: str = "ls_lightning.cli.data.MNIST1DDataModule"
+    batch_size: int = _ranged(100, _POSITIVE_INT)
+    val_fraction: float = _ranged(0.1, _FRACTION)
+    train_sequences_per_epoch: Optional[int] = _ranged(30000, _Range(1, optional=True))
+    num_samples: int = _ranged(
+        5000, _Range(10, hint="a multiple of 10: make_dataset takes num_samples // 10 per class")
+    )
+    train_split: float = _ranged(0.8, _FRACTION)
+    shuffle_seq: bool = False
+    seed: int = 42
+    split_seed: int = 0
+    cache_dir: Optional[str] = None
+
+
+@dataclass
 class ModelConfig:
     _target_: str = MISSING
     lr: float = _ranged(1e-3, _Range(0.0, low_open=True))
@@ -285,6 +305,28 @@ class TransformerConfig(ModelConfig):
     dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
     tie_weights: bool = True
     lr: float = _ranged(0.002, _Range(0.0, low_open=True))
+
+
+@dataclass
+class MNIST1DMLPConfig(ModelConfig):
+    _target_: str = "ls_lightning.cli.models.MNIST1DMLP"
+    lr: float = _ranged(1e-2, _Range(0.0, low_open=True))
+    hidden_size: int = _ranged(100, _POSITIVE_INT)
+
+
+@dataclass
+class MNIST1DCNNConfig(ModelConfig):
+    _target_: str = "ls_lightning.cli.models.MNIST1DCNN"
+    lr: float = _ranged(1e-2, _Range(0.0, low_open=True))
+    channels: int = _ranged(25, _POSITIVE_INT)
+
+
+@dataclass
+class MNIST1DGRUConfig(ModelConfig):
+    _target_: str = "ls_lightning.cli.models.MNIST1DGRU"
+    lr: float = _ranged(1e-2, _Range(0.0, low_open=True))
+    hidden_size: int = _ranged(6, _POSITIVE_INT)
+    bidirectional: bool = True
 
 
 # --- trainer, paths, root ----------------------------------------------------------------------------------------
@@ -396,9 +438,13 @@ _SCHEMAS: dict[str, type] = {
     "data_breast_cancer_schema": BreastCancerDataConfig,
     "data_synthetic_schema": SyntheticDataConfig,
     "data_text_schema": TextDataConfig,
+    "data_mnist1d_schema": MNIST1DDataConfig,
     "model_mlp_schema": MLPConfig,
     "model_cnn_schema": CNNConfig,
     "model_transformer_schema": TransformerConfig,
+    "model_mnist1d_mlp_schema": MNIST1DMLPConfig,
+    "model_mnist1d_cnn_schema": MNIST1DCNNConfig,
+    "model_mnist1d_gru_schema": MNIST1DGRUConfig,
     "schedule_none_schema": NoneScheduleConfig,
     "schedule_constant_schema": ConstantScheduleConfig,
     "schedule_linear_schema": LinearScheduleConfig,
