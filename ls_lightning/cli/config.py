@@ -13,11 +13,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from ls_lightning.cli.checkpoint import LIGHTNING_CKPT_NAMES, check_checkpoint
 from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.loggers import register_resolvers
 
@@ -202,6 +203,9 @@ class LabelSmoothingConfig:
 
 @dataclass
 class DataConfig:
+    # the task of the data module's labels (its `task` attribute): not a config key, read by the checks below
+    task: ClassVar[str] = "multiclass"
+
     _target_: str = MISSING
     batch_size: int = _ranged(64, _POSITIVE_INT)
     num_workers: int = _ranged(0, _NON_NEGATIVE)
@@ -217,6 +221,8 @@ class DigitsDataConfig(DataConfig):
 
 @dataclass
 class BreastCancerDataConfig(DataConfig):
+    task: ClassVar[str] = "binary"
+
     _target_: str = "ls_lightning.cli.data.BreastCancerDataModule"
     batch_size: int = _ranged(32, _POSITIVE_INT)
     val_fraction: float = _ranged(0.2, _FRACTION)
@@ -411,6 +417,8 @@ class TrainConfig:
     seed: int = 0
     ckpt_path: Optional[str] = None
     optimized_metric: Optional[str] = None
+    # torch's intra-op threads (ls_lightning.cli.threads.set_num_threads); null: OMP_NUM_THREADS, else the idle cores
+    num_threads: Optional[int] = _ranged(None, _Range(1, optional=True))
 
 
 def defaults_of(schema: type) -> dict[str, Any]:
@@ -480,6 +488,7 @@ def validate_config(cfg: DictConfig, *, require_ckpt: bool = False) -> None:
 
     Raises:
         ConfigValueError: naming each key whose value is out of range, as ``key=value is out of range: expected ...``.
+        CheckpointError: if ``ckpt_path`` names no readable checkpoint of plain data (:func:`check_checkpoint`).
     """
     errors = [message for key in cfg if key != "hydra" for message in _check_root_item(cfg, str(key))]
     if not errors:  # the schedule's own checks would repeat a range error
@@ -487,10 +496,17 @@ def validate_config(cfg: DictConfig, *, require_ckpt: bool = False) -> None:
     errors += _check_ckpt(cfg, require_ckpt)
     if errors:
         raise ConfigValueError(errors)
+    if cfg.ckpt_path is not None:  # read only once the values are right: it imports torch
+        check_checkpoint(cfg.ckpt_path)
 
 
 def _check_root_item(cfg: DictConfig, key: str) -> Iterator[str]:
-    if not OmegaConf.is_missing(cfg, key) and isinstance(cfg[key], DictConfig):
+    if OmegaConf.is_missing(cfg, key):
+        return
+    rule = next((f.metadata["rule"] for f in fields(TrainConfig) if f.name == key and "rule" in f.metadata), None)
+    if rule is not None:  # a ranged key at the root (num_threads)
+        yield from _check_value(key, cfg[key], rule)
+    elif isinstance(cfg[key], DictConfig):
         yield from _check(cfg[key], key)
 
 
@@ -536,9 +552,19 @@ def _check_schedule(cfg: DictConfig) -> list[str]:
 
 
 def _check_prior(cfg: DictConfig) -> list[str]:
-    """A ``fixed`` prior must be a distribution: checked here, before anything is built."""
+    """A binary task takes no prior, and a ``fixed`` prior must be a distribution: checked before anything is built."""
     prior = OmegaConf.select(cfg, "label_smoothing.prior")
-    if prior is None or prior.get("name") != "fixed":
+    if prior is None or prior.get("name") == "uniform":
+        return []
+    data = OmegaConf.select(cfg, "data")
+    schema = OmegaConf.get_type(data) if isinstance(data, DictConfig) else None
+    if isinstance(schema, type) and issubclass(schema, DataConfig) and schema.task == "binary":
+        return [
+            f"label_smoothing/prior={prior.name} does not apply to a binary task ({data.get('_target_')}): a binary"
+            " label is smoothed towards 1/2 and takes no prior; use label_smoothing/prior=uniform and a"
+            " label_smoothing/variant without a prior"
+        ]
+    if prior.get("name") != "fixed":
         return []
     if OmegaConf.is_missing(prior, "values") or prior["values"] is None:
         return ["label_smoothing.prior.values is required with label_smoothing/prior=fixed: a list of C floats"]
@@ -552,13 +578,10 @@ def _check_prior(cfg: DictConfig) -> list[str]:
     return []
 
 
-_LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # resolved by Lightning itself
-
-
 def _check_ckpt(cfg: DictConfig, require: bool) -> list[str]:
     if OmegaConf.is_missing(cfg, "ckpt_path") or (require and cfg.ckpt_path is None):
         return ["ckpt_path is required: pass ckpt_path=PATH/TO/checkpoint.ckpt"]
     path = cfg.ckpt_path
-    if path is not None and path not in _LIGHTNING_CKPT_NAMES and not os.path.isfile(path):
-        return [f"ckpt_path={path} is not a file"]
+    if path is not None and path not in LIGHTNING_CKPT_NAMES and not os.path.exists(path):
+        return [f"ckpt_path={path} is not a file: nothing exists at that path"]
     return []

@@ -81,8 +81,9 @@ class TensorDataModule(L.LightningDataModule):
 
     num_features: int
     num_classes: int
-    # the model's task (LabelSmoothingMixin's `task`); a binary set has num_classes = 1, the one logit of its model
-    task: str = "multiclass"
+    # the model's task (LabelSmoothingMixin's `task`); a binary set has num_classes = 1, the one logit of its model.
+    # Read from the structured config, where the config checks see it too (a binary task takes no prior).
+    task: str = DataConfig.task
 
     def __init__(self, batch_size: int = _BASE["batch_size"], num_workers: int = _BASE["num_workers"]) -> None:
         super().__init__()
@@ -213,7 +214,7 @@ class BreastCancerDataModule(_BundledDataModule):
 
     num_features = 30
     num_classes = 1
-    task = "binary"
+    task = BreastCancerDataConfig.task
     dataset_name = "breast-cancer"
 
     def __init__(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigValueError", "MissingDependencyError"]
+__all__ = ["CheckpointError", "ConfigValueError", "MissingDependencyError"]
 
 
 class MissingDependencyError(ModuleNotFoundError):
@@ -15,3 +15,10 @@ class ConfigValueError(ValueError):
     def __init__(self, errors: list[str]) -> None:
         self.errors = errors
         super().__init__("invalid configuration: " + "; ".join(errors))
+
+
+class CheckpointError(ValueError):
+    """``ckpt_path`` names a file that is no checkpoint, a damaged one, or one that is not safe to load.
+
+    The message names the path and the cause: ``ckpt_path=<path>: <cause>``.
+    """

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from ls_lightning.cli.config import register_configs, validate_config
 from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.launch import continued_metrics, hydra_job_launch, quiet_rank_overrides
-from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, print_summary, run_main
+from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, log_prefix, print_summary, run_main
 
 if TYPE_CHECKING:
     from ls_lightning.integration import LabelSmoothingMixin
@@ -33,6 +33,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     Raises:
         ConfigValueError: if ``ckpt_path`` is missing or a value is out of range.
+        CheckpointError: if ``ckpt_path`` is no readable checkpoint of plain data.
     """
     validate_config(cfg, require_ckpt=True)
     from lightning.pytorch import seed_everything  # after validation: a bad value is reported without the wait
@@ -42,17 +43,22 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         run = build_run(cfg)
         cast("LabelSmoothingMixin", run.model).label_smoothing = run.schedule(1.0)
         try:
-            run.trainer.validate(run.model, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
+            run.trainer.validate(
+                run.model, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path, verbose=False, weights_only=True
+            )
         except RuntimeError as error:
             if "state_dict" not in str(error):
                 raise
             raise ConfigValueError([_mismatch_message(cfg, error)]) from None
         metrics = collect_metrics(run.trainer, "val")
         with continued_metrics(cfg.paths.output_dir):  # ddp_spawn: the test's CSV logger starts a new file
-            run.trainer.test(run.model, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
+            run.trainer.test(
+                run.model, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path, verbose=False, weights_only=True
+            )
         metrics.update(collect_metrics(run.trainer, "test"))
+        prefix = log_prefix(run.model)
         finish_runs(run.trainer)
-    print_summary(metrics, cfg.paths.output_dir)
+    print_summary(metrics, cfg.paths.output_dir, prefix)
     return metrics
 
 

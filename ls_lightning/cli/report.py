@@ -30,6 +30,7 @@ __all__ = [
     "ReportResult",
     "Setting",
     "find_jobs",
+    "job_directory_message",
     "main",
     "rank_settings",
     "rank_table",
@@ -503,10 +504,53 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def job_directory_message(path: Path) -> str | None:
+    """Why ``path`` is no sweep to report on: it is the directory of one job of a sweep (its ``.hydra/hydra.yaml``
+    says ``mode: MULTIRUN``, or a ``multirun.yaml`` lies above it). The message names the sweep directory above it,
+    the nearest holding ``multirun.yaml``, if there is one. ``None`` for anything else, a single run's directory too.
+
+    Example:
+        >>> job_directory_message(Path("no/such/dir")) is None
+        True
+    """
+    if not path.is_dir() or not _is_job_directory(path):
+        return None
+    sweep = next((p for p in path.resolve().parents if (p / "multirun.yaml").is_file()), None)
+    if sweep is None and _hydra_mode(path) != "MULTIRUN":
+        return None  # a single run (ls-train without -m): its one-job report is what was asked for
+    where = f"pass the sweep directory: ls-report {sweep}" if sweep is not None else "pass the sweep directory"
+    return f"{path} is the directory of one job of a sweep; {where}"
+
+
+def _is_job_directory(path: Path) -> bool:
+    """Whether ``path`` itself holds a job's Hydra output subdirectory (``.hydra/overrides.yaml``, or renamed)."""
+    return any(p.is_dir() and (p / "overrides.yaml").is_file() and _is_hydra_output(p) for p in path.iterdir())
+
+
+def _hydra_mode(job: Path) -> str | None:
+    """``hydra.mode`` from the job's ``hydra.yaml`` (``RUN`` or ``MULTIRUN``), or ``None`` where it cannot be read."""
+    import yaml  # omegaconf's own dependency
+    from omegaconf import OmegaConf
+
+    hydra_yaml = _hydra_output(job) / "hydra.yaml"
+    try:
+        mode = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.mode") if hydra_yaml.is_file() else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return str(mode) if mode is not None else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ls-report``; returns the exit status (also raised as ``SystemExit`` by the console script)."""
+    """Entry point of ``ls-report``; returns the exit status (also raised as ``SystemExit`` by the console script).
+
+    The directory of one job of a sweep is refused (exit status 2, one line naming the sweep directory above it): its
+    report would hold one job. A single run's directory is reported on.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
+    refused = job_directory_message(args.dir)
+    if refused is not None:
+        parser.exit(2, f"ls-report: error: {refused}\n")
     try:
         result = report(args.dir, figure=not args.no_figure, loggers=not args.no_logger)
     except FileNotFoundError as error:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
+from ls_lightning.cli.errors import CheckpointError, ConfigValueError, MissingDependencyError
 from ls_lightning.cli.loggers import keep_offline
 
 if TYPE_CHECKING:
@@ -151,14 +151,26 @@ def collect_metrics(trainer: L.Trainer, stage: str) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix) and v.numel() == 1}
 
 
-def print_summary(metrics: Mapping[str, float], output_dir: str) -> None:
-    """Print the final val/test metrics as a small table and the run directory (on global rank 0 only)."""
+def log_prefix(model: L.LightningModule) -> str:
+    """What the plugin puts between ``{stage}/`` and its keys for ``model`` under its trainer (``log_prefix`` of the
+    LabelSmoothing callback or of the module): ``""`` unless one is set, and for a module without the mixin."""
+    from ls_lightning.integration import LabelSmoothingMixin
+
+    return model.ls_log_prefix if isinstance(model, LabelSmoothingMixin) else ""
+
+
+def print_summary(metrics: Mapping[str, float], output_dir: str, prefix: str = "") -> None:
+    """Print the final val/test metrics as a small table and the run directory (on global rank 0 only).
+
+    ``prefix`` is the plugin's ``log_prefix`` (:func:`log_prefix`): the table shows ``{stage}/{prefix}acc``, ...
+    """
     from lightning.pytorch.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
     # language models (model=transformer) log perplexity as well
-    names = (*SUMMARY_METRICS, *(["perplexity"] if any(k.endswith("/perplexity") for k in metrics) else []))
+    perplexity = any(k.endswith(f"/{prefix}perplexity") for k in metrics)
+    names = [f"{prefix}{m}" for m in (*SUMMARY_METRICS, *(["perplexity"] if perplexity else []))]
     width = max(len(m) for m in names) + 6
     lines = ["", "stage " + "".join(f"{m:>{width}}" for m in names)]
     for stage in ("val", "test"):
@@ -171,7 +183,7 @@ def print_summary(metrics: Mapping[str, float], output_dir: str) -> None:
 
 def _is_user_error(error: Exception) -> bool:
     """Errors that mean "the configuration is wrong": reported in one paragraph, without a traceback."""
-    if isinstance(error, (ConfigValueError, MissingDependencyError)):
+    if isinstance(error, (CheckpointError, ConfigValueError, MissingDependencyError)):
         return True
     # Lightning's own refusals of a setting (strategy, devices, callbacks); only loaded if Lightning was
     exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
@@ -181,14 +193,25 @@ def _is_user_error(error: Exception) -> bool:
 def run_main(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig, prog: str) -> float | None:
     """Run ``task(cfg)`` for a ``@hydra.main`` entry point: configuration errors exit with code 2 and one paragraph.
 
+    Torch's threads are chosen first (``num_threads``, :func:`ls_lightning.cli.threads.set_num_threads`). A refused
+    run leaves no directory behind: the one Hydra made for it is removed when this process made it and Hydra's files
+    are all it holds (:func:`ls_lightning.cli.directories.discard_refused_run`).
+
     Returns:
         The value of ``cfg.optimized_metric`` when set (for hyper-parameter sweepers), else ``None``.
     """
+    from ls_lightning.cli.directories import discard_refused_run
+    from ls_lightning.cli.threads import set_num_threads
+
+    requested = cfg.get("num_threads") if isinstance(cfg, DictConfig) else None
     try:
+        # a value out of range is left to the task's checks, which refuse it
+        set_num_threads(requested if isinstance(requested, int) and requested >= 1 else None)
         metrics = task(cfg)
     except Exception as error:
         if not _is_user_error(error):
             raise
+        discard_refused_run()
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     key = OmegaConf.select(cfg, "optimized_metric")

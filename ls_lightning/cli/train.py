@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from ls_lightning.cli.config import register_configs, validate_config
 from ls_lightning.cli.errors import MissingDependencyError
 from ls_lightning.cli.launch import continued_metrics, hydra_job_launch, keep_earlier_metrics, quiet_rank_overrides
-from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, print_summary, run_main
+from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, log_prefix, print_summary, run_main
 from ls_lightning.cli.search import check_sweeper_plugins
 
 __all__ = ["main", "train"]
@@ -31,6 +31,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Raises:
         ConfigValueError: if a value is out of range or an object refuses its arguments, before training starts.
+        CheckpointError: if ``ckpt_path`` is no readable checkpoint of plain data, before training starts.
     """
     validate_config(cfg)
     from lightning.pytorch import seed_everything  # after validation: a bad value is reported without the wait
@@ -39,14 +40,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     keep_earlier_metrics(cfg.paths.output_dir)  # a run resumed in place: Lightning's CSVLogger would delete it
     with hydra_job_launch():  # ddp: the re-launched ranks join this run's directory
         run = build_run(cfg)
-        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path)
+        # weights_only: a checkpoint's objects are never unpickled (check_checkpoint has refused any that hold some)
+        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         # kept before testing: the test loop replaces the trainer's logged metrics
         metrics = collect_metrics(run.trainer, "val")
         with continued_metrics(cfg.paths.output_dir):  # ddp_spawn: the test's CSV logger starts a new file
             run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
         metrics.update(collect_metrics(run.trainer, "test"))
+        prefix = log_prefix(run.model)
         finish_runs(run.trainer)
-    print_summary(metrics, cfg.paths.output_dir)
+    print_summary(metrics, cfg.paths.output_dir, prefix)
     return metrics
 
 
