@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers.*", "ignore:.*number of training batches.*log_every_n_steps.*"

@@ -29,7 +29,7 @@ from ls_lightning.cli.launch import (
 )
 from ls_lightning.cli.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TORCHRUN_EXAMPLE = ROOT / "examples" / "multinode" / "torchrun_loopback.sh"
 QUIET = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]

@@ -422,7 +422,7 @@ def test_benchmark_script_runs():
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parents[1] / "benchmarks" / "linear.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "linear.py"
     done = subprocess.run(
         [sys.executable, str(script), "--small", "--no-memory"], capture_output=True, text=True, check=True
     )

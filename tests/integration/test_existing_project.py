@@ -246,7 +246,7 @@ def test_the_callbacks_entry_to_copy_into_a_hydra_project(tmp_path: Path) -> Non
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    config = OmegaConf.load(Path(__file__).parents[1] / "examples" / "existing_project" / "label_smoothing.yaml")
+    config = OmegaConf.load(Path(__file__).parents[2] / "examples" / "existing_project" / "label_smoothing.yaml")
     callbacks = [instantiate(entry) for entry in config.values() if "_target_" in entry]
     assert len(callbacks) == 1 and isinstance(callbacks[0], LabelSmoothing)
     assert callbacks[0].schedule == Cosine(0.1, 0.0)

@@ -16,7 +16,7 @@ from ls_lightning.cli.errors import MissingDependencyError
 from ls_lightning.cli.run import run_main
 
 BIN = Path(sys.executable).parent
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hydra_app" / "my_app.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hydra_app" / "my_app.py"
 QUIET = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 DESIGN_KEYS = {"train/epsilon"} | {
     f"{s}/{k}" for s in ("train", "val", "test") for k in ("loss", "h_pq", "h_uq", "acc", "ece")

@@ -215,7 +215,7 @@ def _run(args: list[str], cwd: Path, cache: Path | None = None) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env["LS_LIGHTNING_CACHE"] = str(cache or cwd / "cache")
     # the processes import this checkout (Lightning re-launches rank 1 with the same environment)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
