@@ -278,3 +278,29 @@ def test_fsdp_options_build_a_model_parallel_strategy_that_saves_one_file(tmp_pa
     gpus = make_cfg(["trainer=fsdp", "trainer.devices=4"], tmp_path)
     validate_config(gpus)
     assert gpus.trainer.strategy.data_parallel_size == 4 and gpus.trainer.inference_mode is False
+
+
+def test_log_options_from_hydra() -> None:
+    import lightning as L
+    from hydra.utils import instantiate
+    from trainers import quiet_trainer
+
+    from ls_lightning import LabelSmoothingMixin
+    from ls_lightning.cli.config import register_configs
+    from ls_lightning.integration import DEFAULT_LOG_METRICS
+
+    class SmoothedLitModule(LabelSmoothingMixin, L.LightningModule):
+        pass
+
+    register_configs()
+    overrides = ["callbacks.label_smoothing.log_prefix=ls_", "callbacks.label_smoothing.log_metrics=[terms,acc]"]
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    node = cfg.callbacks.label_smoothing
+    callback = instantiate(node, _convert_="all")
+    assert callback.log_prefix == "ls_" and callback.log_metrics == ("terms", "acc")
+    module = SmoothedLitModule()
+    module.trainer = quiet_trainer(callbacks=[callback])  # the mixin reads the settings its trainer's callbacks pass
+    assert module.ls_log_prefix == "ls_" and module.ls_log_metrics == ("terms", "acc")
+    module.trainer = None  # nothing was written on the module
+    assert module.ls_log_prefix == "" and module.ls_log_metrics == DEFAULT_LOG_METRICS

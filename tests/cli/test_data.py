@@ -1,18 +1,19 @@
-"""The built-in data modules and the unpadded evaluation sampler."""
+"""The built-in data modules: splits, generated data, and the evaluation loaders' unpadded batches."""
 
 from __future__ import annotations
 
+import doctest
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ls_lightning.cli.data import DigitsDataModule, SyntheticDataModule
+from ls_lightning.cli.data import DigitsDataModule, SyntheticDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
 from ls_lightning.cli.errors import MissingDependencyError
-from ls_lightning.metrics import UnpaddedDistributedSampler
 
 
 def _rows(x: torch.Tensor) -> np.ndarray:
@@ -115,23 +116,6 @@ def test_label_noise_flips_train_labels_only_to_other_classes() -> None:
     assert abs(flipped.sum().item() - 1200) < 5 * 29
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
-@pytest.mark.parametrize("n", [0, 1, 5, 7, 12])
-def test_unpadded_sampler_partitions_the_indices(world_size: int, n: int) -> None:
-    dataset = list(range(n))
-    parts = [list(UnpaddedDistributedSampler(dataset, num_replicas=world_size, rank=r)) for r in range(world_size)]
-    assert sorted(i for p in parts for i in p) == dataset
-    assert [len(UnpaddedDistributedSampler(dataset, num_replicas=world_size, rank=r)) for r in range(world_size)] == [
-        len(p) for p in parts
-    ]
-    padded = sum(
-        len(DistributedSampler(dataset, num_replicas=world_size, rank=r, shuffle=False)) for r in range(world_size)
-    )
-    assert padded >= n  # torch's sampler repeats samples when n is not a multiple of the world size
-    # Lightning keeps a loader whose sampler is already a DistributedSampler
-    assert isinstance(UnpaddedDistributedSampler(dataset, num_replicas=world_size, rank=0), DistributedSampler)
-
-
 def test_eval_loaders_use_the_unpadded_sampler_under_a_process_group(tmp_path: Path) -> None:
     dm = SyntheticDataModule(num_classes=2, num_features=2, num_train=8, num_val=5, num_test=5)
     dm.setup()
@@ -143,3 +127,22 @@ def test_eval_loaders_use_the_unpadded_sampler_under_a_process_group(tmp_path: P
         assert not isinstance(dm.train_dataloader().sampler, DistributedSampler)  # Lightning injects its own
     finally:
         torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("n", [0, 1, 2, 7])
+def test_unpadded_batches_cover_each_index_once_and_every_rank_gets_a_batch(world_size: int, n: int) -> None:
+    dataset = TensorDataset(torch.arange(n))
+    parts = [list(_UnpaddedBatches(dataset, 2, num_replicas=world_size, rank=r)) for r in range(world_size)]
+    assert sorted(i for batches in parts for batch in batches for i in batch) == list(range(n))
+    assert all(len(batches) >= 1 and all(len(b) <= 2 for b in batches) for batches in parts)
+    lengths = [len(_UnpaddedBatches(dataset, 2, num_replicas=world_size, rank=r)) for r in range(world_size)]
+    assert lengths == [len(batches) for batches in parts]
+    for r, batches in enumerate(parts):
+        assert [i for batch in batches for i in batch] == list(UnpaddedDistributedSampler(dataset, world_size, r))
+
+
+def test_docstring_examples() -> None:
+    from ls_lightning.cli import data
+
+    assert doctest.testmod(data, raise_on_error=False).failed == 0

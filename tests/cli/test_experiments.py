@@ -1,10 +1,9 @@
-"""The experiments of the README (`ls-train experiment=...`) and the label_smoothing/variant group they sweep."""
+"""The experiments of the README (`ls-train experiment=...`) and the label_smoothing/variant group they sweep, as
+composed configs (one job run: tests/e2e/test_sweeps.py)."""
 
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -74,24 +73,3 @@ def test_compare_schedules_lm_trains_the_transformer_on_text() -> None:
 def _final(path: Path, key: str) -> float:
     with open(path, newline="") as file:
         return [float(r[key]) for r in csv.DictReader(file) if r.get(key)][-1]
-
-
-@pytest.mark.slow
-def test_noisy_labels_makes_the_plain_model_over_confident(tmp_path: Path) -> None:
-    """The premise of the experiment: without smoothing, confidence ends above accuracy (one job of the sweep)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
-    env["OMP_NUM_THREADS"] = "1"  # a small model: a second thread costs more than it saves on a busy machine
-    command = [
-        str(BIN / "ls-train"),
-        "experiment=noisy_labels",
-        "hydra.mode=RUN",  # one job: the sweep's first (variant none, seed 0)
-        "label_smoothing/variant=none",
-        "calibration.diagrams=false",
-        "callbacks.progress_bar=null",
-        "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={tmp_path}",
-    ]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert _final(tmp_path / "metrics.csv", "val/overconfidence") > 0.03
-    assert _final(tmp_path / "metrics.csv", "test/overconfidence") > 0.03

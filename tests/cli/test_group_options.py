@@ -1,16 +1,13 @@
-"""A misspelled config group option stops ``ls-train`` and ``ls-eval`` before anything runs, with the group's options.
+"""A misspelled config group option stops the composition with the group's options (the commands themselves:
+tests/e2e/test_commands.py).
 
 The groups are read from the composed defaults list (``hydra.runtime.choices``), so a group added later is covered.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from importlib import resources
 from importlib.resources.abc import Traversable
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -81,30 +78,3 @@ def test_a_misspelled_option_of_any_group_stops_the_composition_with_the_groups_
             assert options <= listed_options(message, group), group
         else:  # a group of Hydra's without options of its own (hydra/callbacks): refused as well
             assert f"'{group}" in message, message
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("command", "group", "typo", "option", "extra"),
-    [
-        ("ls_lightning.cli.train", "experiment", "compare_schedulez", "compare_schedules", []),
-        ("ls_lightning.cli.eval", "model", "mlpz", "mlp", ["ckpt_path=last.ckpt"]),
-    ],
-)
-def test_the_command_reports_a_misspelled_option_without_a_traceback(
-    command: str, group: str, typo: str, option: str, extra: list[str], tmp_path: Path
-) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
-    result = subprocess.run(
-        [sys.executable, "-m", command, f"{group}={typo}", *extra],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0
-    assert f"Could not find '{group}/{typo}'" in result.stderr
-    assert option in listed_options(result.stderr, group)
-    assert "Traceback" not in result.stderr
-    assert list(tmp_path.iterdir()) == []  # stopped before the run directory was made

@@ -1,6 +1,6 @@
 """``logger=mlflow``, ``logger=wandb`` and ``logger=many`` with the real libraries, offline, read back from their
-stores; ``log_figure``; ``ls-report``'s figure sent to the sweep's loggers. (A quiet first run of ``ls-train``:
-test_cli.py.)
+stores; ``ls-report``'s figure sent to the sweep's loggers. (A quiet first run of ``ls-train``:
+tests/e2e/test_commands.py; ``log_figure`` itself: tests/integration/test_figures.py.)
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from ls_lightning.cli.config import register_configs
 from ls_lightning.cli.loggers import REPORT_RUN_NAME, wandb_mode
 from ls_lightning.cli.report import report
 from ls_lightning.cli.train import train
-from ls_lightning.integration import log_figure
 
 mlflow = pytest.importorskip("mlflow")
 wandb = pytest.importorskip("wandb")
-from matplotlib.figure import Figure  # noqa: E402  # after the skips: the plot extra comes with dev
 from mlflow.tracking import MlflowClient  # noqa: E402
 from wandb.proto import wandb_internal_pb2  # noqa: E402  # the records of a run's .wandb file
 
@@ -205,29 +203,6 @@ def test_wandb_config_mode_follows_the_environment(tmp_path: Path, monkeypatch: 
 
 
 # --- log_figure ---------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("target", "name", "step", "error", "match"),
-    [
-        ("loggers", "x", 0, TypeError, "`target`"),
-        ([object()], "x", 0, TypeError, "`target`"),
-        ([], "", 0, ValueError, "`name`"),
-        ([], "x", -1, ValueError, "`step`"),
-        ([], "x", 1.5, ValueError, "`step`"),
-        ([], "x", True, ValueError, "`step`"),
-    ],
-)
-def test_log_figure_refuses_bad_arguments(target: Any, name: str, step: Any, error: type, match: str) -> None:
-    with pytest.raises(error, match=match):
-        log_figure(target, name, Figure(), step=step)
-
-
-def test_log_figure_skips_loggers_without_images(tmp_path: Path) -> None:
-    from lightning.pytorch.loggers import CSVLogger
-
-    assert log_figure(CSVLogger(tmp_path), "x", Figure(), step=3) == []
-    assert not list(tmp_path.rglob("*.png"))
 
 
 # --- ls-train logger=mlflow | wandb ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The language-model path: the standard-library corpus, the cached BPE tokenizer, token blocks, the Transformer.
 
 The command line on two processes (``ls-train data=text model=transformer``, then ``ls-eval`` and ``ls-report``) is
-tested in test_fsdp.py, with ``trainer=fsdp_cpu``.
+tested in tests/e2e/test_ls_train_fsdp.py, with ``trainer=fsdp_cpu``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,23 @@
-"""``train(cfg)`` and ``evaluate(cfg)`` called in-process on composed configs."""
+"""``train(cfg)`` and ``evaluate(cfg)`` called in-process on composed configs: the files of a run, resuming, the
+calibration switches, and the checkpoints the default callbacks write."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from trainers import quiet_trainer
 
+from ls_lightning import LabelSmoothingMixin
 from ls_lightning.cli.config import ConfigValueError
 from ls_lightning.cli.eval import evaluate
 from ls_lightning.cli.train import train
@@ -29,6 +37,10 @@ SMALL = [*QUIET, "data=synthetic", "data.num_train=256", "data.num_val=100", "da
 def make_cfg(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
     with initialize_config_module("ls_lightning.conf", version_base="1.3"):
         return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def global_step(checkpoint: Path) -> int:
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -129,3 +141,89 @@ def test_default_config_reaches_a_good_accuracy_on_digits(tmp_path: Path) -> Non
     )
     assert metrics["test/acc"] > 0.95 and metrics["val/acc"] > 0.95
     assert torch.isfinite(torch.tensor(metrics["test/ece"]))
+
+
+def test_config_flags_switch_the_callbacks(tmp_path: Path) -> None:
+    small = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
+    small += ["data=synthetic", "data.num_train=64", "data.num_val=40", "data.num_test=40", "trainer.max_epochs=1"]
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        on = compose("train", [*small, "calibration.temperature_scaling=true", f"paths.output_dir={tmp_path / 'on'}"])
+        off = compose("train", [*small, "calibration.diagrams=false", f"paths.output_dir={tmp_path / 'off'}"])
+    assert {"val/temperature", "val/ece_ts"} <= set(train(on))
+    assert (tmp_path / "on" / "reliability.json").is_file()
+    assert "val/temperature" not in train(off)  # temperature scaling is opt-in
+    assert not any(p.name.startswith("reliability") for p in (tmp_path / "off").iterdir())
+
+
+class Net(LabelSmoothingMixin, L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.label_smoothed_loss(self.layer(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(16, 3, generator=generator), torch.randint(0, 2, (16,), generator=generator))
+        return DataLoader(data, batch_size=4)
+
+
+def _trainer(tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    return quiet_trainer(tmp_path, max_epochs=1, callbacks=callbacks, enable_checkpointing=checkpointing)
+
+
+class LastCheckpointSteps(L.Callback):
+    """Before each training batch and at the end, the step that ``last.ckpt`` holds (None: no file yet)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self.seen.append((trainer.global_step, global_step(self.path) if self.path.exists() else None))
+
+
+@pytest.mark.parametrize("every_n_train_steps", [0, 3])
+def test_default_checkpoints_write_last_ckpt_at_every_epoch_end_and_every_n_steps(
+    every_n_train_steps: int, tmp_path: Path
+) -> None:
+    overrides = [f"callbacks.step_checkpoint.every_n_train_steps={every_n_train_steps}", f"paths.output_dir={tmp_path}"]
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    checkpoints = [instantiate(cfg.callbacks.model_checkpoint), instantiate(cfg.callbacks.step_checkpoint)]
+    recorder = LastCheckpointSteps(tmp_path / "checkpoints" / "last.ckpt")
+    trainer = _trainer(tmp_path, [*checkpoints, recorder])
+    trainer.fit_loop.max_epochs = 3  # 4 steps per epoch
+    trainer.fit(Net())
+
+    def saved(step: int) -> bool:  # at the end of each epoch, and every n steps when set
+        return step % 4 == 0 or (every_n_train_steps > 0 and step % every_n_train_steps == 0)
+
+    expected = [(g, max((s for s in range(1, g + 1) if saved(s)), default=None)) for g in range(12)]
+    assert recorder.seen == expected
+    assert global_step(recorder.path) == 12  # the end of training
+    assert [p.name for p in recorder.path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_checkpoint_without_the_callbacks_state_warns_when_resumed(tmp_path: Path) -> None:
+    overrides = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
+    overrides += ["data=synthetic", "data.num_train=64", "data.num_val=16", "data.num_test=16", "trainer.max_epochs=1"]
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        first = compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path / 'first'}", "logger=none"])
+    train(first)
+    checkpoint = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint["callbacks"] = {k: v for k, v in checkpoint["callbacks"].items() if not k.startswith("LabelSmoothing")}
+    stripped = tmp_path / "stripped.ckpt"
+    torch.save(checkpoint, stripped)
+    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+        resumed = compose(
+            "train",
+            overrides=[*overrides, "trainer.max_epochs=2", f"ckpt_path={stripped}", "logger=none",
+                       f"paths.output_dir={tmp_path / 'resumed'}"],
+        )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"no state for `LabelSmoothing\{.*recomputed from the restored trainer"):
+        train(resumed)

@@ -1,4 +1,5 @@
-"""The ``ls-train`` / ``ls-eval`` commands run as a user runs them: in a subprocess, from a temporary directory."""
+"""The ``ls-train`` / ``ls-eval`` commands run as a user runs them: in a subprocess, from a temporary directory; a
+user's mistake stops them with one line and no traceback."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from ls_lightning.cli.errors import MissingDependencyError
-from ls_lightning.cli.run import run_main
-
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hydra_app" / "my_app.py"
 QUIET = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 DESIGN_KEYS = {"train/epsilon"} | {
     f"{s}/{k}" for s in ("train", "val", "test") for k in ("loss", "h_pq", "h_uq", "acc", "ece")
 }
+
+
+def listed_options(message: str, group: str) -> set[str]:
+    """The options Hydra's message lists under ``Available options in '<group>':``, one per tab-indented line."""
+    lines = message.split(f"Available options in '{group}':\n", 1)[1].splitlines()
+    return {line.strip() for line in lines[: next((i for i, x in enumerate(lines) if not x.startswith("\t")), None)]}
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -48,7 +52,7 @@ def only_dir(path: Path) -> Path:
 def test_ls_train_then_ls_eval_write_only_into_their_run_directories(tmp_path: Path) -> None:
     """Each writes into its own run directory only, and a first run is quiet: no warning that a log folder will be
     deleted, each of Lightning's INFO lines once on screen and once in the job's log. (A sweep's directories:
-    test_report.py.)"""
+    test_sweeps.py.)"""
     result = run([str(BIN / "ls-train"), "trainer.max_epochs=2", *QUIET], tmp_path)
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
@@ -117,19 +121,6 @@ def test_ls_eval_without_checkpoint_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "ckpt_path is required" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_user_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    def task(cfg: object) -> dict[str, float]:
-        raise MissingDependencyError('The digits data set needs scikit-learn: pip install "ls-lightning[data]"')
-
-    with pytest.raises(SystemExit) as info:
-        run_main(task, None, "ls-train")  # type: ignore[arg-type]
-    assert info.value.code == 2
-    assert (
-        capsys.readouterr().err
-        == 'ls-train: error: The digits data set needs scikit-learn: pip install "ls-lightning[data]"\n'
-    )
-
-
 @pytest.mark.slow
 def test_user_hydra_app_composes_our_groups(tmp_path: Path) -> None:
     result = run([sys.executable, str(EXAMPLE), "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], tmp_path)
@@ -138,3 +129,30 @@ def test_user_hydra_app_composes_our_groups(tmp_path: Path) -> None:
     run_dir = only_dir(tmp_path)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "_target_: ls_lightning.smoothing.Cosine" in config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "group", "typo", "option", "extra"),
+    [
+        ("ls_lightning.cli.train", "experiment", "compare_schedulez", "compare_schedules", []),
+        ("ls_lightning.cli.eval", "model", "mlpz", "mlp", ["ckpt_path=last.ckpt"]),
+    ],
+)
+def test_the_command_reports_a_misspelled_option_without_a_traceback(
+    command: str, group: str, typo: str, option: str, extra: list[str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONPATH")}
+    result = subprocess.run(
+        [sys.executable, "-m", command, f"{group}={typo}", *extra],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"Could not find '{group}/{typo}'" in result.stderr
+    assert option in listed_options(result.stderr, group)
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # stopped before the run directory was made

@@ -1,4 +1,5 @@
-"""The examples run: the character-level sequence model for a few steps, and the LightningCLI app for one epoch."""
+"""The examples run: the character-level sequence model for a few steps, the LightningCLI app for one epoch, and a
+label-smoothed module beside the plain one it was mixed into."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.filterwarnings(
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: what the example defines can be pickled by name
     spec.loader.exec_module(module)
     return module
 
@@ -81,3 +83,17 @@ def test_lightning_cli_fit_one_epoch(tmp_path) -> None:
     state = torch.load(checkpoint, weights_only=False)
     assert state["epoch"] == 0 and state["state_dict"]["_ls_prior"].shape == (10, 10)  # the matrix of epoch 1
     torch.testing.assert_close(state["state_dict"]["_ls_prior"].sum(1), torch.ones(10))
+
+
+def test_mix_into_existing_trains_both_modules() -> None:
+    """examples/mix_into_existing.py: the plain module and its label-smoothed version both train and log."""
+    example = _load("mix_into_existing")
+    from ls_lightning import LabelSmoothing
+
+    torch.manual_seed(0)
+    plain = example.fit(example.PlainClassifier(), [], epochs=1)
+    torch.manual_seed(0)
+    smoothed = example.fit(example.SmoothedClassifier(), [LabelSmoothing(0.1)], epochs=1)
+    assert set(plain) == {"val/loss", "val/acc"}
+    assert {"val/loss", "val/h_pq", "val/h_uq", "val/acc", "val/ece"} <= set(smoothed)
+    assert smoothed["val/acc"] > 0.5  # 5 classes: well above chance after one epoch

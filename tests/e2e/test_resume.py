@@ -1,5 +1,6 @@
-"""Kill and resume: a run killed with SIGKILL after a checkpoint and resumed reaches the uninterrupted run's steps and
-uses the same ε at every step; callback state round-trips per instance, and a checkpoint without it warns."""
+"""Kill and resume: a run of ``ls-train`` killed with SIGKILL after a checkpoint and resumed reaches the uninterrupted
+run's steps and uses the same ε at every step. (The callback's state in checkpoints, in process:
+tests/integration/test_label_smoothing.py; the checkpoints of the default callbacks: tests/cli/test_train.py.)"""
 
 from __future__ import annotations
 
@@ -12,19 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer
-
-from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.cli.train import train
-from ls_lightning.smoothing import Cosine
 
 BIN = Path(sys.executable).parent
 # The default job (digits, MLP, the default callbacks and CSV logger) with an ε that changes at every step, for 10
@@ -133,92 +123,3 @@ def test_killed_run_resumes_from_last_or_from_a_checkpoint_file(tmp_path: Path) 
 
 
 # --- callback state in checkpoints, in process -------------------------------------------------------------------
-
-
-class Net(LabelSmoothingMixin, L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(3, 2)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.label_smoothed_loss(self.layer(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.randn(16, 3, generator=generator), torch.randint(0, 2, (16,), generator=generator))
-        return DataLoader(data, batch_size=4)
-
-
-def _trainer(tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
-    return quiet_trainer(tmp_path, max_epochs=1, callbacks=callbacks, enable_checkpointing=checkpointing)
-
-
-def test_each_callback_instance_gets_its_own_state_back(tmp_path: Path) -> None:
-    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0)), LabelSmoothing(0.05, interval="epoch")])
-    trainer.fit(Net())
-    path = tmp_path / "two.ckpt"
-    trainer.save_checkpoint(path)
-    saved = [(c.state_key, c.epsilon) for c in trainer.callbacks if isinstance(c, LabelSmoothing)]
-    assert saved[0][1] != saved[1][1]
-    # fresh instances, in the other order: Lightning matches states by `state_key`, not by position
-    fresh = [LabelSmoothing(0.05, interval="epoch"), LabelSmoothing(Cosine(0.2, 0.0))]
-    for callback in fresh:
-        callback.epsilon = None
-    _trainer(tmp_path, list(fresh)).fit(Net(), ckpt_path=path)  # max_epochs reached: restores, trains nothing
-    assert sorted((c.state_key, c.epsilon) for c in fresh) == sorted(saved)
-
-
-class LastCheckpointSteps(L.Callback):
-    """Before each training batch and at the end, the step that ``last.ckpt`` holds (None: no file yet)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.seen = path, []
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
-        self.seen.append((trainer.global_step, global_step(self.path) if self.path.exists() else None))
-
-
-@pytest.mark.parametrize("every_n_train_steps", [0, 3])
-def test_default_checkpoints_write_last_ckpt_at_every_epoch_end_and_every_n_steps(
-    every_n_train_steps: int, tmp_path: Path
-) -> None:
-    overrides = [f"callbacks.step_checkpoint.every_n_train_steps={every_n_train_steps}", f"paths.output_dir={tmp_path}"]
-    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    checkpoints = [instantiate(cfg.callbacks.model_checkpoint), instantiate(cfg.callbacks.step_checkpoint)]
-    recorder = LastCheckpointSteps(tmp_path / "checkpoints" / "last.ckpt")
-    trainer = _trainer(tmp_path, [*checkpoints, recorder])
-    trainer.fit_loop.max_epochs = 3  # 4 steps per epoch
-    trainer.fit(Net())
-
-    def saved(step: int) -> bool:  # at the end of each epoch, and every n steps when set
-        return step % 4 == 0 or (every_n_train_steps > 0 and step % every_n_train_steps == 0)
-
-    expected = [(g, max((s for s in range(1, g + 1) if saved(s)), default=None)) for g in range(12)]
-    assert recorder.seen == expected
-    assert global_step(recorder.path) == 12  # the end of training
-    assert [p.name for p in recorder.path.parent.iterdir()] == ["last.ckpt"]
-
-
-def test_checkpoint_without_the_callbacks_state_warns_when_resumed(tmp_path: Path) -> None:
-    overrides = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
-    overrides += ["data=synthetic", "data.num_train=64", "data.num_val=16", "data.num_test=16", "trainer.max_epochs=1"]
-    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
-        first = compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path / 'first'}", "logger=none"])
-    train(first)
-    checkpoint = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    checkpoint["callbacks"] = {k: v for k, v in checkpoint["callbacks"].items() if not k.startswith("LabelSmoothing")}
-    stripped = tmp_path / "stripped.ckpt"
-    torch.save(checkpoint, stripped)
-    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
-        resumed = compose(
-            "train",
-            overrides=[*overrides, "trainer.max_epochs=2", f"ckpt_path={stripped}", "logger=none",
-                       f"paths.output_dir={tmp_path / 'resumed'}"],
-        )  # fmt: skip
-    with pytest.warns(UserWarning, match=r"no state for `LabelSmoothing\{.*recomputed from the restored trainer"):
-        train(resumed)

@@ -1,5 +1,6 @@
-"""Binary and multi-label tasks: calibration states against torchmetrics, and fits whose logged values equal
-recomputations from the model's outputs (PyTorch's BCE, torchmetrics' BinaryCalibrationError and BinaryAccuracy)."""
+"""Binary and multi-label tasks through the mixin and the callbacks: fits whose logged values equal recomputations
+from the model's outputs (PyTorch's BCE, torchmetrics' BinaryCalibrationError and BinaryAccuracy), and epoch states
+of two processes that sum to the whole data's."""
 
 from __future__ import annotations
 
@@ -16,33 +17,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import BinaryAccuracy, BinaryCalibrationError
 from trainers import quiet_trainer
 
-from ls_lightning import BinaryLabelSmoothedCrossEntropy, BinnedCalibrationError, LabelSmoothing, LabelSmoothingMixin
+from ls_lightning import BinaryLabelSmoothedCrossEntropy, LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.integration import ReliabilityDiagram, TemperatureScaling
 from ls_lightning.metrics import fit_temperature
 from ls_lightning.smoothing import Linear
 
 NORMS = [("ece", "l1"), ("mce", "max"), ("rmsce", "l2")]
 LABELS = {"binary": 1, "multilabel": 3}
-
-
-def _edge_probabilities(n: int, seed: int = 0) -> Tensor:
-    """Random probabilities plus every float32 bin edge of 15 bins, their neighbours, 0 and exactly 1."""
-    g = torch.Generator().manual_seed(seed)
-    edges = torch.linspace(0, 1, 16)
-    near = torch.cat([edges, torch.nextafter(edges, torch.ones(16)), torch.nextafter(edges, torch.zeros(16))])
-    return torch.cat([torch.rand(n, generator=g), near.clamp(0, 1), torch.tensor([1.0, 1.0, 0.0])])
-
-
-@pytest.mark.parametrize(("key", "norm"), NORMS)
-@pytest.mark.parametrize("target_dtype", [torch.float32, torch.bool])
-def test_binned_state_in_binary_form_equals_torchmetrics(key, norm, target_dtype):
-    p = _edge_probabilities(300)
-    y = (torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < p).long()
-    ours = BinnedCalibrationError(n_bins=15, norm=norm)
-    for part_p, part_y in zip(p.split(37), y.split(37), strict=True):  # several updates: sums, no samples stored
-        ours.update(part_p, part_y.to(target_dtype))
-    expected = BinaryCalibrationError(n_bins=15, norm=norm)(p, y)
-    torch.testing.assert_close(ours.compute(), expected, rtol=1e-6, atol=1e-7)
 
 
 class Tagger(LabelSmoothingMixin, L.LightningModule):

@@ -8,7 +8,6 @@ single-process run (and that run with PyTorch's ``F.cross_entropy`` on the whole
 
 from __future__ import annotations
 
-import doctest
 import json
 import math
 import warnings
@@ -20,11 +19,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler
 from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.cli.data import TensorDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
+from ls_lightning.cli.data import TensorDataModule
 from ls_lightning.smoothing import Cosine
 
 C, FEATURES, IGNORE = 4, 5, -100
@@ -228,19 +227,6 @@ def test_a_padding_sampler_in_a_user_loader_warns_once_under_ddp(tmp_path: Path)
     assert len(caught) == 1 and "UnpaddedDistributedSampler" in caught[0]
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3])
-@pytest.mark.parametrize("n", [0, 1, 2, 7])
-def test_unpadded_batches_cover_each_index_once_and_every_rank_gets_a_batch(world_size: int, n: int) -> None:
-    dataset = TensorDataset(torch.arange(n))
-    parts = [list(_UnpaddedBatches(dataset, 2, num_replicas=world_size, rank=r)) for r in range(world_size)]
-    assert sorted(i for batches in parts for batch in batches for i in batch) == list(range(n))
-    assert all(len(batches) >= 1 and all(len(b) <= 2 for b in batches) for batches in parts)
-    lengths = [len(_UnpaddedBatches(dataset, 2, num_replicas=world_size, rank=r)) for r in range(world_size)]
-    assert lengths == [len(batches) for batches in parts]
-    for r, batches in enumerate(parts):
-        assert [i for batch in batches for i in batch] == list(UnpaddedDistributedSampler(dataset, world_size, r))
-
-
 def test_an_empty_rank_gets_one_empty_batch_of_the_right_shapes(tmp_path: Path) -> None:
     data = Data(batch_size=BATCH)
     data.setup()
@@ -255,12 +241,3 @@ def test_an_empty_rank_gets_one_empty_batch_of_the_right_shapes(tmp_path: Path) 
     assert x.shape == (0, FEATURES) and x.dtype == torch.float32 and y.shape == (0,) and y.dtype == torch.int64
     model = Net()
     assert model.label_smoothed_loss(model(x), y).item() == 0.0  # counts nothing
-
-
-def test_docstring_examples() -> None:
-    from ls_lightning.cli import data
-    from ls_lightning.metrics import sampler as samplers
-
-    assert doctest.testmod(data, raise_on_error=False).failed == 0
-    result = doctest.testmod(samplers, raise_on_error=False)
-    assert result.attempted > 0 and result.failed == 0

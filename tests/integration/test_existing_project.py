@@ -25,7 +25,6 @@ from torchmetrics.classification import Accuracy
 from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.integration import DEFAULT_LOG_METRICS
 from ls_lightning.smoothing import Cosine
 
 C, FEATURES, EPS = 5, 6, 0.1
@@ -218,26 +217,6 @@ def test_two_line_change_under_ddp_spawn(tmp_path: Path) -> None:
     _check_own_keys(ours, plain)
     assert {"train/h_pq", "val/h_pq", "val/ece", "train/epsilon"} <= set(ours["fit"])
     assert {"test/h_pq", "test/ece"} <= set(ours["test"])
-
-
-def test_log_options_from_hydra() -> None:
-    from hydra import compose, initialize_config_module
-    from hydra.utils import instantiate
-
-    from ls_lightning.cli.config import register_configs
-
-    register_configs()
-    overrides = ["callbacks.label_smoothing.log_prefix=ls_", "callbacks.label_smoothing.log_metrics=[terms,acc]"]
-    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    node = cfg.callbacks.label_smoothing
-    callback = instantiate(node, _convert_="all")
-    assert callback.log_prefix == "ls_" and callback.log_metrics == ("terms", "acc")
-    module = SmoothedLitModule()
-    module.trainer = quiet_trainer(callbacks=[callback])  # the mixin reads the settings its trainer's callbacks pass
-    assert module.ls_log_prefix == "ls_" and module.ls_log_metrics == ("terms", "acc")
-    module.trainer = None  # nothing was written on the module
-    assert module.ls_log_prefix == "" and module.ls_log_metrics == DEFAULT_LOG_METRICS
 
 
 def test_the_callbacks_entry_to_copy_into_a_hydra_project(tmp_path: Path) -> None:

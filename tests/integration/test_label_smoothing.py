@@ -424,3 +424,22 @@ def test_state_key_follows_the_schedule_and_interval() -> None:
     assert callback.state_key != first and "Cosine" in callback.state_key
     callback.interval = "epoch"
     assert "epoch" in callback.state_key
+
+
+def test_each_callback_instance_gets_its_own_state_back(tmp_path) -> None:
+    trainer = _trainer(
+        tmp_path, [LabelSmoothing(Cosine(0.2, 0.0)), LabelSmoothing(0.05, interval="epoch")], max_epochs=1
+    )
+    trainer.fit(CEModel())
+    path = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(path)
+    saved = [(c.state_key, c.epsilon) for c in trainer.callbacks if isinstance(c, LabelSmoothing)]
+    assert saved[0][1] != saved[1][1]
+    # fresh instances, in the other order: Lightning matches states by `state_key`, not by position
+    fresh = [LabelSmoothing(0.05, interval="epoch"), LabelSmoothing(Cosine(0.2, 0.0))]
+    for callback in fresh:
+        callback.epsilon = None
+    _trainer(tmp_path, list(fresh), max_epochs=1).fit(
+        CEModel(), ckpt_path=path
+    )  # max_epochs reached: restores, trains nothing
+    assert sorted((c.state_key, c.epsilon) for c in fresh) == sorted(saved)

@@ -1,4 +1,7 @@
-"""Priors beyond uniform and soft targets, each checked against a reference computed directly from the same data."""
+"""The prior callback (``LabelSmoothing(prior=...)``, ``LabelSmoothingPrior``) and soft targets through the mixin: class
+frequencies, a fixed prior and online label smoothing in fits, on one process and on two, each checked against a
+reference computed directly from the same data. (The priors' functions: tests/losses/test_priors.py; the
+``OnlinePrior`` metric: tests/metrics/test_online_prior.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
-from ls_lightning.losses import batch_labels, class_frequency, fixed_prior, prior_matrix
+from ls_lightning.losses import prior_matrix
 from ls_lightning.metrics import OnlinePrior
 from ls_lightning.smoothing import Linear
 
@@ -96,32 +99,6 @@ def _loader(data: Dataset, shuffle: bool = False) -> DataLoader:
 # ------------------------------------------------------------------------------------------------- class_frequency
 
 
-def test_class_frequency_equals_the_counted_distribution() -> None:
-    labels = torch.tensor([[0, 1, 1, IGNORE], [3, 3, 3, 1]])
-    expected = torch.tensor([1, 3, 0, 3]) / 7
-    torch.testing.assert_close(class_frequency(labels, C), expected)
-    tuples = [(torch.zeros(2), labels[0]), (torch.zeros(2), labels[1])]
-    dicts = [{"x": torch.zeros(2), "label": labels[0]}, {"x": torch.zeros(2), "label": labels[1]}]
-    torch.testing.assert_close(class_frequency(tuples, C), expected)
-    torch.testing.assert_close(class_frequency(dicts, C), expected)
-    p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    torch.testing.assert_close(class_frequency(p, C), torch.tensor([0.25, 0.25, 0.0, 0.5]))
-
-
-@pytest.mark.parametrize(
-    ("source", "error", "match"),
-    [
-        (torch.tensor([0, 4]), ValueError, r"labels in \[0, 4\).*but got 4"),
-        (torch.tensor([IGNORE, IGNORE]), ValueError, r"at least one label"),
-        ([torch.tensor([0, 1])], TypeError, r"\(input, target, \.\.\.\) tuple or a mapping"),
-        (torch.tensor([True]), TypeError, r"tensor of class indices"),
-    ],
-)
-def test_class_frequency_rejects_bad_labels(source, error, match) -> None:
-    with pytest.raises(error, match=match):
-        class_frequency(source, C)
-
-
 def test_callback_class_frequency_counts_the_training_labels(tmp_path) -> None:
     data = _data(imbalanced=True)
     model = Net()
@@ -170,7 +147,6 @@ def test_prior_none_keeps_the_module_prior_and_uniform_clears_it(tmp_path) -> No
 
 def test_fixed_prior_is_set_and_used_in_the_loss(tmp_path) -> None:
     u = [0.4, 0.3, 0.2, 0.1]
-    torch.testing.assert_close(fixed_prior(torch.tensor(u, dtype=torch.float64)), torch.tensor(u))
     model = Net()
     data = _data()
     trainer = _trainer(tmp_path, [LabelSmoothing(0.3, prior=u)])
@@ -223,42 +199,6 @@ def test_unknown_number_of_classes_is_reported(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- online label smoothing
-
-
-@pytest.mark.parametrize("shape", [(30,), (10, 3)])
-def test_online_prior_metric_equals_the_definition(shape) -> None:
-    g = torch.Generator().manual_seed(1)
-    logits = torch.randn(*shape[:1], C, *shape[1:], generator=g) * 2
-    target = torch.randint(0, C, shape, generator=g)
-    target[torch.rand(shape, generator=g) < 0.2] = IGNORE
-    target[target == 3] = 2  # class 3 has no sample: its row stays the previous one
-    previous = torch.softmax(torch.randn(C, C, generator=g), -1)
-    metric = OnlinePrior(C)
-    metric.previous.copy_(previous)
-    for part in range(0, shape[0], 4):  # several batches
-        metric.update(logits[part : part + 4], target[part : part + 4])
-    expected = _ols_reference(logits, target.masked_fill(target == IGNORE, -1), previous)
-    torch.testing.assert_close(metric.compute(), expected)
-    torch.testing.assert_close(metric.compute()[3], previous[3])
-
-
-def test_online_prior_mask_and_soft_targets() -> None:
-    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
-    soft = torch.tensor([[0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.6, 0.0, 0.4]])  # argmax classes 0, 1, 0
-    metric = OnlinePrior(3)
-    metric.update(logits, soft)  # the third is wrong (predicts 2, label 0): left out
-    expected = prior_matrix(None, 3)
-    expected[:2] = logits[:2].softmax(-1)
-    torch.testing.assert_close(metric.compute(), expected)
-    metric.reset()
-    metric.update(logits, torch.tensor([0, 1, 2]), mask=torch.tensor([False, True, False]))
-    expected = prior_matrix(None, 3)
-    expected[1] = logits[1].softmax(-1)
-    torch.testing.assert_close(metric.compute(), expected)
-    with pytest.raises(ValueError, match=r"`logits` to have num_classes=3.*\(2, 4\)"):
-        metric.update(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"`num_classes` to be a positive int"):
-        OnlinePrior(0)
 
 
 def test_online_matrix_after_an_epoch_equals_the_reference(tmp_path) -> None:
@@ -451,8 +391,3 @@ def test_ddp_class_frequency_equals_the_full_count(tmp_path) -> None:
     expected = torch.bincount(data.tensors[1], minlength=C).float() / N
     torch.testing.assert_close(ranks[0], expected)
     torch.testing.assert_close(ranks[1], expected)
-
-
-def test_batch_labels_forms() -> None:
-    y = torch.tensor([1])
-    assert batch_labels((None, y)) is y and batch_labels([None, y, None]) is y and batch_labels({"targets": y}) is y

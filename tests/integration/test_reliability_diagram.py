@@ -153,19 +153,3 @@ def test_json_round_trip_and_bad_input() -> None:
         BinStats.from_dict({"counts": [1, 2], "conf_sums": [1], "correct_sums": [1, 2]})
     with pytest.raises(ValueError, match="`dpi`"):
         ReliabilityDiagram(dpi=0)
-
-
-def test_config_flags_switch_the_callbacks(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_module
-
-    from ls_lightning.cli.train import train
-
-    small = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
-    small += ["data=synthetic", "data.num_train=64", "data.num_val=40", "data.num_test=40", "trainer.max_epochs=1"]
-    with initialize_config_module("ls_lightning.conf", version_base="1.3"):
-        on = compose("train", [*small, "calibration.temperature_scaling=true", f"paths.output_dir={tmp_path / 'on'}"])
-        off = compose("train", [*small, "calibration.diagrams=false", f"paths.output_dir={tmp_path / 'off'}"])
-    assert {"val/temperature", "val/ece_ts"} <= set(train(on))
-    assert (tmp_path / "on" / "reliability.json").is_file()
-    assert "val/temperature" not in train(off)  # temperature scaling is opt-in
-    assert not any(p.name.startswith("reliability") for p in (tmp_path / "off").iterdir())

@@ -414,39 +414,6 @@ def test_ddp_two_processes_equal_one(tmp_path):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.slow
-def test_benchmark_script_runs():
-    """``benchmarks/linear.py --small`` (timings only) runs, and its memory probe returns a number: small, with and
-    without z-loss and soft-capping."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parents[2] / "benchmarks" / "linear.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--small", "--no-memory"], capture_output=True, text=True, check=True
-    )
-    assert "256×64→8000" in done.stdout
-    probe = subprocess.run(
-        [sys.executable, str(script), "--memory-of", '["ours", 64, 16, 1000]'],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert float(probe.stdout.strip()) < 10
-    # With a z-loss and soft-capping too, small chunks of 8 MiB of logits: the loss holds chunks, not the logits
-    # (materialising them measures 2-5 here).
-    for variant in ("ours", "ours-capped"):
-        probe_of = ["--memory-of", f'["{variant}", 2048, 16, 1000]', "--chunk", "16000", "--min-rows", "1"]
-        probe = subprocess.run(
-            [sys.executable, str(script), *probe_of],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert float(probe.stdout.strip()) < 0.25, variant
-
-
 def test_compiled_without_gradient_gives_the_stats():
     """Validation under torch.compile: no gradient made, the statistics as in eager."""
     h, w, b, target = _data((2, 5), bias=True)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import brier_score_loss
+from torch import Tensor
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassCalibrationError
+from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 from trainers import quiet_trainer
 
 from ls_lightning.metrics import calibration as metrics_module
@@ -463,3 +464,28 @@ def test_weighted_mean_forward_returns_the_batch_mean_and_accumulates() -> None:
     assert first.item() == pytest.approx(2.5)
     assert second.item() == pytest.approx(5.0)
     assert metric.compute().item() == pytest.approx((1 + 9 + 10) / 6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Binary form against torchmetrics' BinaryCalibrationError
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _edge_probabilities(n: int, seed: int = 0) -> Tensor:
+    """Random probabilities plus every float32 bin edge of 15 bins, their neighbours, 0 and exactly 1."""
+    g = torch.Generator().manual_seed(seed)
+    edges = torch.linspace(0, 1, 16)
+    near = torch.cat([edges, torch.nextafter(edges, torch.ones(16)), torch.nextafter(edges, torch.zeros(16))])
+    return torch.cat([torch.rand(n, generator=g), near.clamp(0, 1), torch.tensor([1.0, 1.0, 0.0])])
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("target_dtype", [torch.float32, torch.bool])
+def test_binned_state_in_binary_form_equals_torchmetrics(norm, target_dtype):
+    p = _edge_probabilities(300)
+    y = (torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < p).long()
+    ours = BinnedCalibrationError(n_bins=15, norm=norm)
+    for part_p, part_y in zip(p.split(37), y.split(37), strict=True):  # several updates: sums, no samples stored
+        ours.update(part_p, part_y.to(target_dtype))
+    expected = BinaryCalibrationError(n_bins=15, norm=norm)(p, y)
+    torch.testing.assert_close(ours.compute(), expected, rtol=1e-6, atol=1e-7)
