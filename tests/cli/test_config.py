@@ -281,16 +281,11 @@ def test_fsdp_options_build_a_model_parallel_strategy_that_saves_one_file(tmp_pa
 
 
 def test_log_options_from_hydra() -> None:
-    import lightning as L
+    from helpers import Net, quiet_trainer
     from hydra.utils import instantiate
-    from trainers import quiet_trainer
 
-    from ls_lightning import LabelSmoothingMixin
     from ls_lightning.cli.config import register_configs
     from ls_lightning.integration import DEFAULT_LOG_METRICS
-
-    class SmoothedLitModule(LabelSmoothingMixin, L.LightningModule):
-        pass
 
     register_configs()
     overrides = ["callbacks.label_smoothing.log_prefix=ls_", "callbacks.label_smoothing.log_metrics=[terms,acc]"]
@@ -299,7 +294,7 @@ def test_log_options_from_hydra() -> None:
     node = cfg.callbacks.label_smoothing
     callback = instantiate(node, _convert_="all")
     assert callback.log_prefix == "ls_" and callback.log_metrics == ("terms", "acc")
-    module = SmoothedLitModule()
+    module = Net()
     module.trainer = quiet_trainer(callbacks=[callback])  # the mixin reads the settings its trainer's callbacks pass
     assert module.ls_log_prefix == "ls_" and module.ls_log_metrics == ("terms", "acc")
     module.trainer = None  # nothing was written on the module

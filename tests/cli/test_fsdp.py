@@ -18,8 +18,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_once
 from torch import Tensor
-from trainers import run_once
 
 from ls_lightning.cli.models import CNN, MLP, Transformer
 

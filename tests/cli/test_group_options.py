@@ -10,6 +10,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 
 import pytest
+from helpers import listed_options
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
@@ -47,12 +48,6 @@ def shipped_options(group: str) -> set[str]:
         if folder.is_dir()
         else set()
     )
-
-
-def listed_options(message: str, group: str) -> set[str]:
-    """The options Hydra's message lists under ``Available options in '<group>':``, one per tab-indented line."""
-    lines = message.split(f"Available options in '{group}':\n", 1)[1].splitlines()
-    return {line.strip() for line in lines[: next((i for i, x in enumerate(lines) if not x.startswith("\t")), None)]}
 
 
 @pytest.mark.parametrize("config_name", CONFIGS)

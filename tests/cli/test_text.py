@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from trainers import quiet_trainer
+from helpers import quiet_trainer
 
 from ls_lightning.cli import text as _text
 from ls_lightning.cli.data import SequencesPerEpochSampler, TextDataModule

@@ -9,15 +9,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import Net, classification_data, quiet_trainer
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer
+from torch.utils.data import DataLoader
 
-from ls_lightning import LabelSmoothingMixin
 from ls_lightning.cli.config import ConfigValueError
 from ls_lightning.cli.eval import evaluate
 from ls_lightning.cli.train import train
@@ -155,28 +152,6 @@ def test_config_flags_switch_the_callbacks(tmp_path: Path) -> None:
     assert not any(p.name.startswith("reliability") for p in (tmp_path / "off").iterdir())
 
 
-class Net(LabelSmoothingMixin, L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(3, 2)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.label_smoothed_loss(self.layer(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.randn(16, 3, generator=generator), torch.randint(0, 2, (16,), generator=generator))
-        return DataLoader(data, batch_size=4)
-
-
-def _trainer(tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
-    return quiet_trainer(tmp_path, max_epochs=1, callbacks=callbacks, enable_checkpointing=checkpointing)
-
-
 class LastCheckpointSteps(L.Callback):
     """Before each training batch and at the end, the step that ``last.ckpt`` holds (None: no file yet)."""
 
@@ -196,9 +171,9 @@ def test_default_checkpoints_write_last_ckpt_at_every_epoch_end_and_every_n_step
         cfg = compose("train", overrides=overrides)
     checkpoints = [instantiate(cfg.callbacks.model_checkpoint), instantiate(cfg.callbacks.step_checkpoint)]
     recorder = LastCheckpointSteps(tmp_path / "checkpoints" / "last.ckpt")
-    trainer = _trainer(tmp_path, [*checkpoints, recorder])
+    trainer = quiet_trainer(tmp_path, callbacks=[*checkpoints, recorder], max_epochs=1)
     trainer.fit_loop.max_epochs = 3  # 4 steps per epoch
-    trainer.fit(Net())
+    trainer.fit(Net(3, 2), DataLoader(classification_data(16, 3, 2), batch_size=4))
 
     def saved(step: int) -> bool:  # at the end of each epoch, and every n steps when set
         return step % 4 == 0 or (every_n_train_steps > 0 and step % every_n_train_steps == 0)

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import listed_options
 
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hydra_app" / "my_app.py"
@@ -19,12 +20,6 @@ QUIET = ["trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enab
 DESIGN_KEYS = {"train/epsilon"} | {
     f"{s}/{k}" for s in ("train", "val", "test") for k in ("loss", "h_pq", "h_uq", "acc", "ece")
 }
-
-
-def listed_options(message: str, group: str) -> set[str]:
-    """The options Hydra's message lists under ``Available options in '<group>':``, one per tab-indented line."""
-    lines = message.split(f"Available options in '{group}':\n", 1)[1].splitlines()
-    return {line.strip() for line in lines[: next((i for i, x in enumerate(lines) if not x.startswith("\t")), None)]}
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

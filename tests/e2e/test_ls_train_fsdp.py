@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainers import run_once
+from helpers import run_once
 
 from ls_lightning.cli.report import main as report_main
 

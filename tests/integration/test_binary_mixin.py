@@ -11,13 +11,13 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Net, classification_data, quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import BinaryAccuracy, BinaryCalibrationError
-from trainers import quiet_trainer
 
-from ls_lightning import BinaryLabelSmoothedCrossEntropy, LabelSmoothing, LabelSmoothingMixin
+from ls_lightning import BinaryLabelSmoothedCrossEntropy, LabelSmoothing
 from ls_lightning.integration import ReliabilityDiagram, TemperatureScaling
 from ls_lightning.metrics import fit_temperature
 from ls_lightning.smoothing import Linear
@@ -26,36 +26,12 @@ NORMS = [("ece", "l1"), ("mce", "max"), ("rmsce", "l2")]
 LABELS = {"binary": 1, "multilabel": 3}
 
 
-class Tagger(LabelSmoothingMixin, L.LightningModule):
-    """A linear head of one logit (binary) or three (multi-label); its __init__ passes the task to the mixin."""
-
-    def __init__(self, task: str, labels: int) -> None:
-        super().__init__(task=task)
-        self.layer = nn.Linear(6, labels)
-        self.outputs: list[Tensor] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.5)
-
-
-def _data(task: str, n: int, seed: int) -> TensorDataset:
+def _labelled(task: str, n: int, seed: int) -> TensorDataset:
     """Features and labels that depend on them: 0/1 (N,) int labels for binary, (N, 3) float multi-hot otherwise."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 6, generator=g)
-    y = (x[:, : LABELS[task]] + 0.8 * torch.randn(n, LABELS[task], generator=g) > 0).long()
-    return TensorDataset(x, y[:, 0] if task == "binary" else y.float())
+    return classification_data(n, 6, LABELS[task], seed=seed, signal=1.0, noise=0.8, task=task)
 
 
-def _reference(model: Tagger, data: TensorDataset, eps: float) -> dict[str, float]:
+def _reference(model: Net, data: TensorDataset, eps: float) -> dict[str, float]:
     """Whole-data values from PyTorch and torchmetrics, all label positions pooled."""
     x, y = data.tensors
     with torch.no_grad():
@@ -79,8 +55,8 @@ def _reference(model: Tagger, data: TensorDataset, eps: float) -> dict[str, floa
 @pytest.mark.parametrize("task", ["binary", "multilabel"])
 def test_fit_logs_recomputed_values_and_scheduled_epsilon(tmp_path, task):
     torch.manual_seed(0)
-    model = Tagger(task, LABELS[task])
-    train, val = _data(task, 48, seed=0), _data(task, 37, seed=1)
+    model = Net(num_classes=LABELS[task], task=task, lr=0.5)
+    train, val = _labelled(task, 48, seed=0), _labelled(task, 37, seed=1)
     logger = CSVLogger(tmp_path, name="run", version=0)
     trainer = quiet_trainer(
         tmp_path, logger=logger, max_epochs=2, log_every_n_steps=1, callbacks=[LabelSmoothing(Linear(0.3, 0.0))]
@@ -102,7 +78,7 @@ def test_fit_logs_recomputed_values_and_scheduled_epsilon(tmp_path, task):
 
 @pytest.mark.parametrize("shape", [(9,), (9, 1)])
 def test_binary_loss_outside_a_trainer_equals_pytorch(shape):
-    model = Tagger("binary", 1)
+    model = Net(num_classes=1, task="binary")
     model.label_smoothing = 0.2
     z = torch.randn(shape, requires_grad=True)
     y = torch.randint(0, 2, (9,))  # (N,) labels for (N, 1) logits too
@@ -113,36 +89,36 @@ def test_binary_loss_outside_a_trainer_equals_pytorch(shape):
 
 def test_task_is_validated_and_shapes_are_checked():
     with pytest.raises(ValueError, match=r"`task` to be one of .*'multiclas'"):
-        Tagger("multiclas", 1)
+        Net(num_classes=1, task="multiclas")
     with pytest.raises(ValueError, match="`task` to be one of"):
         LabelSmoothing(task="bin")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`logits` to have shape \(N,\) or \(N, 1\) for task='binary'"):
-        Tagger("binary", 3).label_smoothed_loss(torch.randn(4, 3), torch.zeros(4, 3))
+        Net(num_classes=3, task="binary").label_smoothed_loss(torch.randn(4, 3), torch.zeros(4, 3))
     with pytest.raises(ValueError, match=r"`logits` to have shape \(N, L\) for task='multilabel'"):
-        Tagger("multilabel", 1).label_smoothed_loss(torch.randn(4), torch.zeros(4))
+        Net(num_classes=1, task="multilabel").label_smoothed_loss(torch.randn(4), torch.zeros(4))
     with pytest.raises(ValueError, match=r"`target` to hold values in \[0, 1\], but got 2"):
-        Tagger("multilabel", 2).label_smoothed_loss(torch.randn(4, 2), torch.full((4, 2), 2))
+        Net(num_classes=2, task="multilabel").label_smoothed_loss(torch.randn(4, 2), torch.full((4, 2), 2))
     with pytest.raises(ValueError, match=r"z_loss=0.001, softcap=None"):
-        Tagger("binary", 1).label_smoothed_loss(torch.randn(4), torch.zeros(4), z_loss=1e-3)
+        Net(num_classes=1, task="binary").label_smoothed_loss(torch.randn(4), torch.zeros(4), z_loss=1e-3)
     with pytest.raises(ValueError, match=r"z_loss=0.0, softcap=30.0"):
-        Tagger("multilabel", 2).label_smoothed_loss(torch.randn(4, 2), torch.zeros(4, 2), softcap=30.0)
-    model = Tagger("binary", 1)
+        Net(num_classes=2, task="multilabel").label_smoothed_loss(torch.randn(4, 2), torch.zeros(4, 2), softcap=30.0)
+    model = Net(num_classes=1, task="binary")
     model.label_smoothing_prior = torch.tensor([0.5, 0.5])
     with pytest.raises(ValueError, match="no label-smoothing prior for task='binary'"):
         model.label_smoothed_loss(torch.randn(4), torch.zeros(4))
 
 
 def test_callback_sets_the_task_and_refuses_a_prior(tmp_path):
-    model = Tagger("multiclass", 1)
+    model = Net(num_classes=1, task="multiclass", lr=0.5)
     trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LabelSmoothing(0.1, task="binary")])
-    trainer.fit(model, DataLoader(_data("binary", 8, seed=0), batch_size=8))  # (N, 1) logits: a binary loss
+    trainer.fit(model, DataLoader(_labelled("binary", 8, seed=0), batch_size=8))  # (N, 1) logits: a binary loss
     assert model.ls_task == "binary" and "task='binary'" in repr(LabelSmoothing(task="binary"))
     model.trainer = None  # detached: the module's own setting, which the callback never wrote
     assert model.ls_task == "multiclass"
     callback = LabelSmoothing(0.1, prior="online", num_classes=2, task="binary")
     trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[callback])
     with pytest.raises(ValueError, match=r"prior='online'.*task is 'binary'"):
-        trainer.fit(model, DataLoader(_data("binary", 8, seed=0), batch_size=8))
+        trainer.fit(model, DataLoader(_labelled("binary", 8, seed=0), batch_size=8))
 
 
 class PlainBinary(L.LightningModule):
@@ -165,15 +141,15 @@ class PlainBinary(L.LightningModule):
 def test_callback_only_route_schedules_the_binary_loss_module(tmp_path):
     model = PlainBinary()
     trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[LabelSmoothing(Linear(0.4, 0.0))])
-    trainer.fit(model, DataLoader(_data("binary", 32, seed=0), batch_size=8))
+    trainer.fit(model, DataLoader(_labelled("binary", 32, seed=0), batch_size=8))
     assert model.seen == pytest.approx([0.4, 0.3, 0.2, 0.1])
 
 
 @pytest.mark.parametrize("task", ["binary", "multilabel"])
 def test_temperature_scaling_fits_the_binary_nll_and_diagram_bins_are_binary(tmp_path, task):
     torch.manual_seed(0)
-    model = Tagger(task, LABELS[task])
-    val = _data(task, 40, seed=2)
+    model = Net(num_classes=LABELS[task], task=task)
+    val = _labelled(task, 40, seed=2)
     with torch.no_grad():  # the labels' own features, sharpened: an informative, over-confident model (T > 1)
         model.layer.weight.copy_(6 * torch.eye(LABELS[task], 6))
         model.layer.bias.zero_()

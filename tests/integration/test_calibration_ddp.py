@@ -6,14 +6,12 @@ import json
 import pickle
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer
+from helpers import IGNORE, Net, classification_data, quiet_trainer
+from torch import Tensor
+from torch.utils.data import DataLoader
 
-from ls_lightning import LabelSmoothingMixin
 from ls_lightning.integration import ReliabilityDiagram, TemperatureScaling
 from ls_lightning.metrics import UnpaddedDistributedSampler
 
@@ -26,22 +24,12 @@ C = 6
 KEYS = ("acc", "ece", "mce", "rmsce", "ece_adaptive", "brier", "overconfidence", "loss", "temperature", "ece_ts")
 
 
-class Net(LabelSmoothingMixin, L.LightningModule):
+class ValidatedNet(Net):
     """Builds its validation loader in the worker process, where the unpadded sampler can learn its rank."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(8, C)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.label_smoothed_loss(self.layer(batch[0]) * 3, batch[1])  # sharpened: an over-confident model
-
     def val_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(51, 8, generator=g)
-        y = (x[:, :C] + torch.randn(51, C, generator=g)).argmax(1)
-        y[::7] = -100  # ignored positions
-        data = TensorDataset(x, y)
+        data = classification_data(51, 8, C, seed=1, signal=1.0)
+        data.tensors[1][::7] = IGNORE  # ignored positions
         # 51 samples in batches of 5: rank 0 gets 26 (6 batches), rank 1 gets 25 (5 batches)
         sampler = UnpaddedDistributedSampler(data) if torch.distributed.is_initialized() else None
         return DataLoader(data, batch_size=5, sampler=sampler)
@@ -62,7 +50,7 @@ class RecordingTemperatureScaling(TemperatureScaling):
 
 
 def _validate(tmp_path: Path, devices: int, state: dict[str, Tensor]) -> dict[str, float]:
-    model = Net()
+    model = ValidatedNet(8, C)
     model.load_state_dict(state)
     callbacks = [ReliabilityDiagram(dirpath=tmp_path, dpi=40), RecordingTemperatureScaling(str(tmp_path))]
     assert [type(c) for c in pickle.loads(pickle.dumps(callbacks))] == [type(c) for c in callbacks]  # as ddp_spawn
@@ -79,8 +67,9 @@ def _validate(tmp_path: Path, devices: int, state: dict[str, Tensor]) -> dict[st
 
 def test_two_processes_equal_one(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    state = Net().state_dict()
-    state["layer.weight"][:, :C] += torch.eye(C)  # informative logits (the labels follow x[:, :C]), sharpened ×3
+    state = ValidatedNet(8, C).state_dict()
+    state["layer.weight"][:, :C] += torch.eye(C)  # informative logits: the labels follow x[:, :C]
+    state = {key: 3 * value for key, value in state.items()}  # sharpened ×3: an over-confident model
     single = _validate(tmp_path / "single", 1, state)
     ddp = _validate(tmp_path / "ddp", 2, state)
     for key in KEYS:

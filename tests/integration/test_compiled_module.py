@@ -7,8 +7,8 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothing
 from ls_lightning.cli.models import MLP

@@ -18,20 +18,21 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from helpers import IGNORE, Net, quiet_trainer, run_once
+from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
-from trainers import quiet_trainer, run_once
 
-from ls_lightning import LabelSmoothing, LabelSmoothingMixin
+from ls_lightning import LabelSmoothing
 from ls_lightning.cli.data import TensorDataModule
 from ls_lightning.smoothing import Cosine
 
-C, FEATURES, IGNORE = 4, 5, -100
+C, FEATURES = 4, 5
 # train: even over 2 ranks (training pads, by design) but not over the batch size, with ignored labels, so that the
 # per-batch and per-rank counts differ; val: 7 samples (ranks get 4 and 3); test: 1 sample (rank 1 gets none)
 SIZES = {"train": 26, "val": 7, "test": 1}
 BATCH = 3
 SCHEDULE = Cosine(0.2, 0.0)
+RUN = {"max_epochs": 2, "num_sanity_val_steps": 0}
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -51,30 +52,18 @@ class Data(TensorDataModule):
         return splits
 
 
-class Net(LabelSmoothingMixin, L.LightningModule):
-    """lr=0 keeps the weights fixed, so that training aggregates are comparable between 1 and 2 processes."""
+class Seeded(Net):
+    """The same initial weights in every process; lr=0 keeps them, so that training aggregates are comparable between 1
+    and 2 processes. Records (step, ε) of each training step."""
 
     def __init__(self) -> None:
-        super().__init__()
         torch.manual_seed(0)
-        self.layer = nn.Linear(FEATURES, C)
+        super().__init__(FEATURES, C, lr=0.0)
         self.epsilons: list[tuple[int, float]] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self.epsilons.append((self.global_step, self.label_smoothing))
-        return self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.0)
+        return super().training_step(batch, batch_idx)
 
 
 class Recorder(L.Callback):
@@ -116,21 +105,14 @@ class Recorder(L.Callback):
         self._dump(trainer, "test")
 
 
-def cast_net(module: L.LightningModule) -> Net:
-    assert isinstance(module, Net)
+def cast_net(module: L.LightningModule) -> Seeded:
+    assert isinstance(module, Seeded)
     return module
 
 
-def _trainer(out: Path, devices: int, **kwargs: Any) -> L.Trainer:
-    options: dict[str, Any] = dict(
-        devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
-        max_epochs=2,
-        num_sanity_val_steps=0,
-        # ε per epoch: the same ε schedule on 1 and 2 processes, so that the loss is comparable as well
-        callbacks=[LabelSmoothing(SCHEDULE, interval="epoch"), Recorder(str(out))],
-    )
-    return quiet_trainer(out, **{**options, **kwargs})
+def _callbacks(out: Path) -> list[L.Callback]:
+    # ε per epoch: the same ε schedule on 1 and 2 processes, so that the loss is comparable as well
+    return [LabelSmoothing(SCHEDULE, interval="epoch"), Recorder(str(out))]
 
 
 def _read(out: Path, stage: str, rank: int = 0) -> dict[str, Any]:
@@ -143,10 +125,12 @@ def _fit_and_test(root: Path) -> None:
     for devices in (1, 2):
         out = root / f"devices{devices}"
         out.mkdir()
-        trainer = _trainer(out, devices)
-        trainer.fit(Net(), datamodule=Data(batch_size=BATCH))
-        tester = _trainer(out, devices, strategy="ddp_fork") if devices > 1 else trainer
-        tester.test(Net(), datamodule=Data(batch_size=BATCH), verbose=False)
+        strategy = "ddp_spawn" if devices > 1 else "auto"
+        trainer = quiet_trainer(out, callbacks=_callbacks(out), devices=devices, strategy=strategy, **RUN)
+        trainer.fit(Seeded(), datamodule=Data(batch_size=BATCH))
+        if devices > 1:
+            trainer = quiet_trainer(out, callbacks=_callbacks(out), devices=devices, strategy="ddp_fork", **RUN)
+        trainer.test(Seeded(), datamodule=Data(batch_size=BATCH), verbose=False)
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +146,7 @@ def _whole_split_reference(split: str) -> dict[str, float]:
     data.setup()
     x, y = data.splits[split].tensors
     with torch.no_grad():
-        z = Net()(x)
+        z = Seeded()(x)
     keep = y != IGNORE
     return {
         "h_pq": F.cross_entropy(z, y, ignore_index=IGNORE).item(),
@@ -222,7 +206,8 @@ def test_a_padding_sampler_in_a_user_loader_warns_once_under_ddp(tmp_path: Path)
     data = Data()
     data.setup()
     loader = DataLoader(data.splits["val"], batch_size=BATCH)  # 7 samples: Lightning pads rank 1 with sample 0
-    _trainer(tmp_path, 2, strategy="ddp_fork").validate(Net(), loader, verbose=False)  # forked: no re-import
+    trainer = quiet_trainer(tmp_path, callbacks=_callbacks(tmp_path), devices=2, strategy="ddp_fork", **RUN)
+    trainer.validate(Seeded(), loader, verbose=False)  # forked: no re-import
     caught = [w for w in _read(tmp_path, "validate")["warnings"] if "pads the data with repeated samples" in w]
     assert len(caught) == 1 and "UnpaddedDistributedSampler" in caught[0]
 
@@ -239,5 +224,5 @@ def test_an_empty_rank_gets_one_empty_batch_of_the_right_shapes(tmp_path: Path) 
     loader.sampler.rank, loader.sampler.num_replicas = 1, 2  # what rank 1 of 2 sees: no test sample
     ((x, y),) = list(loader)
     assert x.shape == (0, FEATURES) and x.dtype == torch.float32 and y.shape == (0,) and y.dtype == torch.int64
-    model = Net()
+    model = Seeded()
     assert model.label_smoothed_loss(model(x), y).item() == 0.0  # counts nothing

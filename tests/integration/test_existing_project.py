@@ -17,12 +17,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer, run_once
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import Accuracy
-from trainers import quiet_trainer, run_once
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.smoothing import Cosine

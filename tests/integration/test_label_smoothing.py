@@ -8,11 +8,11 @@ import pickle
 import lightning as L
 import pytest
 import torch
+from helpers import Net, classification_data, quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
-from trainers import quiet_trainer
 
 from ls_lightning.integration import LabelSmoothing
 from ls_lightning.smoothing import Constant, Cosine, Linear, Step
@@ -26,8 +26,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def _data() -> TensorDataset:
-    generator = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.randn(N_SAMPLES, 4, generator=generator), torch.randint(0, 3, (N_SAMPLES,)))
+    return classification_data(N_SAMPLES, 4, 3)
 
 
 class CEModel(L.LightningModule):
@@ -75,11 +74,6 @@ class RecordingCEModel(CEModel):
             json.dump(self.seen, file)
 
 
-def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
-    options = {"devices": 1, "max_epochs": 2, "log_every_n_steps": 1, **kwargs}
-    return quiet_trainer(tmp_path, callbacks=callbacks, **options)
-
-
 def _cosine(start: float, end: float, t: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
@@ -87,7 +81,12 @@ def _cosine(start: float, end: float, t: float) -> float:
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_step_interval_follows_schedule_of_global_step(tmp_path, accumulate):
     model = CEModel()
-    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0))], max_epochs=3, accumulate_grad_batches=accumulate)
+    trainer = quiet_trainer(
+        tmp_path,
+        callbacks=[LabelSmoothing(Cosine(0.2, 0.0))],
+        max_epochs=3,
+        accumulate_grad_batches=accumulate,
+    )
     trainer.fit(model)
     total = 3 * math.ceil(BATCHES_PER_EPOCH / accumulate)  # optimizer steps in the run
     assert len(model.seen) == 3 * BATCHES_PER_EPOCH
@@ -99,7 +98,7 @@ def test_step_interval_follows_schedule_of_global_step(tmp_path, accumulate):
 
 def test_epoch_interval_follows_schedule_of_epoch(tmp_path):
     model = CEModel()
-    trainer = _trainer(tmp_path, [LabelSmoothing(Linear(0.3, 0.0), interval="epoch")], max_epochs=3)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Linear(0.3, 0.0), interval="epoch")], max_epochs=3)
     trainer.fit(model)
     expected = [0.3, 0.2, 0.1]  # 0.3 · (1 - epoch / 3)
     for _, epoch, epsilon in model.seen:
@@ -109,7 +108,7 @@ def test_epoch_interval_follows_schedule_of_epoch(tmp_path):
 
 def test_total_steps_override_and_clamp_after_the_end(tmp_path):
     model = CEModel()
-    trainer = _trainer(tmp_path, [LabelSmoothing(Linear(0.2, 0.0), total_steps=4)], max_epochs=2)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Linear(0.2, 0.0), total_steps=4)], max_epochs=2)
     trainer.fit(model)
     expected = [0.2 * (1 - min(step / 4, 1.0)) for step in range(8)]  # t stays at 1 after 4 steps
     assert [epsilon for _, _, epsilon in model.seen] == pytest.approx(expected, abs=1e-12)
@@ -117,7 +116,7 @@ def test_total_steps_override_and_clamp_after_the_end(tmp_path):
 
 def test_max_steps_shortens_the_schedule(tmp_path):
     model = CEModel()
-    trainer = _trainer(tmp_path, [LabelSmoothing(Step([0.5], [0.2, 0.05]))], max_epochs=3, max_steps=6)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Step([0.5], [0.2, 0.05]))], max_epochs=3, max_steps=6)
     trainer.fit(model)
     # estimated_stepping_batches = min(3 · 4, 6) = 6: steps 0..2 give 0.2, steps 3..5 (t >= 0.5) give 0.05
     assert [epsilon for _, _, epsilon in model.seen] == [0.2, 0.2, 0.2, 0.05, 0.05, 0.05]
@@ -127,14 +126,16 @@ def test_float_schedule_is_constant(tmp_path):
     model = CEModel()
     callback = LabelSmoothing(0.15)
     assert callback.schedule == Constant(0.15)
-    _trainer(tmp_path, [callback], max_epochs=1).fit(model)
+    quiet_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(model)
     assert [epsilon for _, _, epsilon in model.seen] == [0.15] * BATCHES_PER_EPOCH
 
 
 def test_epsilon_is_logged_every_step(tmp_path):
     model = CEModel()
     logger = CSVLogger(tmp_path, name="run", version=0)
-    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0))], logger=logger, max_epochs=2)
+    trainer = quiet_trainer(
+        tmp_path, callbacks=[LabelSmoothing(Cosine(0.2, 0.0))], logger=logger, max_epochs=2, log_every_n_steps=1
+    )
     trainer.fit(model)
     with open(tmp_path / "run" / "version_0" / "metrics.csv") as file:
         rows = [row for row in csv.DictReader(file) if row.get("train/epsilon")]
@@ -149,16 +150,16 @@ def test_epsilon_is_logged_every_step(tmp_path):
 def test_resume_follows_the_uninterrupted_curve(tmp_path, interval):
     schedule = Cosine(0.2, 0.01)
     straight = CEModel()
-    _trainer(tmp_path / "a", [LabelSmoothing(schedule, interval=interval)], max_epochs=3).fit(straight)
+    quiet_trainer(tmp_path / "a", callbacks=[LabelSmoothing(schedule, interval=interval)], max_epochs=3).fit(straight)
 
     first = CEModel(stop_after_epoch=0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     callbacks = [LabelSmoothing(schedule, interval=interval), checkpoint]
-    _trainer(tmp_path / "b", callbacks, max_epochs=3, enable_checkpointing=True).fit(first)
+    quiet_trainer(tmp_path / "b", callbacks=callbacks, max_epochs=3, enable_checkpointing=True).fit(first)
     assert len(first.seen) == BATCHES_PER_EPOCH
 
     resumed = CEModel()
-    trainer = _trainer(tmp_path / "c", [LabelSmoothing(schedule, interval=interval)], max_epochs=3)
+    trainer = quiet_trainer(tmp_path / "c", callbacks=[LabelSmoothing(schedule, interval=interval)], max_epochs=3)
     trainer.fit(resumed, ckpt_path=checkpoint.last_model_path)
     assert first.seen + resumed.seen == straight.seen
     # before the counters are restored, the module already holds the ε the interrupted run stopped with
@@ -168,7 +169,7 @@ def test_resume_follows_the_uninterrupted_curve(tmp_path, interval):
 def test_checkpoint_holds_state_of_each_instance(tmp_path):
     first, second = LabelSmoothing(Cosine(0.2, 0.0)), LabelSmoothing(0.1, interval="epoch")
     assert len({first.state_key, second.state_key, LabelSmoothing(0.1).state_key}) == 3
-    trainer = _trainer(tmp_path, [first, second], max_epochs=1)
+    trainer = quiet_trainer(tmp_path, callbacks=[first, second], max_epochs=1)
     trainer.fit(CEModel())
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
@@ -199,12 +200,12 @@ def test_load_state_with_other_settings_warns():
 
 
 def test_resume_from_checkpoint_without_our_state_warns(tmp_path):
-    trainer = _trainer(tmp_path, [], max_epochs=1)
+    trainer = quiet_trainer(tmp_path, callbacks=[], max_epochs=1)
     trainer.fit(CEModel())
     path = tmp_path / "plain.ckpt"
     trainer.save_checkpoint(path)
     resumed = CEModel()
-    trainer = _trainer(tmp_path, [LabelSmoothing(Linear(0.2, 0.0))], max_epochs=2)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Linear(0.2, 0.0))], max_epochs=2)
     with pytest.warns(UserWarning, match=r"no state for `LabelSmoothing\{.*recomputed from the restored trainer"):
         trainer.fit(resumed, ckpt_path=path)
     # ε is still derived from the restored step count: steps 4..7 of an 8-step linear decay
@@ -213,11 +214,11 @@ def test_resume_from_checkpoint_without_our_state_warns(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")  # Lightning's own notice of the same
 def test_resume_with_changed_schedule_names_the_checkpoint_state(tmp_path):
-    trainer = _trainer(tmp_path, [LabelSmoothing(Linear(0.2, 0.0))], max_epochs=1)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Linear(0.2, 0.0))], max_epochs=1)
     trainer.fit(CEModel())
     path = tmp_path / "linear.ckpt"
     trainer.save_checkpoint(path)
-    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0))], max_epochs=2)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Cosine(0.2, 0.0))], max_epochs=2)
     with pytest.warns(UserWarning, match=r"It holds \[.*Linear\(start=0.2, end=0.0\).*\]: the schedule or interval"):
         trainer.fit(CEModel(), ckpt_path=path)
 
@@ -230,11 +231,13 @@ def test_validate_neither_checks_the_run_nor_warns(tmp_path, recwarn):
         def val_dataloader(self):
             return DataLoader(_data(), batch_size=BATCH)
 
-    trainer = _trainer(tmp_path, [], max_epochs=1)
+    trainer = quiet_trainer(tmp_path, callbacks=[], max_epochs=1)
     trainer.fit(Validated())
     path = tmp_path / "plain.ckpt"
     trainer.save_checkpoint(path)
-    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0))], max_epochs=-1)  # endless, but nothing trains
+    trainer = quiet_trainer(
+        tmp_path, callbacks=[LabelSmoothing(Cosine(0.2, 0.0))], max_epochs=-1
+    )  # endless, but nothing trains
     trainer.validate(Validated(), ckpt_path=path)
     assert not [w for w in recwarn if "LabelSmoothing" in str(w.message)]
 
@@ -247,7 +250,7 @@ def test_validate_neither_checks_the_run_nor_warns(tmp_path, recwarn):
     ],
 )
 def test_endless_run_with_changing_schedule_is_refused(tmp_path, trainer_kwargs, callback_kwargs, match):
-    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0), **callback_kwargs)], **trainer_kwargs)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Cosine(0.2, 0.0), **callback_kwargs)], **trainer_kwargs)
     with pytest.raises(ValueError, match=match):
         trainer.fit(CEModel())
 
@@ -264,7 +267,7 @@ def test_endless_run_is_allowed_with_total_steps_or_constant(tmp_path):
         (LabelSmoothing(Linear(0.2, 0.0), total_steps=4), None),
     ]:
         model = Stopping()
-        _trainer(tmp_path, [callback], max_epochs=-1).fit(model)
+        quiet_trainer(tmp_path, callbacks=[callback], max_epochs=-1).fit(model)
         expected = expected or [0.2 * (1 - min(k / 4, 1)) for k in range(6)]
         assert [epsilon for _, _, epsilon in model.seen] == pytest.approx(expected)
 
@@ -278,7 +281,7 @@ def test_unknown_length_dataloader_is_refused(tmp_path):
         def train_dataloader(self):
             return DataLoader(Stream(), batch_size=BATCH)
 
-    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0))], max_epochs=1)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Cosine(0.2, 0.0))], max_epochs=1)
     with pytest.raises(ValueError, match=r"could not estimate the number of training steps.*total_steps=\.\.\."):
         trainer.fit(StreamModel())
 
@@ -292,7 +295,7 @@ def test_module_without_targets_is_refused(tmp_path):
         def training_step(self, batch, batch_idx):
             return nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
 
-    trainer = _trainer(tmp_path, [LabelSmoothing(0.1)], max_epochs=1)
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1)], max_epochs=1)
     with pytest.raises(ValueError, match=r"found nothing to set ε on in Plain.*LabelSmoothingMixin.*CrossEntropyLoss"):
         trainer.fit(Plain())
 
@@ -318,7 +321,7 @@ def test_invalid_arguments(kwargs, error, match):
 def test_pickle_and_repr(tmp_path):
     callback = LabelSmoothing(Cosine(0.2, 0.0), interval="step", total_steps=8)
     assert repr(callback) == "LabelSmoothing(schedule=Cosine(start=0.2, end=0.0), interval='step', total_steps=8)"
-    _trainer(tmp_path, [callback], max_epochs=1).fit(CEModel())
+    quiet_trainer(tmp_path, callbacks=[callback], max_epochs=1).fit(CEModel())
     clone = pickle.loads(pickle.dumps(callback))  # ddp_spawn pickles callbacks
     assert repr(clone) == repr(callback)
     assert clone.state_key == callback.state_key
@@ -347,27 +350,18 @@ def test_built_by_jsonargparse_like_lightning_cli():
 
 
 def test_mixin_module_is_scheduled(tmp_path):
-    from ls_lightning import mixin
-
-    class MixinModel(mixin.LabelSmoothingMixin, L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = nn.Linear(4, 3)
+    class Seen(Net):
+        def __init__(self) -> None:
+            super().__init__(4, 3)
             self.seen: list[float] = []
 
         def training_step(self, batch, batch_idx):
             self.seen.append(self.label_smoothing)
-            x, y = batch
-            return nn.functional.cross_entropy(self.layer(x), y, label_smoothing=self.label_smoothing)
+            return super().training_step(batch, batch_idx)
 
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-        def train_dataloader(self):
-            return DataLoader(_data(), batch_size=BATCH)
-
-    model = MixinModel()
-    _trainer(tmp_path, [LabelSmoothing(Cosine(0.3, 0.0))], max_epochs=2).fit(model)
+    model = Seen()
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Cosine(0.3, 0.0))], max_epochs=2)
+    trainer.fit(model, DataLoader(_data(), batch_size=BATCH))
     assert model.seen == pytest.approx([_cosine(0.3, 0.0, k / 8) for k in range(8)], abs=1e-12)
 
 
@@ -384,7 +378,7 @@ def test_label_smoothed_cross_entropy_module_is_scheduled(tmp_path):
             return getattr(out, "loss", out)  # the module may return the (loss, h_pq, h_uq) tuple
 
     model = WrapperModel()
-    _trainer(tmp_path, [LabelSmoothing(Linear(0.2, 0.0))], max_epochs=1).fit(model)
+    quiet_trainer(tmp_path, callbacks=[LabelSmoothing(Linear(0.2, 0.0))], max_epochs=1).fit(model)
     assert [epsilon for _, _, epsilon in model.seen] == pytest.approx([0.2 * (1 - k / 4) for k in range(4)])
 
 
@@ -394,7 +388,13 @@ def test_ddp_ranks_see_the_same_epsilon(tmp_path):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
     model = RecordingCEModel(str(tmp_path))
-    trainer = _trainer(tmp_path, [LabelSmoothing(Cosine(0.2, 0.0))], strategy="ddp_spawn", devices=2, max_epochs=2)
+    trainer = quiet_trainer(
+        tmp_path,
+        callbacks=[LabelSmoothing(Cosine(0.2, 0.0))],
+        strategy="ddp_spawn",
+        devices=2,
+        max_epochs=2,
+    )
     trainer.fit(model)
     total = 2 * BATCHES_PER_EPOCH // 2  # the sampler splits each epoch's batches between the two ranks
     seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -427,8 +427,10 @@ def test_state_key_follows_the_schedule_and_interval() -> None:
 
 
 def test_each_callback_instance_gets_its_own_state_back(tmp_path) -> None:
-    trainer = _trainer(
-        tmp_path, [LabelSmoothing(Cosine(0.2, 0.0)), LabelSmoothing(0.05, interval="epoch")], max_epochs=1
+    trainer = quiet_trainer(
+        tmp_path,
+        callbacks=[LabelSmoothing(Cosine(0.2, 0.0)), LabelSmoothing(0.05, interval="epoch")],
+        max_epochs=1,
     )
     trainer.fit(CEModel())
     path = tmp_path / "two.ckpt"
@@ -439,7 +441,7 @@ def test_each_callback_instance_gets_its_own_state_back(tmp_path) -> None:
     fresh = [LabelSmoothing(0.05, interval="epoch"), LabelSmoothing(Cosine(0.2, 0.0))]
     for callback in fresh:
         callback.epsilon = None
-    _trainer(tmp_path, list(fresh), max_epochs=1).fit(
+    quiet_trainer(tmp_path, callbacks=list(fresh), max_epochs=1).fit(
         CEModel(), ckpt_path=path
     )  # max_epochs reached: restores, trains nothing
     assert sorted((c.state_key, c.epsilon) for c in fresh) == sorted(saved)

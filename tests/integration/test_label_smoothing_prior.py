@@ -12,39 +12,24 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import Net, online_prior_reference, quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from trainers import quiet_trainer
 
-from ls_lightning import LabelSmoothing, LabelSmoothingMixin
+from ls_lightning import LabelSmoothing
 from ls_lightning.losses import prior_matrix
 from ls_lightning.metrics import OnlinePrior
 from ls_lightning.smoothing import Linear
 
 C, FEATURES, N, BATCH = 4, 6, 48, 8
-IGNORE = -100
+ONE_EPOCH = {"max_epochs": 1, "num_sanity_val_steps": 0}  # the fits' length
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers.*",
     "ignore:.*number of training batches.*log_every_n_steps.*",
     "ignore:Be aware that when using `ckpt_path`",
 )
-
-
-# ------------------------------------------------------------------------------------------------------ references
-
-
-def _ols_reference(logits: Tensor, target: Tensor, previous: Tensor) -> Tensor:
-    """Online label smoothing by its definition: mean softmax of the correctly classified samples of each class."""
-    logits, target = logits.movedim(1, -1).reshape(-1, logits.shape[1]), target.reshape(-1)
-    q = logits.double().softmax(-1)
-    matrix = previous.clone().double()
-    for c in range(logits.shape[1]):
-        chosen = (target == c) & (q.argmax(-1) == c)
-        if chosen.any():
-            matrix[c] = q[chosen].mean(0)
-    return matrix.float()
 
 
 def _data(n: int = N, seed: int = 0, imbalanced: bool = False) -> TensorDataset:
@@ -55,41 +40,27 @@ def _data(n: int = N, seed: int = 0, imbalanced: bool = False) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-class Net(LabelSmoothingMixin, L.LightningModule):
-    """Records the prior in use at each epoch's start (a clone, or None for uniform)."""
+class Recording(Net):
+    """Records the prior in use at each epoch's start (a clone, or None for uniform) and the labels it trains on;
+    stops after epoch ``stop_after_epoch``."""
 
-    def __init__(self, lr: float = 0.0, num_classes: int = C, stop_after_epoch: int | None = None) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = nn.Linear(FEATURES, C)
+    def __init__(self, lr: float = 0.0, stop_after_epoch: int | None = None) -> None:
+        super().__init__(FEATURES, C, lr=lr)
+        self.stop_after_epoch = stop_after_epoch
         self.priors: list[Tensor | None] = []
         self.labels_seen: list[Tensor] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x)
 
     def on_train_epoch_start(self) -> None:
         prior = self.label_smoothing_prior
         self.priors.append(None if prior is None else prior.detach().cpu().clone())
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self.labels_seen.append(batch[1])
-        return self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.label_smoothed_loss(self(batch[0]), batch[1])
+        return super().training_step(batch, batch_idx)
 
     def on_train_epoch_end(self) -> None:
-        if self.hparams.stop_after_epoch == self.current_epoch:
+        if self.stop_after_epoch == self.current_epoch:
             self.trainer.should_stop = True
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-
-def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
-    options = {"devices": 1, "max_epochs": 1, "num_sanity_val_steps": 0, **kwargs}
-    return quiet_trainer(tmp_path, callbacks=callbacks, **options)
 
 
 def _loader(data: Dataset, shuffle: bool = False) -> DataLoader:
@@ -101,17 +72,19 @@ def _loader(data: Dataset, shuffle: bool = False) -> DataLoader:
 
 def test_callback_class_frequency_counts_the_training_labels(tmp_path) -> None:
     data = _data(imbalanced=True)
-    model = Net()
+    model = Recording()
     state = torch.random.get_rng_state()
-    _trainer(tmp_path, [LabelSmoothing(0.1, prior="class_frequency")]).fit(model, _loader(data, shuffle=True))
+    quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1, prior="class_frequency")], **ONE_EPOCH).fit(
+        model, _loader(data, shuffle=True)
+    )
     expected = torch.bincount(data.tensors[1], minlength=C).float() / N
     torch.testing.assert_close(model.priors[0], expected)
     torch.testing.assert_close(model.label_smoothing_prior, expected)
     # the counting pass runs under isolate_rng: the shuffled order is the one a run without it draws
     torch.random.set_rng_state(state)
-    plain = Net()
+    plain = Recording()
     torch.random.set_rng_state(state)
-    _trainer(tmp_path, [LabelSmoothing(0.1)]).fit(plain, _loader(data, shuffle=True))
+    quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1)], **ONE_EPOCH).fit(plain, _loader(data, shuffle=True))
     assert all(torch.equal(a, b) for a, b in zip(model.labels_seen, plain.labels_seen, strict=True))
 
 
@@ -135,11 +108,11 @@ def test_fixed_prior_that_is_not_a_distribution_is_refused(values, match) -> Non
 
 def test_prior_none_keeps_the_module_prior_and_uniform_clears_it(tmp_path) -> None:
     u = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    model = Net()
+    model = Recording()
     model.label_smoothing_prior = u  # e.g. given to the mixin's constructor
-    _trainer(tmp_path, [LabelSmoothing(0.1)]).fit(model, _loader(_data()))
+    quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1)], **ONE_EPOCH).fit(model, _loader(_data()))
     torch.testing.assert_close(model.priors[0], u)
-    _trainer(tmp_path, [LabelSmoothing(0.1, prior="uniform")]).fit(model, _loader(_data()))
+    quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1, prior="uniform")], **ONE_EPOCH).fit(model, _loader(_data()))
     assert model.priors[1] is None and model.label_smoothing_prior is None
     with pytest.raises(ValueError, match=r"argument `num_classes` to be a positive int or None, but got 0"):
         LabelSmoothing(0.1, num_classes=0)
@@ -147,9 +120,9 @@ def test_prior_none_keeps_the_module_prior_and_uniform_clears_it(tmp_path) -> No
 
 def test_fixed_prior_is_set_and_used_in_the_loss(tmp_path) -> None:
     u = [0.4, 0.3, 0.2, 0.1]
-    model = Net()
+    model = Recording()
     data = _data()
-    trainer = _trainer(tmp_path, [LabelSmoothing(0.3, prior=u)])
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.3, prior=u)], **ONE_EPOCH)
     trainer.fit(model, _loader(data))
     torch.testing.assert_close(model.priors[0], torch.tensor(u))
     x, y = data.tensors
@@ -162,9 +135,9 @@ def test_fixed_prior_is_set_and_used_in_the_loss(tmp_path) -> None:
 
 
 def test_fixed_prior_of_the_wrong_length_names_the_argument(tmp_path) -> None:
-    trainer = _trainer(tmp_path, [LabelSmoothing(0.1, prior=[0.5, 0.5])])
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1, prior=[0.5, 0.5])], **ONE_EPOCH)
     with pytest.raises(ValueError, match=r"`prior` of `LabelSmoothing(Prior)?` to have num_classes=4 .*\(2,\)"):
-        trainer.fit(Net(), _loader(_data()))
+        trainer.fit(Recording(), _loader(_data()))
 
 
 def test_non_uniform_prior_needs_the_mixin(tmp_path) -> None:
@@ -181,20 +154,28 @@ def test_non_uniform_prior_needs_the_mixin(tmp_path) -> None:
 
     for prior in ("online", "class_frequency", [0.25] * 4):
         with pytest.raises(ValueError, match=r"needs a module derived from `ls_lightning.LabelSmoothingMixin`.*Plain"):
-            _trainer(tmp_path, [LabelSmoothing(0.1, prior=prior)]).fit(Plain(), _loader(_data()))
-    _trainer(tmp_path, [LabelSmoothing(0.1, prior="uniform")]).fit(Plain(), _loader(_data()))  # CE is uniform
+            quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1, prior=prior)], **ONE_EPOCH).fit(
+                Plain(), _loader(_data())
+            )
+    quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1, prior="uniform")], **ONE_EPOCH).fit(
+        Plain(), _loader(_data())
+    )  # CE is uniform
 
 
 def test_unknown_number_of_classes_is_reported(tmp_path) -> None:
-    class Anonymous(Net):
+    class Anonymous(Recording):
         def __init__(self) -> None:
             super().__init__()
             del self.hparams["num_classes"]
 
     with pytest.raises(ValueError, match=r"needs the number of classes.*LabelSmoothing\(\.\.\., num_classes=\.\.\.\)"):
-        _trainer(tmp_path, [LabelSmoothing(0.1, prior="online")]).fit(Anonymous(), _loader(_data()))
+        quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1, prior="online")], **ONE_EPOCH).fit(
+            Anonymous(), _loader(_data())
+        )
     model = Anonymous()
-    _trainer(tmp_path, [LabelSmoothing(0.1, prior="online", num_classes=C)]).fit(model, _loader(_data()))
+    quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1, prior="online", num_classes=C)], **ONE_EPOCH).fit(
+        model, _loader(_data())
+    )
     assert model.label_smoothing_prior.shape == (C, C)
 
 
@@ -204,17 +185,17 @@ def test_unknown_number_of_classes_is_reported(tmp_path) -> None:
 def test_online_matrix_after_an_epoch_equals_the_reference(tmp_path) -> None:
     """lr = 0: the epoch's predictions are the model's predictions on the whole training set."""
     torch.manual_seed(0)
-    model, data = Net(), _data()
+    model, data = Recording(), _data()
     callback = LabelSmoothing(0.2, prior="online")
-    trainer = _trainer(tmp_path, [callback], max_epochs=2)
+    trainer = quiet_trainer(tmp_path, callbacks=[callback], num_sanity_val_steps=0, max_epochs=2)
     trainer.fit(model, _loader(data, shuffle=True))
     x, y = data.tensors
     with torch.no_grad():
         logits = model(x)
-    first = _ols_reference(logits, y, prior_matrix(None, C))
+    first = online_prior_reference(logits, y, prior_matrix(None, C))
     assert model.priors[0] is None  # epoch 0 is uniform
     torch.testing.assert_close(model.priors[1], first)
-    torch.testing.assert_close(model.label_smoothing_prior, _ols_reference(logits, y, first))
+    torch.testing.assert_close(model.label_smoothing_prior, online_prior_reference(logits, y, first))
     # H(u, q) of epoch 1 is logged against the matrix in use, u = row y of it
     expected = F.cross_entropy(logits, first[y])
     assert trainer.callback_metrics["train/h_uq_epoch"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -261,17 +242,19 @@ def test_online_matrix_survives_checkpoint_and_resume(tmp_path, with_validation)
     def run(model: Net, root, **kwargs) -> ModelCheckpoint:
         checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_on_train_epoch_end=not with_validation)
         callbacks = [LabelSmoothing(Linear(0.3, 0.1), prior="online"), checkpoint]
-        trainer = _trainer(root, callbacks, max_epochs=3, enable_checkpointing=True)
+        trainer = quiet_trainer(
+            root, callbacks=callbacks, num_sanity_val_steps=0, max_epochs=3, enable_checkpointing=True
+        )
         trainer.fit(model, _loader(data), val_loader, **kwargs)
         return checkpoint
 
     torch.manual_seed(0)
-    straight = Net(lr=0.5)
+    straight = Recording(lr=0.5)
     run(straight, tmp_path / "a")
     torch.manual_seed(0)
-    first = Net(lr=0.5, stop_after_epoch=1)
+    first = Recording(lr=0.5, stop_after_epoch=1)
     checkpoint = run(first, tmp_path / "b")
-    resumed = Net(lr=0.5)
+    resumed = Recording(lr=0.5)
     run(resumed, tmp_path / "c", ckpt_path=checkpoint.last_model_path)
     assert straight.priors[0] is None and len(straight.priors) == 3
     assert len(first.priors) == 2 and len(resumed.priors) == 1
@@ -287,7 +270,7 @@ def test_online_matrix_survives_checkpoint_and_resume(tmp_path, with_validation)
 @pytest.mark.parametrize("prior_kind", ["uniform", "vector", "matrix"])
 def test_soft_targets_equal_the_soft_target_reference(prior_kind) -> None:
     g = torch.Generator().manual_seed(2)
-    model = Net()
+    model = Recording()
     model.label_smoothing = 0.25
     u = {
         "uniform": None,
@@ -312,8 +295,8 @@ def test_soft_target_terms_are_logged_against_the_given_target(tmp_path) -> None
     x = torch.randn(40, FEATURES, generator=g)
     p = torch.softmax(torch.randn(40, C, generator=g) * 3, -1)
     u = torch.tensor([0.1, 0.2, 0.3, 0.4])
-    model = Net()
-    trainer = _trainer(tmp_path, [LabelSmoothing(0.2, prior=u.tolist())])
+    model = Recording()
+    trainer = quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.2, prior=u.tolist())], **ONE_EPOCH)
     trainer.fit(model, _loader(TensorDataset(x, p)))
     with torch.no_grad():
         logits = model(x)
@@ -331,7 +314,7 @@ def test_soft_target_terms_are_logged_against_the_given_target(tmp_path) -> None
 # ------------------------------------------------------------------------------------------------ multi-process
 
 
-class _Recording(Net):
+class _Recording(Recording):
     def __init__(self, record_dir: str) -> None:
         super().__init__()
         self.record_dir = record_dir
@@ -350,7 +333,7 @@ def _ddp_prior(tmp_path, prior: str, data: Dataset, **kwargs) -> list[Tensor]:
     callback = LabelSmoothing(0.1, prior=prior)
     assert repr(pickle.loads(pickle.dumps(callback))) == repr(callback)  # as ddp_spawn would send it
     # forked, not spawned: the two ranks need not import Lightning again (ddp_spawn: test_ddp.py)
-    trainer = _trainer(tmp_path, [callback], strategy="ddp_fork", devices=2, **kwargs)
+    trainer = quiet_trainer(tmp_path, callbacks=[callback], **ONE_EPOCH, strategy="ddp_fork", devices=2, **kwargs)
     trainer.fit(model, _loader(data, shuffle=True))
     return [torch.tensor(json.loads((tmp_path / f"rank{rank}.json").read_text())) for rank in (0, 1)]
 
@@ -361,11 +344,13 @@ def test_ddp_online_matrix_equals_single_process(tmp_path) -> None:
     data = _data()
     ranks = _ddp_prior(tmp_path, "online", data)
     torch.manual_seed(0)
-    single = Net()
-    _trainer(tmp_path, [LabelSmoothing(0.1, prior="online")]).fit(single, _loader(data, shuffle=True))
+    single = Recording()
+    quiet_trainer(tmp_path, callbacks=[LabelSmoothing(0.1, prior="online")], **ONE_EPOCH).fit(
+        single, _loader(data, shuffle=True)
+    )
     x, y = data.tensors
     with torch.no_grad():
-        reference = _ols_reference(single(x), y, prior_matrix(None, C))
+        reference = online_prior_reference(single(x), y, prior_matrix(None, C))
     torch.testing.assert_close(ranks[0], ranks[1])
     torch.testing.assert_close(ranks[0], single.label_smoothing_prior)
     torch.testing.assert_close(ranks[0], reference)

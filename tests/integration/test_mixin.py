@@ -9,57 +9,16 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import IGNORE, Net, adaptive_ece_reference, classification_data, quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassCalibrationError
-from trainers import quiet_trainer
 
-from ls_lightning import LabelSmoothing, LabelSmoothingMixin, mixin
+from ls_lightning import LabelSmoothing, LabelSmoothingMixin
+from ls_lightning.integration import DEFAULT_LOG_METRICS
 
-C = 5
-IGNORE = -100
-
-
-class Net(LabelSmoothingMixin, L.LightningModule):
-    """A user module: its __init__ knows nothing of the mixin."""
-
-    def __init__(self, n_features: int = 6, log_probs: bool = False) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = nn.Linear(n_features, C)
-        self.log_probs = log_probs
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = self.layer(x)
-        if z.ndim == 3:  # (N, T, C) -> (N, C, T)
-            z = z.transpose(1, 2)
-        return F.log_softmax(z, dim=1) if self.log_probs else z
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _data(n: int = 53, seq: int | None = None, ignore_frac: float = 0.0, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    shape = (n,) if seq is None else (n, seq)
-    x = torch.randn(*shape, 6, generator=g)
-    y = torch.randint(0, C, shape, generator=g)
-    y[torch.rand(shape, generator=g) < ignore_frac] = IGNORE
-    return TensorDataset(x, y)
-
-
-def _trainer(tmp_path, **kwargs) -> L.Trainer:
-    return quiet_trainer(tmp_path, **{"devices": 1, **kwargs})
+C = 5  # the classes of helpers.Net
 
 
 def _reference(model: Net, data: TensorDataset, eps: float) -> dict[str, float]:
@@ -86,25 +45,22 @@ def _reference(model: Net, data: TensorDataset, eps: float) -> dict[str, float]:
 
 
 def _exact_adaptive_ece(model: Net, data: TensorDataset, n_bins: int = 15) -> float:
-    """Equal-mass ECE (Nixon et al. 2019): sort by confidence, cut into n_bins groups of (nearly) equal size."""
+    """Equal-mass ECE (Nixon et al. 2019) of the model's top-label confidences: sorted, cut into n_bins groups of
+    (nearly) equal size."""
     x, y = data.tensors
     with torch.no_grad():
         z = model(x)
     z_flat = z.movedim(1, -1).reshape(-1, C) if z.ndim == 3 else z
     keep = y.reshape(-1) != IGNORE
     conf, pred = z_flat[keep].softmax(-1).max(-1)
-    correct = (pred == y.reshape(-1)[keep]).float()
-    order = conf.argsort()
-    groups = torch.tensor_split(torch.arange(len(conf)), n_bins)
-    n = len(conf)
-    return sum(len(g) / n * abs(correct[order[g]].mean() - conf[order[g]].mean()).item() for g in groups if len(g))
+    return adaptive_ece_reference(conf, pred == y.reshape(-1)[keep], n_bins)
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
 def test_loss_equals_pytorch_outside_a_trainer(eps: float) -> None:
     model = Net()
     model.label_smoothing = eps
-    x, y = _data(17).tensors
+    x, y = classification_data(17).tensors
     logits = model(x)
     ours = model.label_smoothed_loss(logits, y)
     ref = F.cross_entropy(logits, y, label_smoothing=eps)
@@ -122,10 +78,10 @@ def test_epoch_values_equal_whole_data_reference(tmp_path, seq, ignore_frac, log
     torch.manual_seed(0)
     model = Net(log_probs=log_probs)
     model.label_smoothing = 0.2
-    data = _data(53, seq=seq, ignore_frac=ignore_frac)
+    data = classification_data(53, seq=seq, ignore=ignore_frac)
     loader = DataLoader(data, batch_size=8)  # uneven: 6 batches of 8 and one of 5
     prefix = "val" if stage == "validate" else "test"
-    trainer = _trainer(tmp_path)
+    trainer = quiet_trainer(tmp_path)
     (logged,) = getattr(trainer, stage)(model, loader, verbose=False)
     expected = _reference(model, data, eps=0.2)
     for name, value in expected.items():
@@ -160,15 +116,15 @@ def test_training_logs_every_key_and_epsilon(tmp_path) -> None:
     torch.manual_seed(0)
     model = Net()
     logger = CSVLogger(tmp_path, name="run", version=0)
-    loader = DataLoader(_data(40), batch_size=8)
-    trainer = _trainer(
+    loader = DataLoader(classification_data(40), batch_size=8)
+    trainer = quiet_trainer(
         tmp_path,
         logger=logger,
         max_epochs=2,
         log_every_n_steps=1,
         callbacks=[LabelSmoothing(0.3)],
     )
-    trainer.fit(model, loader, DataLoader(_data(21, seed=1), batch_size=8))
+    trainer.fit(model, loader, DataLoader(classification_data(21, seed=1), batch_size=8))
     logger.save()
     header = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
     for stage in ("train", "val"):
@@ -186,10 +142,6 @@ def test_step_values_reach_the_loggers_on_their_steps(tmp_path) -> None:
 
     from ls_lightning.smoothing import Linear
 
-    class Frozen(Net):
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
     class ProgressBarSpy(L.Callback):
         def __init__(self) -> None:
             self.seen: list[float | None] = []
@@ -198,13 +150,13 @@ def test_step_values_reach_the_loggers_on_their_steps(tmp_path) -> None:
             self.seen.append(trainer.progress_bar_metrics.get("train/loss_step"))  # the previous step's value
 
     torch.manual_seed(0)
-    model, spy = Frozen(), ProgressBarSpy()
-    data = _data(40, ignore_frac=0.2)
+    model, spy = Net(lr=0.0), ProgressBarSpy()
+    data = classification_data(40, ignore=0.2)
     x, y = data.tensors
     batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 40, 8)]
     logger = CSVLogger(tmp_path, name="run", version=0)
     callback = LabelSmoothing(Linear(0.3, 0.0), total_steps=10)
-    trainer = _trainer(tmp_path, logger=logger, max_epochs=2, log_every_n_steps=3, callbacks=[callback, spy])
+    trainer = quiet_trainer(tmp_path, logger=logger, max_epochs=2, log_every_n_steps=3, callbacks=[callback, spy])
     trainer.fit(model, DataLoader(data, batch_size=8))
     logger.save()
 
@@ -261,8 +213,8 @@ def test_callback_metrics_hold_each_steps_values(tmp_path) -> None:
 
     torch.manual_seed(0)
     spy = Spy()
-    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[LabelSmoothing(Linear(0.3, 0.0), total_steps=8), spy])
-    trainer.fit(Net(), DataLoader(_data(32), batch_size=8))
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[LabelSmoothing(Linear(0.3, 0.0), total_steps=8), spy])
+    trainer.fit(Net(), DataLoader(classification_data(32), batch_size=8))
     assert len(spy.seen) == 8
     for seen, expected in zip(spy.seen, spy.expected, strict=True):
         assert seen == pytest.approx(expected, rel=1e-5, abs=1e-7)
@@ -289,8 +241,8 @@ def test_perplexity_is_the_exponential_of_the_epoch_h_pq(tmp_path) -> None:
     torch.manual_seed(0)
     model = Net()
     model.ls_log_metrics = ("terms", "perplexity")
-    data = _data(7)
-    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
+    data = classification_data(7)
+    (logged,) = quiet_trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
     x, y = data.tensors
     with torch.no_grad():
         reference = F.cross_entropy(model(x), y).exp().item()
@@ -301,14 +253,10 @@ def test_perplexity_is_the_exponential_of_the_epoch_h_pq(tmp_path) -> None:
 def test_train_epoch_values_are_count_weighted(tmp_path) -> None:
     """With lr=0 the weights never change, so the epoch aggregate must equal the whole-data value."""
 
-    class Frozen(Net):
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
     torch.manual_seed(0)
-    model = Frozen()
-    data = _data(45, ignore_frac=0.25)
-    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[LabelSmoothing(0.1)], num_sanity_val_steps=0)
+    model = Net(lr=0.0)
+    data = classification_data(45, ignore=0.25)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[LabelSmoothing(0.1)], num_sanity_val_steps=0)
     trainer.fit(model, DataLoader(data, batch_size=8))
     expected = _reference(model, data, eps=0.1)
     for name in ("loss", "h_pq", "h_uq", "acc", "ece"):
@@ -319,16 +267,12 @@ def test_train_epoch_values_are_count_weighted(tmp_path) -> None:
 def test_sanity_check_logs_nothing(tmp_path) -> None:
     """Sanity batches must not leak into the first validation epoch's aggregate."""
 
-    class Frozen(Net):
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
     torch.manual_seed(0)
-    model = Frozen()
-    val = _data(30, seed=3)
+    model = Net(lr=0.0)
+    val = classification_data(30, seed=3)
     # Sanity batches come from the first 16 samples only; counted, they would shift every epoch value.
-    trainer = _trainer(tmp_path, max_epochs=1, num_sanity_val_steps=2, limit_train_batches=1)
-    trainer.fit(model, DataLoader(_data(8), batch_size=8), DataLoader(val, batch_size=8))
+    trainer = quiet_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=2, limit_train_batches=1)
+    trainer.fit(model, DataLoader(classification_data(8), batch_size=8), DataLoader(val, batch_size=8))
     expected = _reference(model, val, eps=0.1)
     for name, value in expected.items():
         assert trainer.callback_metrics[f"val/{name}"].item() == pytest.approx(value, rel=1e-5, abs=1e-6), name
@@ -344,8 +288,8 @@ def test_mixin_after_lightning_module_in_the_bases(tmp_path) -> None:
             self.label_smoothed_loss(self.layer(batch[0]), batch[1])
 
     model = Late()
-    data = _data(20)
-    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
+    data = classification_data(20)
+    (logged,) = quiet_trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
     x, y = data.tensors
     with torch.no_grad():
         ref = F.cross_entropy(model.layer(x), y, label_smoothing=0.1).item()
@@ -377,7 +321,7 @@ def test_constructor_arguments_and_validation() -> None:
 def test_module_pickles_before_and_after_use(tmp_path) -> None:
     model = Net()
     pickle.loads(pickle.dumps(model))
-    _trainer(tmp_path).validate(model, DataLoader(_data(10), batch_size=4), verbose=False)
+    quiet_trainer(tmp_path).validate(model, DataLoader(classification_data(10), batch_size=4), verbose=False)
     clone = pickle.loads(pickle.dumps(model))
     assert clone.label_smoothing == model.label_smoothing
 
@@ -386,7 +330,7 @@ def test_soft_targets_pass_through(tmp_path) -> None:
     """Probability targets (mixup): the loss is PyTorch's soft-target loss with smoothing on top."""
     model = Net()
     model.label_smoothing = 0.2
-    x, _ = _data(12).tensors
+    x, _ = classification_data(12).tensors
     p = torch.softmax(torch.randn(12, C), -1)
     logits = model(x)
     torch.testing.assert_close(model.label_smoothed_loss(logits, p), F.cross_entropy(logits, p, label_smoothing=0.2))
@@ -407,8 +351,8 @@ def test_calibration_bins_match_the_logged_ece(tmp_path) -> None:
             self.bins = self.calibration_bins("val")
 
     model = Bins()
-    data = _data(40)
-    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=16), verbose=False)
+    data = classification_data(40)
+    (logged,) = quiet_trainer(tmp_path).validate(model, DataLoader(data, batch_size=16), verbose=False)
     assert model.bins.counts.sum().item() == 40
     assert model.bins.calibration_error("l1").item() == pytest.approx(logged["val/ece"], abs=1e-6)
     assert Net().calibration_bins("val") is None
@@ -418,8 +362,8 @@ def test_adaptive_ece_equals_the_equal_mass_definition(tmp_path) -> None:
     """600 positions in 15 groups of 40: the fine histogram splits exactly where the sorted samples do."""
     torch.manual_seed(0)
     model = Net()
-    data = _data(600, seed=5)
-    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=64), verbose=False)
+    data = classification_data(600, seed=5)
+    (logged,) = quiet_trainer(tmp_path).validate(model, DataLoader(data, batch_size=64), verbose=False)
     assert logged["val/ece_adaptive"] == pytest.approx(_exact_adaptive_ece(model, data), abs=1e-5)
 
 
@@ -442,18 +386,18 @@ def test_padding_sampler_detection() -> None:
 def test_warns_once_for_a_padding_eval_sampler(tmp_path) -> None:
     from torch.utils.data import DistributedSampler
 
-    data = _data(7)
+    data = classification_data(7)
     loader = DataLoader(data, batch_size=4, sampler=DistributedSampler(data, num_replicas=2, rank=0, shuffle=False))
     with pytest.warns(UserWarning, match="pads the data with repeated samples"):
-        _trainer(tmp_path, use_distributed_sampler=False).validate(Net(), loader, verbose=False)
+        quiet_trainer(tmp_path, use_distributed_sampler=False).validate(Net(), loader, verbose=False)
 
 
 def test_each_evaluation_run_logs_its_own_data_only(tmp_path) -> None:
     """Epoch metrics are logged once per epoch and reset by Lightning: a second run must not mix in the first."""
     torch.manual_seed(0)
     model = Net()
-    first, second = _data(40, seed=1), _data(23, seed=2, ignore_frac=0.2)
-    trainer = _trainer(tmp_path)
+    first, second = classification_data(40, seed=1), classification_data(23, seed=2, ignore=0.2)
+    trainer = quiet_trainer(tmp_path)
     trainer.validate(model, DataLoader(first, batch_size=8), verbose=False)
     (logged,) = trainer.validate(model, DataLoader(second, batch_size=8), verbose=False)
     for name, value in _reference(model, second, eps=0.1).items():
@@ -463,10 +407,6 @@ def test_each_evaluation_run_logs_its_own_data_only(tmp_path) -> None:
 def test_train_epoch_values_are_per_epoch(tmp_path) -> None:
     """Two epochs over different halves of the data (lr = 0): each epoch's values are its own half's."""
 
-    class Frozen(Net):
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
     class PerEpoch(L.Callback):
         def __init__(self) -> None:
             self.values: list[dict[str, float]] = []
@@ -475,7 +415,7 @@ def test_train_epoch_values_are_per_epoch(tmp_path) -> None:
             metrics = trainer.callback_metrics
             self.values.append({k: metrics[f"train/{k}"].item() for k in ("loss", "h_pq", "acc", "ece")})
 
-    halves = [_data(24, seed=3), _data(17, seed=4, ignore_frac=0.3)]
+    halves = [classification_data(24, seed=3), classification_data(17, seed=4, ignore=0.3)]
 
     class Alternating(torch.utils.data.Dataset):
         epoch = 0
@@ -491,8 +431,8 @@ def test_train_epoch_values_are_per_epoch(tmp_path) -> None:
             Alternating.epoch = trainer.current_epoch
 
     torch.manual_seed(0)
-    model, recorder = Frozen(), PerEpoch()
-    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[Switch(), recorder], reload_dataloaders_every_n_epochs=1)
+    model, recorder = Net(lr=0.0), PerEpoch()
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[Switch(), recorder], reload_dataloaders_every_n_epochs=1)
     trainer.fit(model, DataLoader(Alternating(), batch_size=8))
     for epoch, half in enumerate(halves):
         expected = _reference(model, half, eps=0.1)
@@ -500,31 +440,14 @@ def test_train_epoch_values_are_per_epoch(tmp_path) -> None:
             assert value == pytest.approx(expected[name], rel=1e-5, abs=1e-6), (epoch, name)
 
 
-class LinearHeadNet(Net):
-    """Net's layer as an output layer applied to hidden states (N, [T,] 6): ``forward`` gives the logits for the
-    reference, the steps use the fused linear loss on the hidden states."""
-
-    def _step(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        return self.label_smoothed_linear_loss(batch[0], self.layer.weight, batch[1], linear_bias=self.layer.bias)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch)
-
-
 @pytest.mark.parametrize(("seq", "stage"), [(None, "validate"), (4, "test")])
 def test_linear_loss_logs_the_whole_data_reference(tmp_path, seq, stage) -> None:
     torch.manual_seed(0)
-    model = LinearHeadNet()
+    model = Net(linear=True)
     model.label_smoothing = 0.2
-    model.ls_log_metrics = (*mixin.DEFAULT_LOG_METRICS, "perplexity")
-    data = _data(37, seq=seq, ignore_frac=0.2)
-    (logged,) = getattr(_trainer(tmp_path), stage)(model, DataLoader(data, batch_size=8), verbose=False)
+    model.ls_log_metrics = (*DEFAULT_LOG_METRICS, "perplexity")
+    data = classification_data(37, seq=seq, ignore=0.2)
+    (logged,) = getattr(quiet_trainer(tmp_path), stage)(model, DataLoader(data, batch_size=8), verbose=False)
     prefix = "val" if stage == "validate" else "test"
     expected = _reference(model, data, eps=0.2)
     for name, value in expected.items():
@@ -541,11 +464,11 @@ def test_linear_loss_feeds_the_online_prior_and_temperature_scaling(tmp_path) ->
     y = (x @ torch.randn(6, C, generator=g)).argmax(1)  # learnable: the temperature has an optimum
     data = TensorDataset(x, y)
     results = []
-    for cls in (Net, LinearHeadNet):
+    for linear in (False, True):
         torch.manual_seed(0)
-        model = cls()
+        model = Net(linear=linear)
         callbacks = [LabelSmoothing(0.1, prior="online", num_classes=C), TemperatureScaling()]
-        trainer = _trainer(tmp_path, max_epochs=4, callbacks=callbacks, num_sanity_val_steps=0)
+        trainer = quiet_trainer(tmp_path, max_epochs=4, callbacks=callbacks, num_sanity_val_steps=0)
         trainer.fit(model, DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
         results.append((model.label_smoothing_prior.clone(), float(trainer.callback_metrics["val/temperature"])))
     (prior, temperature), (linear_prior, linear_temperature) = results
@@ -566,7 +489,7 @@ def test_a_loss_computed_in_a_hook_is_logged_too(tmp_path) -> None:
 
     torch.manual_seed(0)
     model = InHook()
-    data = _data(7)
-    (logged,) = _trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
+    data = classification_data(7)
+    (logged,) = quiet_trainer(tmp_path).validate(model, DataLoader(data, batch_size=8), verbose=False)
     for name, value in _reference(model, data, eps=0.1).items():
         assert logged[f"val/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name

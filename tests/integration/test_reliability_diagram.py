@@ -9,13 +9,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import Net, classification_data, quiet_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassCalibrationError
-from trainers import quiet_trainer
 
-from ls_lightning import LabelSmoothingMixin
 from ls_lightning.integration import ReliabilityDiagram
 from ls_lightning.integration.callbacks import reliability_diagram as diagrams_module
 from ls_lightning.metrics import BinStats
@@ -24,24 +23,6 @@ C = 4
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers.*", "ignore:.*log_every_n_steps.*", "ignore:.*LeafSpec.*"
 )
-
-
-class Net(LabelSmoothingMixin, L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(5, C)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.5)
 
 
 class Plain(L.LightningModule):
@@ -54,13 +35,8 @@ class Plain(L.LightningModule):
 
 
 def _data(n: int = 45, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 5, generator=g)
-    return TensorDataset(x, (x[:, :C] * 2 + torch.randn(n, C, generator=g)).argmax(1))
-
-
-def _trainer(tmp_path: Path, callbacks: list, **kwargs) -> L.Trainer:
-    return quiet_trainer(tmp_path, callbacks=callbacks, **{"max_epochs": 2, **kwargs})
+    """Labels that follow the features: the argmax of 2·x[:, :C] + noise."""
+    return classification_data(n, 5, C, seed=seed, signal=2.0)
 
 
 def _reference_bins(model: Net, data: TensorDataset, n_bins: int = 15) -> BinStats:
@@ -80,10 +56,10 @@ def _reference_bins(model: Net, data: TensorDataset, n_bins: int = 15) -> BinSta
 def test_fit_writes_each_epoch_and_the_final_validation(tmp_path: Path) -> None:
     matplotlib_image = pytest.importorskip("matplotlib.image")
     torch.manual_seed(0)
-    model, train, val = Net(), DataLoader(_data(64, 1), batch_size=16), DataLoader(_data(), batch_size=8)
-    _trainer(tmp_path, [ReliabilityDiagram(dirpath=tmp_path / "run", dpi=50)], num_sanity_val_steps=2).fit(
-        model, train, val
-    )
+    model, train, val = Net(5, C, lr=0.5), DataLoader(_data(64, 1), batch_size=16), DataLoader(_data(), batch_size=8)
+    quiet_trainer(
+        tmp_path, callbacks=[ReliabilityDiagram(dirpath=tmp_path / "run", dpi=50)], max_epochs=2, num_sanity_val_steps=2
+    ).fit(model, train, val)
     run = tmp_path / "run"
     assert sorted(p.name for p in (run / "reliability").iterdir()) == ["val_epoch0.png", "val_epoch1.png"]
     assert (run / "reliability_diagram.png").read_bytes() == (run / "reliability" / "val_epoch1.png").read_bytes()
@@ -103,7 +79,7 @@ def test_fit_writes_each_epoch_and_the_final_validation(tmp_path: Path) -> None:
 def test_validate_writes_into_the_log_dir_by_default(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     callback = ReliabilityDiagram()
-    _trainer(tmp_path, [callback]).validate(Net(), DataLoader(_data(), batch_size=8), verbose=False)
+    quiet_trainer(tmp_path, callbacks=[callback]).validate(Net(5, C), DataLoader(_data(), batch_size=8), verbose=False)
     assert callback.dirpath == str(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"reliability", "reliability_diagram.png", "reliability.json"}
 
@@ -112,8 +88,10 @@ def test_tensorboard_receives_the_figure(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
-    trainer = _trainer(tmp_path, [ReliabilityDiagram(dirpath=tmp_path / "run", dpi=40)], logger=logger)
-    trainer.fit(Net(), DataLoader(_data(32, 1), batch_size=16), DataLoader(_data(), batch_size=8))
+    trainer = quiet_trainer(
+        tmp_path, callbacks=[ReliabilityDiagram(dirpath=tmp_path / "run", dpi=40)], max_epochs=2, logger=logger
+    )
+    trainer.fit(Net(5, C, lr=0.5), DataLoader(_data(32, 1), batch_size=16), DataLoader(_data(), batch_size=8))
     logger.experiment.flush()
     events = event_accumulator.EventAccumulator(str(tmp_path / "tb" / "version_0")).Reload()
     images = events.Images("val/reliability_diagram")
@@ -123,19 +101,23 @@ def test_tensorboard_receives_the_figure(tmp_path: Path) -> None:
 def test_without_matplotlib_only_the_json_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(diagrams_module, "_has_matplotlib", lambda: False)
     with pytest.warns(UserWarning, match=r"need matplotlib .*ls-lightning\[plot\]"):
-        _trainer(tmp_path, [ReliabilityDiagram()]).validate(Net(), DataLoader(_data(), batch_size=8), verbose=False)
+        quiet_trainer(tmp_path, callbacks=[ReliabilityDiagram()]).validate(
+            Net(5, C), DataLoader(_data(), batch_size=8), verbose=False
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["reliability.json"]
 
 
 def test_a_module_without_the_mixin_is_skipped_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="Plain does not have: no reliability diagram"):
-        _trainer(tmp_path, [ReliabilityDiagram()]).validate(Plain(), DataLoader(_data(), batch_size=8), verbose=False)
+        quiet_trainer(tmp_path, callbacks=[ReliabilityDiagram()]).validate(
+            Plain(), DataLoader(_data(), batch_size=8), verbose=False
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_disabled_writes_nothing_and_the_callback_pickles(tmp_path: Path) -> None:
     callback = ReliabilityDiagram(enabled=False)
-    _trainer(tmp_path, [callback]).validate(Net(), DataLoader(_data(), batch_size=8), verbose=False)
+    quiet_trainer(tmp_path, callbacks=[callback]).validate(Net(5, C), DataLoader(_data(), batch_size=8), verbose=False)
     assert list(tmp_path.iterdir()) == []
     clone = pickle.loads(pickle.dumps(ReliabilityDiagram(tmp_path, dpi=80)))
     assert (clone.dirpath, clone.dpi, clone.enabled) == (str(tmp_path), 80, True)

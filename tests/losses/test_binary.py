@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import binary_logits_and_target, grad_of_sum
 
 import ls_lightning
 from ls_lightning.losses import (
@@ -18,23 +19,11 @@ EPSILONS = [0.0, 0.3, 1.0]
 REDUCTIONS = ["none", "sum", "mean"]
 
 
-def _data(shape, soft=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3).requires_grad_()
-    target = torch.rand(shape, generator=gen, dtype=torch.float64)
-    return x, target if soft else (target > 0.5).double()
-
-
 def _weights(shape, kind):
     """Per-element weight of the input's shape, or a per-label one broadcast along the last dimension."""
     gen = torch.Generator().manual_seed(1)
     size = shape if kind == "full" else shape[-1:]
     return torch.rand(size, generator=gen, dtype=torch.float64) * 2 + 0.1
-
-
-def _grad(output, x):
-    (grad,) = torch.autograd.grad(output.sum(), x, retain_graph=True)
-    return grad
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -44,7 +33,7 @@ def _grad(output, x):
 @pytest.mark.parametrize("pos_weight", [None, "last"])
 @pytest.mark.parametrize("soft", [False, True])
 def test_matches_torch_bce_on_smoothed_target(shape, eps, reduction, weight, pos_weight, soft):
-    x, target = _data(shape, soft)
+    x, target = binary_logits_and_target(shape, soft)
     kwargs = {
         "weight": None if weight is None else _weights(shape, weight),
         "pos_weight": None if pos_weight is None else _weights(shape, pos_weight) + 0.5,
@@ -53,22 +42,27 @@ def test_matches_torch_bce_on_smoothed_target(shape, eps, reduction, weight, pos
     out = binary_label_smoothed_cross_entropy(x, target, eps, **kwargs)
     expected = F.binary_cross_entropy_with_logits(x, target * (1 - eps) + eps / 2, **kwargs)
     torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        grad_of_sum(out.loss, x, retain_graph=True), grad_of_sum(expected, x, retain_graph=True), rtol=1e-12, atol=1e-12
+    )
     torch.testing.assert_close(out.h_pq, F.binary_cross_entropy_with_logits(x, target, **kwargs))
     torch.testing.assert_close(out.h_uq, F.binary_cross_entropy_with_logits(x, torch.full_like(target, 0.5), **kwargs))
     torch.testing.assert_close(out.loss, (1 - eps) * out.h_pq + eps * out.h_uq, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_grad(out.h_pq, x), _grad(F.binary_cross_entropy_with_logits(x, target, **kwargs), x))
+    torch.testing.assert_close(
+        grad_of_sum(out.h_pq, x, retain_graph=True),
+        grad_of_sum(F.binary_cross_entropy_with_logits(x, target, **kwargs), x, retain_graph=True),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.float32])
 def test_integer_bool_and_float32_targets(dtype):
-    x, target = _data((8, 3))
+    x, target = binary_logits_and_target((8, 3))
     out = binary_label_smoothed_cross_entropy(x.float(), target.to(dtype), 0.2)
     torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(x.float(), target.float() * 0.8 + 0.1))
 
 
 def test_tensor_epsilon_and_half_input():
-    x, target = _data((6, 2))
+    x, target = binary_logits_and_target((6, 2))
     out = binary_label_smoothed_cross_entropy(x, target, torch.tensor(0.3, dtype=torch.float64))
     torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(x, target * 0.7 + 0.15))
     half = binary_label_smoothed_cross_entropy(x.detach().half(), target.half(), 0.3)
@@ -111,7 +105,7 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 
 
 def test_module_wraps_the_functional_and_is_schedulable():
-    x, target = _data((5, 3))
+    x, target = binary_logits_and_target((5, 3))
     pos_weight = torch.rand(3, dtype=torch.float64) + 0.5
     criterion = BinaryLabelSmoothedCrossEntropy(0.1, pos_weight=pos_weight, reduction="sum")
     criterion.label_smoothing = 0.4

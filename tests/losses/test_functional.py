@@ -9,6 +9,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import grad_of_sum, logits_and_target
 
 from ls_lightning import losses
 from ls_lightning.losses import LabelSmoothedCE, LabelSmoothedCrossEntropy, functional, label_smoothed_cross_entropy
@@ -17,6 +18,7 @@ C = 5
 SHAPES = [(C,), (6, C), (3, C, 4), (2, C, 3, 2)]
 EPSILONS = [0.0, 0.1, 0.5, 1.0]
 REDUCTIONS = ["none", "sum", "mean"]
+EVERY_THIRD = slice(None, None, 3)  # the ignored positions
 
 
 @pytest.fixture(autouse=True, params=["kernel", "small"])
@@ -24,22 +26,6 @@ def path(request, monkeypatch):
     """Every test runs on both class-index paths: the chunked kernel and the short path for small inputs."""
     monkeypatch.setattr(functional, "SMALL_ELEMENTS", 0 if request.param == "kernel" else 10**9)
     return request.param
-
-
-def _data(shape: tuple[int, ...], ignored: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 logits of ``shape`` and class indices, with a few ignored positions when ``ignored``."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
-    target_shape = (shape[0], *shape[2:]) if len(shape) > 1 else ()
-    target = torch.randint(0, shape[1] if len(shape) > 1 else shape[0], target_shape, generator=gen)
-    if ignored and target.dim() > 0:
-        target.view(-1)[::3] = -100
-    return x.requires_grad_(), target
-
-
-def _grad(output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(output.sum(), x)
-    return grad
 
 
 def _soft(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -53,7 +39,7 @@ def _soft(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("ignored", [False, True])
 def test_index_targets_match_torch(shape, eps, reduction, weighted, ignored):
-    x, target = _data(shape, ignored)
+    x, target = logits_and_target(shape, EVERY_THIRD if ignored else False)
     weight = torch.rand(C, dtype=torch.float64) + 0.1 if weighted else None
     kwargs = {"weight": weight, "reduction": reduction}
     expected = F.cross_entropy(x, target, label_smoothing=eps, **kwargs)
@@ -62,21 +48,21 @@ def test_index_targets_match_torch(shape, eps, reduction, weighted, ignored):
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.h_pq, expected_pq)
     torch.testing.assert_close((1 - eps) * out.h_pq + eps * out.h_uq, out.loss)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(expected, x))
     out = label_smoothed_cross_entropy(x, target, eps, **kwargs)  # fresh graph for the second gradient
-    torch.testing.assert_close(_grad(out.h_pq, x), _grad(expected_pq, x))
+    torch.testing.assert_close(grad_of_sum(out.h_pq, x), grad_of_sum(expected_pq, x))
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_h_uq_is_torch_loss_at_epsilon_one(shape, reduction, weighted):
-    x, target = _data(shape, ignored=True, seed=1)
+    x, target = logits_and_target(shape, EVERY_THIRD, seed=1)
     weight = torch.rand(C, dtype=torch.float64) + 0.1 if weighted else None
     out = label_smoothed_cross_entropy(x, target, 0.3, weight=weight, reduction=reduction)
     expected = F.cross_entropy(x, target, weight=weight, reduction=reduction, label_smoothing=1.0)
     torch.testing.assert_close(out.h_uq, expected)
-    torch.testing.assert_close(_grad(out.h_uq, x), _grad(expected, x))
+    torch.testing.assert_close(grad_of_sum(out.h_uq, x), grad_of_sum(expected, x))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -84,7 +70,7 @@ def test_h_uq_is_torch_loss_at_epsilon_one(shape, reduction, weighted):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_probability_targets_match_torch(shape, eps, reduction, weighted):
-    x, _ = _data(shape, ignored=False)
+    x, _ = logits_and_target(shape, False)
     p = torch.softmax(torch.randn(shape, dtype=torch.float64), 1 if len(shape) > 1 else 0).requires_grad_()
     weight = torch.rand(C, dtype=torch.float64) + 0.1 if weighted else None
     out = label_smoothed_cross_entropy(x, p, eps, weight=weight, reduction=reduction)
@@ -106,21 +92,21 @@ def _prior(kind: str) -> torch.Tensor:
 @pytest.mark.parametrize("eps", [0.1, 1.0])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_prior_matches_soft_target_oracle(shape, kind, eps, reduction):
-    x, target = _data(shape, ignored=False, seed=2)
+    x, target = logits_and_target(shape, False, seed=2)
     prior = _prior(kind)
     u = prior[target].movedim(-1, 1) if kind == "matrix" else prior.view(1, C, *[1] * (len(shape) - 2))
     oracle = F.cross_entropy(x, (1 - eps) * _soft(x, target) + eps * u, reduction=reduction)
     out = label_smoothed_cross_entropy(x, target, eps, reduction=reduction, prior=prior)
     torch.testing.assert_close(out.loss, oracle)
     torch.testing.assert_close(out.h_uq, F.cross_entropy(x, u.expand_as(x), reduction=reduction))
-    torch.testing.assert_close(_grad(out.loss, x), _grad(oracle, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(oracle, x))
 
 
 @pytest.mark.parametrize("kind", ["vector", "matrix"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_prior_with_weight_and_ignored(kind, reduction):
     """none/sum equal the weighted soft-target oracle; mean divides by Σ w_y over valid positions (documented)."""
-    x, target = _data((7, C), ignored=True, seed=4)
+    x, target = logits_and_target((7, C), EVERY_THIRD, seed=4)
     prior, weight = _prior(kind), torch.rand(C, dtype=torch.float64) + 0.1
     valid = target != -100
     y = target.clamp(min=0)
@@ -130,46 +116,46 @@ def test_prior_with_weight_and_ignored(kind, reduction):
     expected = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / weight[y][valid].sum()}[reduction]
     out = label_smoothed_cross_entropy(x, target, 0.2, weight=weight, reduction=reduction, prior=prior)
     torch.testing.assert_close(out.loss, expected)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(expected, x))
 
 
 @pytest.mark.parametrize("kind", ["vector", "matrix"])
 def test_prior_with_probability_targets(kind):
-    x, _ = _data((6, C, 2), ignored=False)
+    x, _ = logits_and_target((6, C, 2), False)
     p = torch.softmax(torch.randn(6, C, 2, dtype=torch.float64), 1)
     prior = _prior(kind)
     u = torch.einsum("ncd,ck->nkd", p, prior) if kind == "matrix" else prior.view(1, C, 1)
     oracle = F.cross_entropy(x, 0.7 * p + 0.3 * u)
     out = label_smoothed_cross_entropy(x, p, 0.3, prior=prior)
     torch.testing.assert_close(out.loss, oracle)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(oracle, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(oracle, x))
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_all_ignored_mean_is_zero_with_zero_gradient(shape, weighted):
-    x, target = _data(shape, ignored=False)
+    x, target = logits_and_target(shape, False)
     target.fill_(-100)
     weight = torch.rand(C, dtype=torch.float64) if weighted else None
     assert torch.isnan(F.cross_entropy(x, target, weight=weight, label_smoothing=0.1))  # the difference we fix
     out = label_smoothed_cross_entropy(x, target, 0.1, weight=weight)
     assert out.loss.item() == out.h_pq.item() == out.h_uq.item() == 0.0
-    assert torch.count_nonzero(_grad(out.loss, x)) == 0
+    assert torch.count_nonzero(grad_of_sum(out.loss, x)) == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(16, 40), (4, 40, 3)])
 def test_half_precision_against_float64(dtype, shape):
-    x64, target = _data(shape, ignored=True)
+    x64, target = logits_and_target(shape, EVERY_THIRD)
     x = x64.detach().to(dtype).requires_grad_()
     x_ref = x.detach().double().requires_grad_()
     reference = F.cross_entropy(x_ref, target, label_smoothing=0.1)
     out = label_smoothed_cross_entropy(x, target, 0.1)
     assert out.loss.dtype == torch.float32
     torch.testing.assert_close(out.loss.double(), reference, rtol=1e-3, atol=1e-3)
-    grad = _grad(out.loss, x)
+    grad = grad_of_sum(out.loss, x)
     assert grad.dtype == dtype
-    torch.testing.assert_close(grad.double(), _grad(reference, x_ref), rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(grad.double(), grad_of_sum(reference, x_ref), rtol=2e-2, atol=2e-3)
 
 
 def test_float16_large_vocabulary_does_not_overflow():
@@ -189,7 +175,7 @@ def test_float16_large_vocabulary_does_not_overflow():
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("brier", [True, False])
 def test_stats_match_direct_computation(shape, grad, brier):
-    x, target = _data(shape, ignored=True)
+    x, target = logits_and_target(shape, EVERY_THIRD)
     x.requires_grad_(grad)
     _, stats = functional._compute(x, target, 0.1, None, -100, "mean", None, with_stats=True, brier=brier)
     dim = 1 if x.dim() > 1 else 0
@@ -209,7 +195,7 @@ def test_stats_match_direct_computation(shape, grad, brier):
 
 
 def test_tensor_epsilon_matches_float():
-    x, target = _data((6, C), ignored=True)
+    x, target = logits_and_target((6, C), EVERY_THIRD)
     out = label_smoothed_cross_entropy(x, target, torch.tensor(0.25, dtype=torch.float64))
     torch.testing.assert_close(out.loss, F.cross_entropy(x, target, label_smoothing=0.25))
 
@@ -244,13 +230,13 @@ def test_bad_arguments_raise(kwargs, match):
 
 
 def test_ignore_index_inside_class_range_is_accepted():
-    x, target = _data((6, C), ignored=False)
+    x, target = logits_and_target((6, C), False)
     out = label_smoothed_cross_entropy(x, target, 0.1, ignore_index=2)
     torch.testing.assert_close(out.loss, F.cross_entropy(x, target, ignore_index=2, label_smoothing=0.1))
 
 
 def test_module_wraps_the_functional():
-    x, target = _data((6, C, 2), ignored=True)
+    x, target = logits_and_target((6, C, 2), EVERY_THIRD)
     weight = torch.rand(C, dtype=torch.float64) + 0.1
     criterion = LabelSmoothedCrossEntropy(0.1, weight=weight, reduction="sum")
     assert isinstance(criterion(x, target), LabelSmoothedCE)

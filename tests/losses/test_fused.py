@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_data import grad_of_sum as _grad
-from loss_data import logits_and_target as _data
+from helpers import grad_of_sum, logits_and_target
 from torch._dynamo.testing import CompileCounter
 
 from ls_lightning.losses import (
@@ -38,12 +37,12 @@ def tiny_chunks(request, monkeypatch):
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_chunked_pass_matches_torch(tiny_chunks, shape, reduction, weighted):
-    x, target = _data(shape)
+    x, target = logits_and_target(shape)
     weight = torch.rand(C, dtype=torch.float64) + 0.1 if weighted else None
     expected = F.cross_entropy(x, target, weight=weight, reduction=reduction, label_smoothing=0.2)
     out = label_smoothed_cross_entropy(x, target, 0.2, weight=weight, reduction=reduction)
     torch.testing.assert_close(out.loss, expected)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(expected, x))
 
 
 @pytest.mark.parametrize("far", [False, True])
@@ -61,29 +60,29 @@ def test_label_probability_underflow_falls_back(tiny_chunks, far):
     expected = F.cross_entropy(x.double(), target, label_smoothing=0.1)
     torch.testing.assert_close(out.loss.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.h_pq.double(), F.cross_entropy(x.double(), target), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(expected, x), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", ["vector", "matrix"])
 def test_chunked_prior_matches_oracle(tiny_chunks, kind):
-    x, target = _data((10, C), ignored=False)
+    x, target = logits_and_target((10, C), ignored=False)
     prior = torch.rand((C, C) if kind == "matrix" else (C,), dtype=torch.float64) + 0.1
     prior /= prior.sum(-1, keepdim=True)
     u = prior[target] if kind == "matrix" else prior
     oracle = F.cross_entropy(x, 0.7 * F.one_hot(target, C).double() + 0.3 * u)
     out = label_smoothed_cross_entropy(x, target, 0.3, prior=prior)
     torch.testing.assert_close(out.loss, oracle)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(oracle, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(oracle, x))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_chunked_half_precision(tiny_chunks, dtype):
-    x, target = _data((10, C, 2), dtype=dtype)
+    x, target = logits_and_target((10, C, 2), dtype=dtype)
     x_ref = x.detach().double().requires_grad_()
     expected = F.cross_entropy(x_ref, target, label_smoothing=0.1)
     out = label_smoothed_cross_entropy(x, target, 0.1)
     torch.testing.assert_close(out.loss.double(), expected, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(_grad(out.loss, x).double(), _grad(expected, x_ref), rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(grad_of_sum(out.loss, x).double(), grad_of_sum(expected, x_ref), rtol=2e-2, atol=2e-3)
 
 
 def test_non_contiguous_input(tiny_chunks):
@@ -92,14 +91,16 @@ def test_non_contiguous_input(tiny_chunks):
     expected = F.cross_entropy(x, target, label_smoothing=0.1)
     out = label_smoothed_cross_entropy(x, target, 0.1)
     torch.testing.assert_close(out.loss, expected)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(expected, x))
 
 
 @pytest.mark.parametrize("shape", [(C,), (10, C), (4, C, 3)])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("grad", [False, True])
 def test_stats_against_direct_computation(tiny_chunks, shape, weighted, grad):
-    x, target = _data(shape, ignored=len(shape) > 1) if len(shape) > 1 else (torch.randn(C), torch.tensor(3))
+    x, target = (
+        logits_and_target(shape, ignored=len(shape) > 1) if len(shape) > 1 else (torch.randn(C), torch.tensor(3))
+    )
     x.requires_grad_(grad)
     weight = torch.rand(C, dtype=x.dtype) + 0.1 if weighted else None
     _, stats = label_smoothed_cross_entropy_with_stats(x, target, 0.1, weight=weight)
@@ -136,7 +137,7 @@ def test_no_gradient_buffer_without_grad(monkeypatch):
         return real(x, y, smoothing, coefs, grad, *args, **kwargs)
 
     monkeypatch.setattr(_fused, "row_pass", spy)
-    x, target = _data((6, C))
+    x, target = logits_and_target((6, C))
     with torch.no_grad():
         label_smoothed_cross_entropy(x, target, 0.1)
     label_smoothed_cross_entropy(x.detach(), target, 0.1)
@@ -146,7 +147,7 @@ def test_no_gradient_buffer_without_grad(monkeypatch):
 
 
 def test_input_not_modified():
-    x, target = _data((6, C, 2))
+    x, target = logits_and_target((6, C, 2))
     before = x.detach().clone()
     label_smoothed_cross_entropy(x, target, 0.1).loss.backward()
     assert torch.equal(x.detach(), before)
@@ -155,7 +156,7 @@ def test_input_not_modified():
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_gradients_of_every_output_and_their_mix(reduction):
     """Gradients through h_pq and h_uq recompute the buffer; a mix of all three matches the reference mix."""
-    x, target = _data((6, C))
+    x, target = logits_and_target((6, C))
     weight = torch.rand(C, dtype=torch.float64) + 0.1
     kw = {"weight": weight, "reduction": reduction}
     out = label_smoothed_cross_entropy(x, target, 0.3, **kw)
@@ -167,9 +168,9 @@ def test_gradients_of_every_output_and_their_mix(reduction):
 
 
 def test_retain_graph_second_backward():
-    x, target = _data((6, C))
+    x, target = logits_and_target((6, C))
     loss = label_smoothed_cross_entropy(x, target, 0.1).loss
-    expected = _grad(F.cross_entropy(x, target, label_smoothing=0.1), x)
+    expected = grad_of_sum(F.cross_entropy(x, target, label_smoothing=0.1), x)
     (3 * loss).backward(retain_graph=True)
     loss.backward()
     torch.testing.assert_close(x.grad, 4 * expected)
@@ -214,13 +215,13 @@ def composite_path(monkeypatch):
 @pytest.mark.parametrize("shape", [(10, C), (4, C, 3)])
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_composite_path_matches_torch(composite_path, shape, reduction):
-    x, target = _data(shape)
+    x, target = logits_and_target(shape)
     weight = torch.rand(C, dtype=torch.float64) + 0.1
     expected = F.cross_entropy(x, target, weight=weight, reduction=reduction, label_smoothing=0.3)
     out, stats = label_smoothed_cross_entropy_with_stats(x, target, 0.3, weight=weight, reduction=reduction)
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.h_pq, F.cross_entropy(x, target, weight=weight, reduction=reduction))
-    torch.testing.assert_close(_grad(out.loss, x), _grad(expected, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(expected, x))
     q = torch.softmax(x.detach(), 1).movedim(1, -1).reshape(-1, C)
     y = target.reshape(-1)
     torch.testing.assert_close(stats.confidence, q.max(1).values.float())
@@ -230,13 +231,13 @@ def test_composite_path_matches_torch(composite_path, shape, reduction):
 
 
 def test_composite_path_matrix_prior(composite_path):
-    x, target = _data((10, C), ignored=False)
+    x, target = logits_and_target((10, C), ignored=False)
     prior = torch.rand(C, C, dtype=torch.float64) + 0.1
     prior /= prior.sum(-1, keepdim=True)
     oracle = F.cross_entropy(x, 0.6 * F.one_hot(target, C).double() + 0.4 * prior[target])
     out = label_smoothed_cross_entropy(x, target, 0.4, prior=prior)
     torch.testing.assert_close(out.loss, oracle)
-    torch.testing.assert_close(_grad(out.loss, x), _grad(oracle, x))
+    torch.testing.assert_close(grad_of_sum(out.loss, x), grad_of_sum(oracle, x))
 
 
 def test_accelerator_inputs_take_larger_chunks(monkeypatch):

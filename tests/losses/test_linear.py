@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import linear_inputs
 
 from ls_lightning import linear_label_smoothed_cross_entropy
 from ls_lightning.losses import linear_label_smoothed_cross_entropy_with_stats
@@ -16,15 +17,9 @@ V, D = 11, 6
 EPS = 0.2
 
 
-def _data(shape=(9,), bias=False, ignored=True, dtype=torch.float64, seed=0, classes=V):
-    gen = torch.Generator().manual_seed(seed)
-    h = torch.randn(*shape, D, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    w = (torch.randn(classes, D, generator=gen, dtype=torch.float64) * 0.7).to(dtype).requires_grad_()
-    b = (torch.randn(classes, generator=gen, dtype=torch.float64)).to(dtype).requires_grad_() if bias else None
-    target = torch.randint(0, classes, shape, generator=gen)
-    if ignored:
-        target.view(-1)[1::4] = -100
-    return h, w, b, target
+def _data(shape=(9,), bias=False, **kwargs):
+    """Hidden states (*shape, D), a (V, D) weight of 0.7 × standard normal, a bias when ``bias``, class indices."""
+    return linear_inputs(shape, kwargs.pop("classes", V), D, bias=bias, weight_scale=0.7, **kwargs)
 
 
 def _reference(h, w, b, target, eps, weight=None, prior=None, reduction="mean", ignore_index=-100):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import IGNORE
 
 from ls_lightning.losses import batch_labels, class_frequency, fixed_prior
 
 C = 4
-IGNORE = -100
 
 
 def test_class_frequency_equals_the_counted_distribution() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_data import logits_and_target as _data
+from helpers import linear_inputs, logits_and_target
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
@@ -115,7 +115,7 @@ def path(request, monkeypatch):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize(("shape", "weighted"), [((10, C), False), ((4, C, 3), True)], ids=["2-D", "3-D-weighted"])
 def test_functional_matches_reference(path, z_loss, softcap, shape, reduction, weighted):
-    x, target = _data(shape)
+    x, target = logits_and_target(shape)
     weight = torch.rand(C, dtype=torch.float64) + 0.1 if weighted else None
     kw = {"weight": weight, "reduction": reduction}
     out = label_smoothed_cross_entropy(x, target, EPS, z_loss=z_loss, softcap=softcap, **kw)
@@ -125,7 +125,7 @@ def test_functional_matches_reference(path, z_loss, softcap, shape, reduction, w
 @pytest.mark.parametrize("kind", ["vector", "matrix"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_functional_priors(path, kind, reduction):
-    x, target = _data((10, C, 2))
+    x, target = logits_and_target((10, C, 2))
     gen = torch.Generator().manual_seed(3)
     prior = torch.softmax(torch.randn((C, C) if kind == "matrix" else (C,), generator=gen, dtype=torch.float64), -1)
     out = label_smoothed_cross_entropy(x, target, EPS, prior=prior, reduction=reduction, z_loss=Z, softcap=2.5)
@@ -136,7 +136,7 @@ def test_functional_priors(path, kind, reduction):
 @pytest.mark.parametrize("shape", [(10, C), (4, C, 3)], ids=["2-D", "3-D"])
 def test_probability_targets(reduction, shape):
     """Soft targets take the composite path: every position counts in the z term's mean."""
-    x, _ = _data(shape)
+    x, _ = logits_and_target(shape)
     p = torch.softmax(torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64), 1)
     out = label_smoothed_cross_entropy(x, p, EPS, reduction=reduction, z_loss=Z, softcap=2.5)
     _assert_values_and_grads(out, _reference(x, p, EPS, Z, 2.5, reduction), [x])
@@ -144,7 +144,7 @@ def test_probability_targets(reduction, shape):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_all_ignored_gives_zero_and_zero_gradient(path, reduction):
-    x, target = _data((6, C))
+    x, target = logits_and_target((6, C))
     target.fill_(-100)
     out = label_smoothed_cross_entropy(x, target, EPS, reduction=reduction, z_loss=Z, softcap=2.5)
     assert torch.equal(out.loss, torch.zeros_like(out.loss))
@@ -164,7 +164,7 @@ def test_unbatched_input(path):
 @pytest.mark.parametrize("shape", [(10, C), (4, C, 3)], ids=["2-D", "3-D"])
 @pytest.mark.parametrize("grad", [False, True])
 def test_stats_are_those_of_the_capped_logits(path, shape, grad):
-    x, target = _data(shape)
+    x, target = logits_and_target(shape)
     x.requires_grad_(grad)
     _, stats = label_smoothed_cross_entropy_with_stats(x, target, EPS, z_loss=Z, softcap=2.5)
     c = _cap(x.detach(), 2.5)
@@ -180,7 +180,7 @@ def test_stats_are_those_of_the_capped_logits(path, shape, grad):
 
 
 def test_stats_without_a_z_loss_leave_the_field_empty(path):
-    x, target = _data((10, C))
+    x, target = logits_and_target((10, C))
     _, stats = label_smoothed_cross_entropy_with_stats(x, target, EPS, softcap=2.5)
     assert stats.z_loss is not None and stats.z_loss.numel() == 0
 
@@ -188,7 +188,7 @@ def test_stats_without_a_z_loss_leave_the_field_empty(path):
 def test_no_gradient_path(monkeypatch):
     """Validation: the fused pass without a gradient buffer gives the same values."""
     monkeypatch.setattr(functional, "SMALL_ELEMENTS", 0)
-    x, target = _data((10, C))
+    x, target = logits_and_target((10, C))
     with torch.no_grad():
         out = label_smoothed_cross_entropy(x, target, EPS, z_loss=Z, softcap=2.5)
     ref = _reference(x.detach(), target, EPS, Z, 2.5)
@@ -199,7 +199,7 @@ def test_no_gradient_path(monkeypatch):
 def test_retain_graph_second_backward(monkeypatch):
     """The second backward recomputes the buffer: it must carry the z term and the cap's derivative again."""
     monkeypatch.setattr(functional, "SMALL_ELEMENTS", 0)
-    x, target = _data((10, C))
+    x, target = logits_and_target((10, C))
     out = label_smoothed_cross_entropy(x, target, EPS, z_loss=Z, softcap=2.5)
     first = torch.autograd.grad(out.loss, x, retain_graph=True)[0]
     second = torch.autograd.grad(out.loss, x)[0]
@@ -210,7 +210,7 @@ def test_retain_graph_second_backward(monkeypatch):
 
 def test_default_arguments_change_nothing(path):
     """z_loss=0, softcap=None: the very same numbers as a call without them."""
-    x, target = _data((4, C, 3))
+    x, target = logits_and_target((4, C, 3))
     plain = label_smoothed_cross_entropy(x, target, EPS)
     explicit = label_smoothed_cross_entropy(x, target, EPS, z_loss=0.0, softcap=None)
     for a, b in zip(plain, explicit, strict=True):
@@ -219,7 +219,7 @@ def test_default_arguments_change_nothing(path):
 
 def test_half_precision_kernel(monkeypatch):
     monkeypatch.setattr(functional, "SMALL_ELEMENTS", 0)
-    x, target = _data((10, C, 2), dtype=torch.bfloat16)
+    x, target = logits_and_target((10, C, 2), dtype=torch.bfloat16)
     x_ref = x.detach().double().requires_grad_()
     out = label_smoothed_cross_entropy(x, target, EPS, z_loss=Z, softcap=2.5)
     ref = _reference(x_ref, target, EPS, Z, 2.5)[0]
@@ -242,7 +242,7 @@ def fresh_dynamo():
 def test_compiled_fullgraph_no_recompilation_when_epsilon_changes(fresh_dynamo):
     """Inductor, one graph: values, gradients and the z term's stats equal the reference; a new ε (a tensor) does
     not recompile."""
-    x, target = _data((4, C, 3))
+    x, target = logits_and_target((4, C, 3))
     compiled = torch.compile(label_smoothed_cross_entropy_with_stats, fullgraph=True)
     for i, eps in enumerate((0.1, 0.4)):
         with torch._dynamo.config.patch(error_on_recompile=i > 0):
@@ -272,14 +272,8 @@ def test_compiled_linear_fullgraph(fresh_dynamo):
 V, D = 11, 6
 
 
-def _linear_data(shape, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    h = torch.randn(*shape, D, generator=gen, dtype=torch.float64).requires_grad_()
-    w = (torch.randn(V, D, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
-    b = torch.randn(V, generator=gen, dtype=torch.float64).requires_grad_()
-    target = torch.randint(0, V, shape, generator=gen)
-    target.view(-1)[1::4] = -100
-    return h, w, b, target
+def _linear_data(shape):
+    return linear_inputs(shape, V, D, weight_scale=1.5)
 
 
 def _linear_reference(h, w, b, target, eps, z_loss, softcap, reduction="mean", weight=None, prior=None):
@@ -408,14 +402,14 @@ def test_linear_builds_no_logits_sized_tensor(monkeypatch, z_loss, softcap):
 
 
 def test_module_passes_z_loss_and_softcap():
-    x, target = _data((10, C))
+    x, target = logits_and_target((10, C))
     criterion = LabelSmoothedCrossEntropy(EPS, reduction="sum", z_loss=Z, softcap=2.5)
     _assert_values_and_grads(criterion(x, target), _reference(x, target, EPS, Z, 2.5, "sum"), [x])
     assert "z_loss=0.05" in repr(criterion) and "softcap=2.5" in repr(criterion)
 
 
 def _bad_calls():
-    x, target = _data((4, C))
+    x, target = logits_and_target((4, C))
     h, w, _, t = _linear_data((4,))
     calls = []
     for name, value in (

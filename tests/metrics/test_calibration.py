@@ -7,11 +7,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import adaptive_ece_reference, quiet_trainer
 from sklearn.metrics import brier_score_loss
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
-from trainers import quiet_trainer
 
 from ls_lightning.metrics import calibration as metrics_module
 from ls_lightning.metrics.calibration import (
@@ -315,13 +315,6 @@ def test_tensor_validation() -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _exact_ace(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -> float:
-    """Nixon et al.'s adaptive ECE: sort, cut into ``n_bins`` groups of equal size (N divisible by n_bins here)."""
-    order = confidence.double().argsort()
-    conf, hit = confidence.double()[order].reshape(n_bins, -1), correct.double()[order].reshape(n_bins, -1)
-    return float((conf.mean(1) - hit.mean(1)).abs().mean())
-
-
 def test_adaptive_exact_when_fine_bins_do_not_split_mass() -> None:
     n_bins, per_group, resolution = 8, 50, 1000
     g = torch.Generator().manual_seed(9)
@@ -334,7 +327,7 @@ def test_adaptive_exact_when_fine_bins_do_not_split_mass() -> None:
     metric.update(confidence[shuffle], correct[shuffle])
     assert metric.approximation_bound().item() == 0.0
     torch.testing.assert_close(
-        metric.compute(), torch.tensor(_exact_ace(confidence, correct, n_bins), dtype=torch.float32)
+        metric.compute(), torch.tensor(adaptive_ece_reference(confidence, correct, n_bins), dtype=torch.float32)
     )
 
 
@@ -344,7 +337,7 @@ def test_adaptive_within_bound_on_random_data(resolution: int) -> None:
     confidence, correct = _top_label(logits, target)
     metric = AdaptiveCalibrationError(n_bins=15, resolution=resolution)
     metric.update(confidence, correct)
-    error = abs(metric.compute().item() - _exact_ace(confidence, correct, 15))
+    error = abs(metric.compute().item() - adaptive_ece_reference(confidence, correct, 15))
     assert error <= metric.approximation_bound().item() + 1e-6
 
 

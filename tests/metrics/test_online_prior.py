@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
+from helpers import IGNORE, online_prior_reference
 
 from ls_lightning.losses import prior_matrix
 from ls_lightning.metrics import OnlinePrior
 
 C = 4
-IGNORE = -100
-
-
-def _ols_reference(logits: Tensor, target: Tensor, previous: Tensor) -> Tensor:
-    """Online label smoothing by its definition: mean softmax of the correctly classified samples of each class."""
-    logits, target = logits.movedim(1, -1).reshape(-1, logits.shape[1]), target.reshape(-1)
-    q = logits.double().softmax(-1)
-    matrix = previous.clone().double()
-    for c in range(logits.shape[1]):
-        chosen = (target == c) & (q.argmax(-1) == c)
-        if chosen.any():
-            matrix[c] = q[chosen].mean(0)
-    return matrix.float()
 
 
 @pytest.mark.parametrize("shape", [(30,), (10, 3)])
@@ -37,7 +24,7 @@ def test_online_prior_metric_equals_the_definition(shape) -> None:
     metric.previous.copy_(previous)
     for part in range(0, shape[0], 4):  # several batches
         metric.update(logits[part : part + 4], target[part : part + 4])
-    expected = _ols_reference(logits, target.masked_fill(target == IGNORE, -1), previous)
+    expected = online_prior_reference(logits, target.masked_fill(target == IGNORE, -1), previous)
     torch.testing.assert_close(metric.compute(), expected)
     torch.testing.assert_close(metric.compute()[3], previous[3])
 

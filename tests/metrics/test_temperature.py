@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import temperature_by_grid_search
 
 from ls_lightning.metrics import fit_temperature
 
@@ -20,25 +21,11 @@ def _generated(n: int, classes: int, sharpen: float, seed: int) -> tuple[torch.T
     return (sharpen * z).float(), target
 
 
-def _nll_on_grid(logits: torch.Tensor, target: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    scaled = logits.double().unsqueeze(0) / grid.reshape(-1, 1, 1)  # (G, N, C)
-    nll = F.cross_entropy(scaled.reshape(-1, logits.shape[1]), target.repeat(len(grid)), reduction="none")
-    return nll.reshape(len(grid), -1).mean(1)
-
-
-def _grid_search(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """Temperature of least ``F.cross_entropy`` on a coarse then a fine log grid, and the fine grid's step factor."""
-    coarse = torch.logspace(-1.5, 1.5, 301, dtype=torch.float64)
-    best = float(coarse[_nll_on_grid(logits, target, coarse).argmin()])
-    fine = best * torch.logspace(-0.01, 0.01, 401, dtype=torch.float64)
-    return float(fine[_nll_on_grid(logits, target, fine).argmin()]), float(fine[1] / fine[0])
-
-
 @pytest.mark.parametrize(("sharpen", "seed"), [(2.5, 0), (1.6, 1), (0.5, 2)])
-def test_matches_grid_search(sharpen: float, seed: int) -> None:
+def test_matchestemperature_by_grid_search(sharpen: float, seed: int) -> None:
     logits, target = _generated(4000, 5, sharpen, seed)
     fitted = fit_temperature(logits, target)
-    best, step = _grid_search(logits, target)
+    best, step = temperature_by_grid_search(logits, target)
     assert best / step <= fitted <= best * step
     assert (fitted > 1) == (sharpen > 1)  # over-confident logits need T > 1, under-confident T < 1
     nll = F.cross_entropy(logits.double() / fitted, target)
