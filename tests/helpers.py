@@ -238,7 +238,7 @@ def adaptive_ece_reference(
         order = np.argsort(conf, kind="stable")
         groups = [g for g in np.array_split(order, n_bins) if g.size]
         return float(sum(g.size / n * abs(hits[g].mean() - conf[g].mean()) for g in groups))
-    edges = np.linspace(0.0, 1.0, resolution + 1, dtype=np.float32)
+    edges = torch.linspace(0, 1, resolution + 1).numpy()  # torchmetrics' float32 edges (np.linspace's differ by an ulp)
     fine = np.searchsorted(edges, np.asarray(confidence, dtype=np.float32).reshape(-1), side="right") - 1
     fine = np.clip(fine, 0, resolution)
     counts = np.bincount(fine, minlength=resolution + 1).astype(np.float64)
