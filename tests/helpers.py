@@ -216,6 +216,13 @@ def grad_of_sum(output: Tensor, x: Tensor, retain_graph: bool = False) -> Tensor
     return grad
 
 
+def assert_close_to_largest(actual: Tensor, expected: Tensor, tol: float) -> None:
+    """Every element of ``actual`` within ``tol`` times the largest ``|expected|`` of ``expected``: the tolerance of an
+    error measured relative to the tensor's largest element (half-precision gradients: small elements have large
+    relative errors, but a wrong gradient is wrong on the large ones too)."""
+    torch.testing.assert_close(actual, expected, rtol=0.0, atol=tol * expected.abs().max().item())
+
+
 # ------------------------------------------------------------------------------------------------------ references
 
 

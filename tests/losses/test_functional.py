@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import grad_of_sum, logits_and_target
+from helpers import assert_close_to_largest, grad_of_sum, logits_and_target
 
 from ls_lightning import losses
 from ls_lightning.losses import LabelSmoothedCE, LabelSmoothedCrossEntropy, functional, label_smoothed_cross_entropy
@@ -143,6 +143,14 @@ def test_all_ignored_mean_is_zero_with_zero_gradient(shape, weighted):
     assert torch.count_nonzero(grad_of_sum(out.loss, x)) == 0
 
 
+# Half-precision logits against PyTorch in float64 on the same (rounded) values, both paths. Measured
+# (tests/losses, this machine): the loss to 1.3e-7 relative (float32 accumulation); the gradient's largest error over
+# its largest element 3.3e-4 in float16 and 2.7e-3 in bfloat16 (the rounding of the gradient to its dtype). The
+# tolerances are 3-4 times that, so that a gradient 3 % off fails.
+HALF_LOSS_RTOL = 5e-7
+HALF_GRAD_TOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(16, 40), (4, 40, 3)])
 def test_half_precision_against_float64(dtype, shape):
@@ -152,10 +160,10 @@ def test_half_precision_against_float64(dtype, shape):
     reference = F.cross_entropy(x_ref, target, label_smoothing=0.1)
     out = label_smoothed_cross_entropy(x, target, 0.1)
     assert out.loss.dtype == torch.float32
-    torch.testing.assert_close(out.loss.double(), reference, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out.loss.double(), reference, rtol=HALF_LOSS_RTOL, atol=0.0)
     grad = grad_of_sum(out.loss, x)
     assert grad.dtype == dtype
-    torch.testing.assert_close(grad.double(), grad_of_sum(reference, x_ref), rtol=2e-2, atol=2e-3)
+    assert_close_to_largest(grad.double(), grad_of_sum(reference, x_ref), HALF_GRAD_TOL[dtype])
 
 
 def test_float16_large_vocabulary_does_not_overflow():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import grad_of_sum, logits_and_target
+from helpers import assert_close_to_largest, grad_of_sum, logits_and_target
 from torch._dynamo.testing import CompileCounter
 
 from ls_lightning.losses import (
@@ -77,12 +77,16 @@ def test_chunked_prior_matches_oracle(tiny_chunks, kind):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_chunked_half_precision(tiny_chunks, dtype):
+    """Against PyTorch in float64 on the same half-precision values. Measured: the loss to 1.5e-8 relative, the
+    gradient's largest error over its largest element 2.5e-4 (float16) and 2.0e-3 (bfloat16); the tolerances (loss
+    5e-7, gradient 1e-3 and 8e-3, as in test_functional.py) fail a gradient 3 % off."""
     x, target = logits_and_target((10, C, 2), dtype=dtype)
     x_ref = x.detach().double().requires_grad_()
     expected = F.cross_entropy(x_ref, target, label_smoothing=0.1)
     out = label_smoothed_cross_entropy(x, target, 0.1)
-    torch.testing.assert_close(out.loss.double(), expected, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(grad_of_sum(out.loss, x).double(), grad_of_sum(expected, x_ref), rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(out.loss.double(), expected, rtol=5e-7, atol=0.0)
+    grad_tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    assert_close_to_largest(grad_of_sum(out.loss, x).double(), grad_of_sum(expected, x_ref), grad_tol)
 
 
 def test_non_contiguous_input(tiny_chunks):

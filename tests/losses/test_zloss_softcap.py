@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import linear_inputs, logits_and_target
+from helpers import assert_close_to_largest, linear_inputs, logits_and_target
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
@@ -223,10 +223,12 @@ def test_half_precision_kernel(monkeypatch):
     x_ref = x.detach().double().requires_grad_()
     out = label_smoothed_cross_entropy(x, target, EPS, z_loss=Z, softcap=2.5)
     ref = _reference(x_ref, target, EPS, Z, 2.5)[0]
-    torch.testing.assert_close(out.loss.double(), ref, rtol=2e-2, atol=2e-2)
+    # measured against float64 on the same bfloat16 values: the loss to 7.7e-6 relative, the gradient's largest error
+    # over its largest element 6.0e-3 (the cap c = s·tanh(z/s) is taken in bfloat16); tolerances 4 and 2.5 times that
+    torch.testing.assert_close(out.loss.double(), ref, rtol=3e-5, atol=0.0)
     (got,) = torch.autograd.grad(out.loss, x)
     (expected,) = torch.autograd.grad(ref, x_ref)
-    torch.testing.assert_close(got.double(), expected, rtol=5e-2, atol=5e-3)
+    assert_close_to_largest(got.double(), expected, 1.5e-2)
 
 
 # ---------------------------------------------------------------------------------------------------- torch.compile
