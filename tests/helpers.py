@@ -8,6 +8,7 @@ The folders of ``tests/`` mirror the package's layers (``smoothing``, ``losses``
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -291,3 +292,20 @@ def listed_options(message: str, group: str) -> set[str]:
     """The options Hydra's message lists under ``Available options in '<group>':``, one per tab-indented line."""
     lines = message.split(f"Available options in '{group}':\n", 1)[1].splitlines()
     return {line.strip() for line in lines[: next((i for i, x in enumerate(lines) if not x.startswith("\t")), None)]}
+
+
+def assert_summary_is_the_logged_values(output: str, metrics_csv: Path) -> list[str]:
+    """Every cell of the val/test table that ``ls-train`` and ``ls-eval`` print last in ``output`` equals, to its 4
+    printed decimals, the value of the same column in the run's ``metrics.csv``: the last row holding ``val/...``
+    values (the final validation) and the last holding ``test/...``. Returns the table's column names."""
+    lines = output[output.rindex("\nstage ") + 1 :].splitlines()
+    names = lines[0].split()[1:]
+    with open(metrics_csv, newline="") as file:
+        rows = list(csv.DictReader(file))
+    for line, stage in zip(lines[1:3], ("val", "test"), strict=True):
+        cells = line.split()
+        assert cells[0] == stage and len(cells) == len(names) + 1, line
+        logged = [row for row in rows if row.get(f"{stage}/{names[0]}")][-1]
+        for name, cell in zip(names, cells[1:], strict=True):
+            assert cell == f"{float(logged[f'{stage}/{name}']):.4f}", (stage, name, cell, logged[f"{stage}/{name}"])
+    return names

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import listed_options
+from helpers import assert_summary_is_the_logged_values, listed_options
 
 BIN = Path(sys.executable).parent
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hydra_app" / "my_app.py"
@@ -65,6 +65,8 @@ def test_ls_train_then_ls_eval_write_only_into_their_run_directories(tmp_path: P
     assert table[0].split() == ["stage", "acc", "ece", "h_pq", "loss"]
     assert table[1].split()[0] == "val" and table[2].split()[0] == "test" and "n/a" not in " ".join(table[1:3])
     assert table[3] == f"run directory: {run_dir}"
+    # each printed cell is the run's own value of its column: the final validation's and the test's
+    assert_summary_is_the_logged_values(result.stdout, run_dir / "metrics.csv")
     logged = [line for line in (run_dir / "train.log").read_text().splitlines() if "INFO" in line]
     assert len(logged) == len(info)
 
@@ -79,6 +81,7 @@ def test_ls_train_then_ls_eval_write_only_into_their_run_directories(tmp_path: P
         eval_dir / "metrics.csv"
     )
     assert "run directory: " + str(eval_dir) in result.stdout
+    assert_summary_is_the_logged_values(result.stdout, eval_dir / "metrics.csv")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_once
+from helpers import assert_summary_is_the_logged_values, run_once
 
 from ls_lightning.cli.report import main as report_main
 
@@ -82,6 +82,7 @@ def test_ls_train_fsdp_cpu_trains_on_tokens_on_two_processes(fsdp_run: Path) -> 
     assert (run / "reliability.json").is_file()
     table = second[second.index("stage") :].splitlines()
     assert table[0].split() == ["stage", "acc", "ece", "h_pq", "loss", "perplexity"]
+    assert_summary_is_the_logged_values(second, run / "metrics.csv")  # the resumed launch's rows
     assert report_main([str(run)]) == 0  # ls-report on the run
     assert "val perplexity" in (run / "report.md").read_text() and (run / "report.png").is_file()
 
