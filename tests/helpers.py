@@ -9,6 +9,8 @@ The folders of ``tests/`` mirror the package's layers (``smoothing``, ``losses``
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -122,6 +124,36 @@ class Net(LabelSmoothingMixin, L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class StateProbe(L.Callback):
+    """Writes into ``dirpath`` what a fit holds as a training batch starts: the module's weights and the optimizer's
+    state at the fit's first batch and every ``every`` steps (``state_step<n>.pt``), and at the end a digest of each
+    step's batch (``batches.json``). Added to an ``ls-train`` job with ``+callbacks.probe._target_=helpers.StateProbe``
+    (``tests/`` on its ``PYTHONPATH``): a resumed run's first state is the one it restored. It changes nothing in the
+    fit (no random numbers, no state of the module or the trainer)."""
+
+    def __init__(self, dirpath: str, every: int) -> None:
+        self.dirpath, self.every = Path(dirpath), every
+        self.started = False
+        self.batches: dict[int, str] = {}
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        self.batches[step] = hashlib.sha1(b"".join(t.cpu().numpy().tobytes() for t in batch)).hexdigest()
+        if self.started and step % self.every:
+            return
+        self.started = True
+        state = {"state_dict": pl_module.state_dict(), "optimizer": trainer.optimizers[0].state_dict()}
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"state_step{step}.pt"
+        torch.save(state, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)  # whole or absent, also in a run killed while writing
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        (self.dirpath / "batches.json").write_text(json.dumps(self.batches))
 
 
 # ------------------------------------------------------------------------------------------------------------ data
