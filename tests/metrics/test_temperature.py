@@ -22,7 +22,7 @@ def _generated(n: int, classes: int, sharpen: float, seed: int) -> tuple[torch.T
 
 
 @pytest.mark.parametrize(("sharpen", "seed"), [(2.5, 0), (1.6, 1), (0.5, 2)])
-def test_matchestemperature_by_grid_search(sharpen: float, seed: int) -> None:
+def test_matches_grid_search(sharpen: float, seed: int) -> None:
     logits, target = _generated(4000, 5, sharpen, seed)
     fitted = fit_temperature(logits, target)
     best, step = temperature_by_grid_search(logits, target)
