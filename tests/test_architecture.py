@@ -1,28 +1,47 @@
-"""The package's shape: layers whose imports go down only, no cycles, public names across layers, and no private
-attribute of a torch, torchmetrics or Lightning object (read from the source, as an AST)."""
+"""The package's shape, read from the source (AST) and from the imported modules: layers whose imports go down only,
+no cycles, one home per public name (configs included), no attribute written on the user's module, public names
+across layers, and no private attribute of a torch, torchmetrics or Lightning object."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "ls_lightning"
-# Layer of each subpackage, lowest first; the modules at the top (``ls_lightning/*.py``) are the public paths that
-# re-export from the layers, and no layer imports them.
-LAYERS = {"smoothing": 0, "losses": 1, "metrics": 2, "integration": 3, "cli": 4, "conf": 4}
-FACADE = -1
-# Third-party packages each layer may import (with everything a lower layer may).
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ls_lightning"
+# Layer of each subpackage, lowest first: imports reach only a strictly lower layer or their own package. The
+# top-level package (the headline names, resolved lazily) and its private ``_graveyard`` (the old paths) sit above.
+LAYERS = {"smoothing": 0, "losses": 0, "metrics": 1, "integration": 2, "cli": 3, "conf": 4}
+FACADE = 99
+# Third-party packages each subpackage may import, besides those of the layers below it.
 THIRD_PARTY = {
-    0: set(),
-    1: {"torch", "typing_extensions"},
-    2: {"torchmetrics", "matplotlib", "mpl_toolkits"},  # matplotlib: reliability diagrams (the plot extra)
-    3: {"lightning"},
-    4: {"hydra", "omegaconf", "sklearn", "tokenizers", "optuna", "yaml", "numpy"},
+    "smoothing": set(),  # plain Python: the command line checks a schedule before importing torch
+    "losses": {"torch", "typing_extensions"},
+    "metrics": {"torchmetrics", "matplotlib", "mpl_toolkits"},  # matplotlib: reliability diagrams (the plot extra)
+    "integration": {"lightning"},
+    "cli": {"hydra", "omegaconf", "sklearn", "tokenizers", "optuna", "yaml", "numpy", "mnist1d"},
+    "conf": {"hydra", "omegaconf"},
+}
+# The headline names: exported by `ls_lightning` itself as well as by their layer package.
+HEADLINE = {
+    "label_smoothed_cross_entropy",
+    "LabelSmoothedCE",
+    "LabelSmoothedCrossEntropy",
+    "linear_label_smoothed_cross_entropy",
+    "binary_label_smoothed_cross_entropy",
+    "BinaryLabelSmoothedCrossEntropy",
+    "LabelSmoothingMixin",
+    "LabelSmoothing",
+    "BinnedCalibrationError",
 }
 # The one private torch name the package reads, on purpose: a device-side assert with no public equivalent (a check
 # without a host sync on accelerators). It is read once, with a synchronous fallback; test_assert_async_still_works
@@ -44,15 +63,13 @@ MODULES = _modules()
 
 
 def _layer(module: str) -> int:
-    parts = module.split(".")
-    if len(parts) > 1 and parts[1] in LAYERS and f"ls_lightning.{parts[1]}" in MODULES:
-        return LAYERS[parts[1]]
-    return FACADE
+    return LAYERS.get(_subpackage(module), FACADE)
 
 
 def _subpackage(module: str) -> str:
+    """The layer package of ``module`` ('' for the top level and its private modules)."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and _layer(module) != FACADE else ""
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else ""
 
 
 def _imports(module: str) -> Iterator[tuple[str, list[str], int]]:
@@ -84,30 +101,44 @@ def _is_private(name: str) -> bool:
 def test_imports_go_down_the_layers_only() -> None:
     wrong = []
     for module in MODULES:
-        layer = _layer(module)
-        if layer == FACADE:
+        if _layer(module) == FACADE:
             continue
         for target, names, line in _imports(module):
             for reached in _resolve(target, names) if target.startswith("ls_lightning") else []:
-                if _layer(reached) == FACADE or _layer(reached) > layer:
+                same = _subpackage(reached) == _subpackage(module)
+                if not same and _layer(reached) >= _layer(module):
                     wrong.append(f"{module}:{line} imports {reached}")
     assert not wrong, "\n".join(wrong)
+
+
+def _allowed_third_party(package: str) -> set[str]:
+    if not package:  # the top level re-exports the layers' names, resolved lazily: only the standard library
+        return set()
+    return set().union(*(THIRD_PARTY[p] for p in THIRD_PARTY if LAYERS[p] < LAYERS[package] or p == package))
 
 
 def test_each_layer_imports_only_its_own_third_party_packages() -> None:
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     wrong = []
     for module in MODULES:
-        layer = _layer(module)
-        allowed = set().union(*(THIRD_PARTY[i] for i in range(max(layer, 0) + 1)))
+        allowed = _allowed_third_party(_subpackage(module))
         for target, _, line in _imports(module):
             top = target.split(".")[0]
-            third_party = top not in stdlib and top != "ls_lightning"
-            # the public paths at the top re-export the layers' names: only Hydra is kept out of them
-            refused = top in {"hydra", "omegaconf"} if layer == FACADE else top not in allowed
-            if third_party and refused:
+            if top not in stdlib and top != "ls_lightning" and top not in allowed:
                 wrong.append(f"{module}:{line} imports {target}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_module_of_the_lightning_layer_uses_lightning() -> None:
+    """Code that needs no Lightning lives in a lower layer (a package __init__ only re-exports)."""
+    lacking = [
+        module
+        for module, path in MODULES.items()
+        if _subpackage(module) == "integration"
+        and path.name != "__init__.py"
+        and not any(target.split(".")[0] == "lightning" for target, _, _ in _imports(module))
+    ]
+    assert not lacking, lacking
 
 
 def test_no_import_cycles() -> None:
@@ -161,7 +192,7 @@ def test_no_private_name_is_imported_across_subpackages() -> None:
                 continue
             for reached in _resolve(target, names) or [target]:
                 if _subpackage(reached) == own and (own or reached == "ls_lightning._graveyard"):
-                    continue
+                    continue  # within a layer package, or the top level's own graveyard
                 private = [part for part in reached.split(".") if _is_private(part)]
                 private += [name for name in names if _is_private(name) and f"{target}.{name}" not in MODULES]
                 if private:
@@ -245,37 +276,154 @@ def test_assert_async_still_works() -> None:
         torch._assert_async(torch.tensor(False), "raised")
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "ls_lightning.functional",
-        "ls_lightning.metrics",
-        "ls_lightning.schedules",
-        "ls_lightning.priors",
-        "ls_lightning.losses",
-        "ls_lightning.data",
-        "ls_lightning.models",
-        "ls_lightning.search",
-        "ls_lightning.plotting",
-        "ls_lightning.temperature",
-        "ls_lightning.diagrams",
-        "ls_lightning.mixin",
-        "ls_lightning.callback",
-        "ls_lightning.report",
-        "ls_lightning.train",
-        "ls_lightning.eval",
-    ],
-)
-def test_documented_paths_keep_their_names(path: str) -> None:
-    """Each module path of DESIGN.md still gives its names, the same objects as their home in the layers."""
-    import importlib
+def _imported_modules() -> dict[str, object]:
+    """Every module of the package, imported (the cli's need its extra, as the tests do)."""
+    return {name: importlib.import_module(name) for name in MODULES}
 
-    module = importlib.import_module(path)
-    assert module.__all__, path
-    for name in module.__all__:
-        value = getattr(module, name)
-        home = getattr(value, "__module__", "")
-        assert not home.startswith("ls_lightning") or _layer(home) != FACADE, (path, name, home)
+
+def _home(obj: object) -> str:
+    """The documented path of a class or function of the package: its layer package when that exports it, else the
+    module that defines it (the command line's modules, whose package exports only the console scripts)."""
+    defining = obj.__module__  # type: ignore[attr-defined]
+    parts = defining.split(".")
+    package = importlib.import_module(".".join(parts[:2])) if len(parts) > 1 else None
+    if package is not None and obj.__name__ in getattr(package, "__all__", ()):  # type: ignore[attr-defined]
+        return package.__name__
+    return defining
+
+
+def test_each_public_name_is_exported_by_its_module_its_package_and_for_headline_names_the_top_level() -> None:
+    wrong = []
+    for name, module in _imported_modules().items():
+        if name == "ls_lightning._graveyard":
+            continue
+        for exported in getattr(module, "__all__", ()):
+            obj = getattr(module, exported)
+            defining = getattr(obj, "__module__", None)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)) or not str(defining).startswith("ls_lightning"):
+                continue  # constants and type aliases: their module is checked by the AST test below
+            allowed = {defining, ".".join(defining.split(".")[:2])}
+            if exported in HEADLINE:
+                allowed.add("ls_lightning")
+            if name not in allowed:
+                wrong.append(f"{name} exports {exported}, defined in {defining}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_each_module_exports_only_what_it_defines_and_each_package_only_its_modules_names() -> None:
+    """``__all__`` of a module lists names it defines; of a package, names of its own modules (AST and import)."""
+    wrong = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        module = importlib.import_module(name)
+        exported = getattr(module, "__all__", None)
+        if path.name == "__init__.py":
+            if name != "ls_lightning" and exported is None and any(isinstance(n, ast.ImportFrom) for n in tree.body):
+                wrong.append(f"{name} imports names but has no __all__")
+            for item in exported or ():
+                defining = str(getattr(getattr(module, item), "__module__", name))
+                if item != "__version__" and not defining.startswith("ls_lightning") and not item.isupper():
+                    continue  # a type alias (Literal): its module is the package's
+            continue
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
+        for node in tree.body:
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            defined |= {t.id for t in targets if isinstance(t, ast.Name)}
+        wrong += [f"{name} exports {item}, which it does not define" for item in exported or () if item not in defined]
+    assert not wrong, "\n".join(wrong)
+
+
+def _config_targets() -> Iterator[tuple[str, str]]:
+    """(where, target) of every ``_target_`` in the shipped configs, the structured configs and the example entry."""
+    files = [
+        *sorted((PACKAGE / "conf").rglob("*.yaml")),
+        ROOT / "examples" / "existing_project" / "label_smoothing.yaml",
+    ]
+    for path in [*files, PACKAGE / "cli" / "config.py"]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = re.search(r"_target_\W+\s*\"?(ls_lightning[\w.]+)", line)
+            if match:
+                yield f"{path.relative_to(ROOT)}:{number}", match.group(1)
+
+
+def test_config_targets_name_the_homes() -> None:
+    from hydra.utils import get_object
+
+    targets = list(_config_targets())
+    assert len(targets) > 15, targets  # the scan sees them
+    wrong = []
+    for where, target in targets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # an old path resolves, but warns
+            obj = get_object(target)
+        home = f"{_home(obj)}.{obj.__name__}"
+        if target != home:
+            wrong.append(f"{where}: {target} (home: {home})")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("old", sorted(__import__("ls_lightning._graveyard", fromlist=["MOVED"]).MOVED))
+def test_old_paths_resolve_to_their_home_with_a_warning_that_names_it(old: str) -> None:
+    from ls_lightning import _graveyard
+
+    module = importlib.import_module(old)
+    assert set(_graveyard.MOVED[old]) <= set(module.__all__)
+    for name, home in _graveyard.MOVED[old].items():
+        with pytest.warns(FutureWarning, match=re.escape(f"`{old}.{name}` has moved to `{home}.{name}`")):
+            value = getattr(module, name)
+        assert value is getattr(importlib.import_module(home), name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert _home(value) == home, (old, name)
+
+
+_MODULE_NAMES = {"pl_module", "module", "model", "lightning_module"}
+# What a callback may set on a module: the mixin's documented, settable ε and prior (a buffer, checkpointed), and ε of
+# the loss submodules of a module without the mixin (torch.nn.CrossEntropyLoss's own public attribute).
+_SETTABLE = {"label_smoothing", "label_smoothing_prior"}
+
+
+def _attribute_writes(tree: ast.AST) -> Iterator[tuple[int, str, str]]:
+    """(line, object, attribute) of every assignment, augmented assignment, deletion, setattr and delattr of an
+    attribute of a plainly named object."""
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"setattr", "delattr"}
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+        ):
+            attr = node.args[1].value if isinstance(node.args[1], ast.Constant) else "<dynamic>"
+            yield node.lineno, node.args[0].id, str(attr)
+        for target in targets:
+            for item in target.elts if isinstance(target, ast.Tuple) else [target]:
+                if isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name):
+                    yield item.lineno, item.value.id, item.attr
+
+
+def test_nothing_in_the_package_writes_an_attribute_on_a_lightning_module() -> None:
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for line, obj, attr in _attribute_writes(ast.parse(path.read_text(), str(path))):
+            if obj in _MODULE_NAMES and attr not in _SETTABLE:
+                wrong.append(f"{path.relative_to(PACKAGE)}:{line} sets {obj}.{attr}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_attribute_scan_sees_a_write() -> None:
+    tree = ast.parse("def on_fit_start(self, trainer, pl_module):\n    pl_module.ls_estimator = 1\n")
+    assert list(_attribute_writes(tree)) == [(2, "pl_module", "ls_estimator")]
 
 
 def test_the_core_never_imports_hydra() -> None:
@@ -315,7 +463,8 @@ def test_a_bad_value_is_reported_before_lightning_is_imported() -> None:
     code = """
 import sys
 from hydra import compose, initialize_config_module
-from ls_lightning.cli.config import ConfigValueError, register_configs, validate_config
+from ls_lightning.cli.config import register_configs, validate_config
+from ls_lightning.cli.errors import ConfigValueError
 
 register_configs()
 with initialize_config_module("ls_lightning.conf", version_base="1.3"):

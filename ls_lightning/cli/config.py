@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from ls_lightning.cli.errors import ConfigValueError, MissingDependencyError
+from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.loggers import register_resolvers
 
 # OmegaConf 2.3 reads annotations at run time and does not understand ``X | None``: the dataclasses below use
@@ -28,12 +29,14 @@ __all__ = [
     "BreastCancerDataConfig",
     "CNNConfig",
     "CalibrationConfig",
-    "ConfigValueError",
     "DataConfig",
     "DigitsDataConfig",
     "LabelSmoothingConfig",
     "MLPConfig",
-    "MissingDependencyError",
+    "MNIST1DCNNConfig",
+    "MNIST1DDataConfig",
+    "MNIST1DGRUConfig",
+    "MNIST1DMLPConfig",
     "ModelConfig",
     "PathsConfig",
     "PriorConfig",
@@ -43,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "TransformerConfig",
+    "defaults_of",
     "register_configs",
     "validate_config",
 ]
@@ -185,6 +189,12 @@ class LabelSmoothingConfig:
     prior: PriorConfig = MISSING
     interval: str = _ranged("step", _Choices(("step", "epoch")))
     total_steps: Optional[int] = _ranged(None, _Range(1, optional=True))
+    # the loss: label smoothing or a relative (ls_lightning.losses.objectives); the schedule weighs it (ε, β or λ)
+    objective: str = _ranged(
+        "label_smoothing", _Choices(("label_smoothing", "confidence_penalty", "focal", "flsd53", "mbls"))
+    )
+    focal_gamma: float = _ranged(3.0, _Range(0.0))  # γ of objective=focal
+    margin: float = _ranged(10.0, _Range(0.0))  # m of objective=mbls
 
 
 # --- data and model ----------------------------------------------------------------------------------------------
@@ -208,6 +218,7 @@ class DigitsDataConfig(DataConfig):
 @dataclass
 class BreastCancerDataConfig(DataConfig):
     _target_: str = "ls_lightning.cli.data.BreastCancerDataModule"
+    batch_size: int = _ranged(32, _POSITIVE_INT)
     val_fraction: float = _ranged(0.2, _FRACTION)
     test_fraction: float = _ranged(0.2, _FRACTION)
     split_seed: int = 0
@@ -235,8 +246,24 @@ class TextDataConfig(DataConfig):
     max_corpus_bytes: int = _ranged(1_000_000, _POSITIVE_INT)
     val_fraction: float = _ranged(0.03, _FRACTION)
     test_fraction: float = _ranged(0.03, _FRACTION)
-    train_sequences_per_epoch: Optional[int] = _ranged(None, _Range(1, optional=True))
+    train_sequences_per_epoch: Optional[int] = _ranged(256, _Range(1, optional=True))
     min_frequency: int = _ranged(2, _POSITIVE_INT)
+    split_seed: int = 0
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class MNIST1DDataConfig(DataConfig):
+    _target_: str = "ls_lightning.cli.data.MNIST1DDataModule"
+    batch_size: int = _ranged(100, _POSITIVE_INT)
+    val_fraction: float = _ranged(0.1, _FRACTION)
+    train_sequences_per_epoch: Optional[int] = _ranged(30000, _Range(1, optional=True))
+    num_samples: int = _ranged(
+        5000, _Range(10, hint="a multiple of 10: make_dataset takes num_samples // 10 per class")
+    )
+    train_split: float = _ranged(0.8, _FRACTION)
+    shuffle_seq: bool = False
+    seed: int = 42
     split_seed: int = 0
     cache_dir: Optional[str] = None
 
@@ -246,11 +273,15 @@ class ModelConfig:
     _target_: str = MISSING
     lr: float = _ranged(1e-3, _Range(0.0, low_open=True))
     weight_decay: float = _ranged(0.0, _Range(0.0))
+    # "batch": each step's loss is its batch's mean; "step": the mean over all counted positions of the optimizer
+    # step's micro-batches on all processes (padded sequences, accumulation, DDP), see ls_lightning.integration
+    loss_normalization: str = _ranged("batch", _Choices(("batch", "step")))
 
 
 @dataclass
 class MLPConfig(ModelConfig):
     _target_: str = "ls_lightning.cli.models.MLP"
+    lr: float = _ranged(0.005, _Range(0.0, low_open=True))
     hidden_sizes: list[int] = field(default_factory=lambda: [128], metadata={"rule": _POSITIVE_INT})
     dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
 
@@ -273,6 +304,29 @@ class TransformerConfig(ModelConfig):
     dim_feedforward: int = _ranged(512, _POSITIVE_INT)
     dropout: float = _ranged(0.0, _Range(0.0, 1.0, high_open=True))
     tie_weights: bool = True
+    lr: float = _ranged(0.002, _Range(0.0, low_open=True))
+
+
+@dataclass
+class MNIST1DMLPConfig(ModelConfig):
+    _target_: str = "ls_lightning.cli.models.MNIST1DMLP"
+    lr: float = _ranged(1e-2, _Range(0.0, low_open=True))
+    hidden_size: int = _ranged(100, _POSITIVE_INT)
+
+
+@dataclass
+class MNIST1DCNNConfig(ModelConfig):
+    _target_: str = "ls_lightning.cli.models.MNIST1DCNN"
+    lr: float = _ranged(1e-2, _Range(0.0, low_open=True))
+    channels: int = _ranged(25, _POSITIVE_INT)
+
+
+@dataclass
+class MNIST1DGRUConfig(ModelConfig):
+    _target_: str = "ls_lightning.cli.models.MNIST1DGRU"
+    lr: float = _ranged(1e-2, _Range(0.0, low_open=True))
+    hidden_size: int = _ranged(6, _POSITIVE_INT)
+    bidirectional: bool = True
 
 
 # --- trainer, paths, root ----------------------------------------------------------------------------------------
@@ -336,6 +390,9 @@ class CalibrationConfig:
     diagrams: bool = True
     # fit T on the validation logits, log val/temperature and val/ece_ts (keeps the logits: O(N·C) memory)
     temperature_scaling: bool = False
+    # the penultimate layer's activations projected on the plane of three classes' templates (Müller et al. 2019) and
+    # {stage}/penultimate_within_between (ls_lightning.integration.PenultimateProjection)
+    penultimate: bool = False
 
 
 @dataclass
@@ -356,6 +413,23 @@ class TrainConfig:
     optimized_metric: Optional[str] = None
 
 
+def defaults_of(schema: type) -> dict[str, Any]:
+    """The default of every field of a structured config but ``_target_`` (lists as tuples): the one source of the
+    defaults of the class it configures, whose signature reads them from here.
+
+    Example:
+        >>> defaults_of(MLPConfig)["hidden_sizes"]
+        (128,)
+    """
+    found = {}
+    for item in fields(schema):
+        if item.name == "_target_":
+            continue
+        value = item.default_factory() if item.default_factory is not MISSING_FIELD else item.default
+        found[item.name] = tuple(value) if isinstance(value, list) else value
+    return found
+
+
 # Root-level names (no group): a schema stored as an option of its group (``data/digits_schema``) would be listed
 # among the valid options when a group option is mistyped. A YAML file extends one with ``- /<name>@_here_``.
 _SCHEMAS: dict[str, type] = {
@@ -364,9 +438,13 @@ _SCHEMAS: dict[str, type] = {
     "data_breast_cancer_schema": BreastCancerDataConfig,
     "data_synthetic_schema": SyntheticDataConfig,
     "data_text_schema": TextDataConfig,
+    "data_mnist1d_schema": MNIST1DDataConfig,
     "model_mlp_schema": MLPConfig,
     "model_cnn_schema": CNNConfig,
     "model_transformer_schema": TransformerConfig,
+    "model_mnist1d_mlp_schema": MNIST1DMLPConfig,
+    "model_mnist1d_cnn_schema": MNIST1DCNNConfig,
+    "model_mnist1d_gru_schema": MNIST1DGRUConfig,
     "schedule_none_schema": NoneScheduleConfig,
     "schedule_constant_schema": ConstantScheduleConfig,
     "schedule_linear_schema": LinearScheduleConfig,

@@ -1,5 +1,5 @@
 """Built-in data modules of the command line (bundled digits and breast-cancer sets, generated Gaussian classes,
-Python's own sources as tokens) and an unpadded sampler."""
+MNIST-1D, Python's own sources as tokens) and an unpadded sampler."""
 
 from __future__ import annotations
 
@@ -14,19 +14,32 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ls_lightning.cli.config import (
+    BreastCancerDataConfig,
+    DataConfig,
+    DigitsDataConfig,
+    SyntheticDataConfig,
+    TextDataConfig,
+    defaults_of,
+)
 from ls_lightning.cli.errors import MissingDependencyError
 from ls_lightning.metrics import UnpaddedDistributedSampler
 
 __all__ = [
     "BreastCancerDataModule",
     "DigitsDataModule",
-    "MissingDependencyError",
+    "MNIST1DDataModule",
     "SequencesPerEpochSampler",
     "SyntheticDataModule",
     "TensorDataModule",
     "TextDataModule",
-    "UnpaddedDistributedSampler",
 ]
+
+# The defaults of each data module are those of its structured config (ls_lightning.cli.config): one source, which the
+# command line's YAML files do not repeat.
+_BASE, _DIGITS, _BREAST_CANCER, _SYNTHETIC, _TEXT = map(
+    defaults_of, (DataConfig, DigitsDataConfig, BreastCancerDataConfig, SyntheticDataConfig, TextDataConfig)
+)
 
 
 class _UnpaddedBatches(UnpaddedDistributedSampler):
@@ -71,7 +84,7 @@ class TensorDataModule(L.LightningDataModule):
     # the model's task (LabelSmoothingMixin's `task`); a binary set has num_classes = 1, the one logit of its model
     task: str = "multiclass"
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int = _BASE["batch_size"], num_workers: int = _BASE["num_workers"]) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Expected argument `batch_size` to be a positive int, but got {batch_size!r}")
@@ -121,12 +134,7 @@ class _BundledDataModule(TensorDataModule):
     dataset_name = "digits"  # in the message when scikit-learn is missing
 
     def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        split_seed: int = 0,
+        self, batch_size: int, num_workers: int, val_fraction: float, test_fraction: float, split_seed: int
     ) -> None:
         super().__init__(batch_size, num_workers)
         _check_fractions(val_fraction, test_fraction)
@@ -154,6 +162,16 @@ class DigitsDataModule(_BundledDataModule):
 
     num_features = 64
     num_classes = 10
+
+    def __init__(
+        self,
+        batch_size: int = _DIGITS["batch_size"],
+        num_workers: int = _DIGITS["num_workers"],
+        val_fraction: float = _DIGITS["val_fraction"],
+        test_fraction: float = _DIGITS["test_fraction"],
+        split_seed: int = _DIGITS["split_seed"],
+    ) -> None:
+        super().__init__(batch_size, num_workers, val_fraction, test_fraction, split_seed)
 
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
         from sklearn.datasets import load_digits
@@ -197,6 +215,16 @@ class BreastCancerDataModule(_BundledDataModule):
     num_classes = 1
     task = "binary"
     dataset_name = "breast-cancer"
+
+    def __init__(
+        self,
+        batch_size: int = _BREAST_CANCER["batch_size"],
+        num_workers: int = _BREAST_CANCER["num_workers"],
+        val_fraction: float = _BREAST_CANCER["val_fraction"],
+        test_fraction: float = _BREAST_CANCER["test_fraction"],
+        split_seed: int = _BREAST_CANCER["split_seed"],
+    ) -> None:
+        super().__init__(batch_size, num_workers, val_fraction, test_fraction, split_seed)
 
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
         from sklearn.datasets import load_breast_cancer
@@ -266,16 +294,16 @@ class SyntheticDataModule(TensorDataModule):
 
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        num_classes: int = 10,
-        num_features: int = 20,
-        num_train: int = 2000,
-        num_val: int = 500,
-        num_test: int = 500,
-        class_sep: float = 1.0,
-        label_noise: float = 0.0,
-        seed: int = 0,
+        batch_size: int = _SYNTHETIC["batch_size"],
+        num_workers: int = _SYNTHETIC["num_workers"],
+        num_classes: int = _SYNTHETIC["num_classes"],
+        num_features: int = _SYNTHETIC["num_features"],
+        num_train: int = _SYNTHETIC["num_train"],
+        num_val: int = _SYNTHETIC["num_val"],
+        num_test: int = _SYNTHETIC["num_test"],
+        class_sep: float = _SYNTHETIC["class_sep"],
+        label_noise: float = _SYNTHETIC["label_noise"],
+        seed: int = _SYNTHETIC["seed"],
     ) -> None:
         super().__init__(batch_size, num_workers)
         for name, value, low in [("num_classes", num_classes, 2), ("num_features", num_features, 1)]:
@@ -419,17 +447,17 @@ class TextDataModule(TensorDataModule):
 
     def __init__(
         self,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        vocab_size: int = 8192,
-        block_size: int = 64,
-        max_corpus_bytes: int = 1_000_000,
-        val_fraction: float = 0.03,
-        test_fraction: float = 0.03,
-        train_sequences_per_epoch: int | None = None,
-        min_frequency: int = 2,
-        split_seed: int = 0,
-        cache_dir: str | None = None,
+        batch_size: int = _TEXT["batch_size"],
+        num_workers: int = _TEXT["num_workers"],
+        vocab_size: int = _TEXT["vocab_size"],
+        block_size: int = _TEXT["block_size"],
+        max_corpus_bytes: int = _TEXT["max_corpus_bytes"],
+        val_fraction: float = _TEXT["val_fraction"],
+        test_fraction: float = _TEXT["test_fraction"],
+        train_sequences_per_epoch: int | None = _TEXT["train_sequences_per_epoch"],
+        min_frequency: int = _TEXT["min_frequency"],
+        split_seed: int = _TEXT["split_seed"],
+        cache_dir: str | None = _TEXT["cache_dir"],
         ignore_index: int = -100,
     ) -> None:
         from ls_lightning.cli.text import MIN_VOCAB_SIZE, _tokenizer_class
@@ -521,6 +549,126 @@ class TextDataModule(TensorDataModule):
             return super().train_dataloader()
         dataset = self.splits["train"]
         # the run's seed (seed_everything) picks the order: the same on every process, and whatever the model's size
+        sampler = SequencesPerEpochSampler(dataset, self.train_sequences_per_epoch, seed=torch.initial_seed() % 2**62)
+        workers = self.num_workers
+        return DataLoader(
+            dataset, self.batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+        )
+
+
+class MNIST1DDataModule(TensorDataModule):
+    """MNIST-1D (Greydanus, 2020): 1-D signals of 40 points in 10 classes, generated by the authors' ``mnist1d``.
+
+    ``mnist1d.data.make_dataset`` builds the set from ten digit-like templates (padding, scaling, translation,
+    correlated and i.i.d. noise, shear) with the package's default arguments and seed: 4000 training and 1000 test
+    sequences, standardised over the whole set, the same arrays as the authors' published file (to 1e-15). Nothing is
+    downloaded. The arrays are generated on first use (about a second) and cached (``cache_dir``, else
+    ``$LS_LIGHTNING_CACHE``, else ``~/.cache/ls_lightning``; see
+    :func:`ls_lightning.cli.mnist1d.load_or_generate_mnist1d`), so that the other jobs of a sweep and the other
+    processes of a run load them.
+
+    The generated training split is split again, at random by ``split_seed``, into train and val (``val_fraction``);
+    the generated test split is the test split. An epoch is ``train_sequences_per_epoch`` training samples
+    (:class:`SequencesPerEpochSampler`) or, when ``None``, one pass over the training split: the default, 30000
+    samples in batches of 100, makes the default 20 epochs the authors' 6000 steps of batch 100.
+
+    Args:
+        batch_size: samples per batch (the authors': 100).
+        num_workers: dataloader worker processes.
+        val_fraction: share of the generated training split held out for validation, in (0, 1).
+        train_sequences_per_epoch: training samples per epoch over all processes, or ``None`` for one pass.
+        num_samples: samples generated in all, a positive multiple of 10 (the package's default: 5000).
+        train_split: share of the generated samples in its training split, in (0, 1) (default 0.8).
+        shuffle_seq: permute the positions of every sequence with one fixed permutation (the paper's "shuffled"
+            MNIST-1D, without spatial structure).
+        seed: the seed of ``make_dataset`` (the package's default: 42); independent of the training seed.
+        split_seed: seed of the train/val split.
+        cache_dir: the cache folder; ``None`` for ``$LS_LIGHTNING_CACHE`` or ``~/.cache/ls_lightning``.
+
+    Raises:
+        MissingDependencyError: if ``mnist1d`` is not installed (the ``data`` extra).
+        ValueError: if an argument is out of range or a split would be empty.
+
+    Example:
+        >>> import tempfile
+        >>> dm = MNIST1DDataModule(cache_dir=tempfile.mkdtemp())  # ~/.cache/ls_lightning when not given
+        >>> dm.setup()
+        >>> {name: tuple(split.tensors[0].shape) for name, split in dm.splits.items()}
+        {'train': (3600, 40), 'val': (400, 40), 'test': (1000, 40)}
+    """
+
+    num_features = 40  # the package's final_seq_length
+    num_classes = 10
+
+    def __init__(
+        self,
+        batch_size: int = 100,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        train_sequences_per_epoch: int | None = 30000,
+        num_samples: int = 5000,
+        train_split: float = 0.8,
+        shuffle_seq: bool = False,
+        seed: int = 42,
+        split_seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        from ls_lightning.cli.mnist1d import mnist1d_settings
+
+        super().__init__(batch_size, num_workers)
+        _check_fraction("val_fraction", val_fraction)
+        _check_fraction("train_split", train_split)
+        _check_int("num_samples", num_samples, 10)
+        if num_samples % self.num_classes:
+            raise ValueError(f"Expected argument `num_samples` to be a multiple of 10, but got {num_samples!r}")
+        if train_sequences_per_epoch is not None:
+            _check_int("train_sequences_per_epoch", train_sequences_per_epoch, 1)
+        if not isinstance(shuffle_seq, bool):
+            raise ValueError(f"Expected argument `shuffle_seq` to be a bool, but got {shuffle_seq!r}")
+        mnist1d_settings(num_samples, train_split, shuffle_seq, seed)  # fail at construction if mnist1d is missing
+        self.val_fraction, self.train_sequences_per_epoch = val_fraction, train_sequences_per_epoch
+        self.num_samples, self.train_split, self.shuffle_seq = num_samples, train_split, shuffle_seq
+        self.seed, self.split_seed, self.cache_dir = seed, split_seed, cache_dir
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node before the others set up: they then load the cached arrays
+        self._arrays()
+
+    def _arrays(self) -> dict[str, Any]:
+        from ls_lightning.cli.mnist1d import load_or_generate_mnist1d
+
+        cached = load_or_generate_mnist1d(
+            self.num_samples, self.train_split, self.shuffle_seq, self.seed, cache_dir=self.cache_dir
+        )
+        if cached.generated:
+            rank_zero_info(
+                f"Generated MNIST-1D ({self.num_samples} sequences, seed {self.seed}) with the mnist1d package in"
+                f" {cached.seconds:.1f} s; cached in {cached.path} (later runs load it)."
+            )
+        return cached.arrays
+
+    def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
+        arrays = self._arrays()
+        x, y = torch.tensor(arrays["x"], dtype=torch.float32), torch.tensor(arrays["y"], dtype=torch.int64)
+        n_val = round(self.val_fraction * len(y))
+        if not 0 < n_val < len(y) or len(arrays["y_test"]) == 0:
+            raise ValueError(
+                f"Expected non-empty train, val and test splits, but got {len(y) - n_val}, {n_val} and"
+                f" {len(arrays['y_test'])}: raise `num_samples` or change `val_fraction` or `train_split`"
+            )
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+        test = (torch.tensor(arrays["x_test"], dtype=torch.float32), torch.tensor(arrays["y_test"], dtype=torch.int64))
+        return {
+            "train": (x[order[n_val:]], y[order[n_val:]]),
+            "val": (x[order[:n_val]], y[order[:n_val]]),
+            "test": test,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_sequences_per_epoch is None:
+            return super().train_dataloader()
+        dataset = self.splits["train"]
+        # the run's seed (seed_everything) picks the order: the same on every process
         sampler = SequencesPerEpochSampler(dataset, self.train_sequences_per_epoch, seed=torch.initial_seed() % 2**62)
         workers = self.num_workers
         return DataLoader(

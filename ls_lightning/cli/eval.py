@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, cast
 import hydra
 from omegaconf import DictConfig
 
-from ls_lightning.cli.config import ConfigValueError, register_configs, validate_config
+from ls_lightning.cli.config import register_configs, validate_config
+from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.launch import continued_metrics, hydra_job_launch, quiet_rank_overrides
 from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, print_summary, run_main
 

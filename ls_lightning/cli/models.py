@@ -1,5 +1,5 @@
-"""Built-in models of the command line: an MLP and a small CNN (classifiers), and a small decoder-only Transformer
-language model, trained with the label-smoothed loss."""
+"""Built-in models of the command line: an MLP and a small CNN (classifiers), the MNIST-1D paper's MLP, CNN and
+GRU, and a small decoder-only Transformer language model, trained with the label-smoothed loss."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
 
-from ls_lightning.integration import DEFAULT_LOG_METRICS, LabelSmoothingMixin, MetricGroup, Task
+from ls_lightning.cli.config import CNNConfig, MLPConfig, ModelConfig, TransformerConfig, defaults_of
+from ls_lightning.integration import DEFAULT_LOG_METRICS, LabelSmoothingMixin, LossNormalization, MetricGroup, Task
 
-__all__ = ["CNN", "MLP", "Classifier", "Transformer"]
+__all__ = ["CNN", "MLP", "MNIST1DCNN", "MNIST1DGRU", "MNIST1DMLP", "Classifier", "Transformer"]
+
+# The defaults of each model are those of its structured config (ls_lightning.cli.config): one source, which the
+# command line's YAML files do not repeat.
+_BASE, _MLP, _CNN, _TRANSFORMER = map(defaults_of, (ModelConfig, MLPConfig, CNNConfig, TransformerConfig))
 
 
 class Classifier(LabelSmoothingMixin, L.LightningModule):
@@ -28,6 +33,8 @@ class Classifier(LabelSmoothingMixin, L.LightningModule):
         prior: the smoothing prior u, ``None`` for uniform.
         task: the mixin's task; ``"binary"`` with ``num_classes=1`` (one logit) for a binary data set such as
             ``data=breast_cancer``.
+        loss_normalization: the mixin's: ``"batch"`` (each batch's mean) or ``"step"`` (the mean over the optimizer
+            step's counted positions on all processes; for padded sequences with accumulation or DDP).
 
     Raises:
         ValueError: if ``lr`` or ``weight_decay`` is out of range.
@@ -38,13 +45,14 @@ class Classifier(LabelSmoothingMixin, L.LightningModule):
     def __init__(
         self,
         *,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        lr: float = _BASE["lr"],
+        weight_decay: float = _BASE["weight_decay"],
         label_smoothing: float = 0.1,
         prior: Tensor | None = None,
         task: Task = "multiclass",
+        loss_normalization: LossNormalization = _BASE["loss_normalization"],
     ) -> None:
-        super().__init__(label_smoothing=label_smoothing, prior=prior, task=task)
+        super().__init__(label_smoothing=label_smoothing, prior=prior, task=task, loss_normalization=loss_normalization)
         if not lr > 0:
             raise ValueError(f"Expected argument `lr` to be a positive float, but got {lr!r}")
         if not weight_decay >= 0:
@@ -140,11 +148,13 @@ class MLP(Classifier):
         self,
         num_features: int,
         num_classes: int,
-        hidden_sizes: Sequence[int] = (128,),
-        dropout: float = 0.0,
+        hidden_sizes: Sequence[int] = _MLP["hidden_sizes"],
+        dropout: float = _MLP["dropout"],
+        lr: float = _MLP["lr"],
+        weight_decay: float = _MLP["weight_decay"],
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         hidden = _check_sizes("hidden_sizes", hidden_sizes)
         _check_dropout(dropout)
         # the prior is a buffer (saved in the state dict); as a hyper-parameter it would bloat hparams.yaml
@@ -188,13 +198,15 @@ class CNN(Classifier):
         self,
         num_features: int,
         num_classes: int,
-        image_size: int = 8,
-        channels: Sequence[int] = (16, 32),
-        hidden_size: int = 64,
-        dropout: float = 0.0,
+        image_size: int = _CNN["image_size"],
+        channels: Sequence[int] = _CNN["channels"],
+        hidden_size: int = _CNN["hidden_size"],
+        dropout: float = _CNN["dropout"],
+        lr: float = _CNN["lr"],
+        weight_decay: float = _CNN["weight_decay"],
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         chans = _check_sizes("channels", channels)
         _check_dropout(dropout)
         if num_features != image_size**2:
@@ -259,16 +271,18 @@ class Transformer(Classifier):
         self,
         num_features: int,
         num_classes: int,
-        d_model: int = 128,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        dim_feedforward: int = 512,
-        dropout: float = 0.0,
-        tie_weights: bool = True,
+        d_model: int = _TRANSFORMER["d_model"],
+        num_layers: int = _TRANSFORMER["num_layers"],
+        num_heads: int = _TRANSFORMER["num_heads"],
+        dim_feedforward: int = _TRANSFORMER["dim_feedforward"],
+        dropout: float = _TRANSFORMER["dropout"],
+        tie_weights: bool = _TRANSFORMER["tie_weights"],
         log_metrics: Sequence[MetricGroup] = (*DEFAULT_LOG_METRICS, "perplexity"),
+        lr: float = _TRANSFORMER["lr"],
+        weight_decay: float = _TRANSFORMER["weight_decay"],
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         sizes = dict(num_features=num_features, num_classes=num_classes, d_model=d_model, num_layers=num_layers)
         for name, value in {**sizes, "num_heads": num_heads, "dim_feedforward": dim_feedforward}.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -335,3 +349,161 @@ class Transformer(Classifier):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch)
+
+
+# The MNIST-1D paper's models (Greydanus, 2020, "Scaling down deep learning"), layer for layer as in the authors'
+# code: greydanus/mnist1d, models.py at commit 08ff47fc74375c6aca30416a2080ea5695f9b751 (the first commit; the same
+# classes are notebooks/models.py at 579085a3934c37e20fa4b6dae064d3e9d6f2d122). Their trainer (train.py) is Adam,
+# learning rate 1e-2, weight decay 0, batches of 100, 6000 steps: AdamW with weight_decay=0 is the same update.
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}")
+
+
+class _ReLUResidual(nn.Module):
+    """``h + relu(linear(h))``: the residual hidden layer of the MNIST-1D MLP."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.linear(h).relu()
+
+
+class MNIST1DMLP(Classifier):
+    r"""The MNIST-1D paper's MLP (the authors' ``MLPBase``): two hidden layers of ``hidden_size``, the second residual.
+
+    .. math:: h_1 = \mathrm{relu}(W_1 x + b_1), \quad h_2 = h_1 + \mathrm{relu}(W_2 h_1 + b_2), \quad
+        z = W_3 h_2 + b_3
+
+    15 210 parameters with the defaults on MNIST-1D (40 inputs, 10 classes).
+
+    Args:
+        num_features: input dimension (MNIST-1D: 40).
+        num_classes: number of classes C.
+        hidden_size: width of both hidden layers (the authors': 100).
+        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+
+    Raises:
+        ValueError: if a size is not a positive int.
+
+    Shape:
+        - Input: (N, num_features).
+        - Output: (N, num_classes) logits.
+
+    Example:
+        >>> model = MNIST1DMLP(num_features=40, num_classes=10)
+        >>> model(torch.zeros(2, 40)).shape, sum(p.numel() for p in model.parameters())
+        (torch.Size([2, 10]), 15210)
+    """
+
+    def __init__(self, num_features: int, num_classes: int, hidden_size: int = 100, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name, value in [("num_features", num_features), ("num_classes", num_classes), ("hidden_size", hidden_size)]:
+            _check_positive(name, value)
+        self.save_hyperparameters(ignore=["prior"])
+        self.net = nn.Sequential(
+            nn.Linear(num_features, hidden_size),
+            nn.ReLU(),
+            _ReLUResidual(hidden_size),
+            nn.Linear(hidden_size, num_classes),
+        )
+
+
+def _conv_length(length: int, kernel: int, stride: int = 2, padding: int = 1) -> int:
+    return (length + 2 * padding - kernel) // stride + 1
+
+
+class MNIST1DCNN(Classifier):
+    """The MNIST-1D paper's CNN (the authors' ``ConvBase``): three stride-2 1-D convolutions with ReLU, then a linear
+    classifier on the flattened features.
+
+    The convolutions have ``channels`` each, kernels 5, 3, 3, stride 2 and padding 1: a sequence of 40 points
+    becomes 19, 10, then 5 positions, and the classifier reads 5 × 25 = 125 features (the authors' ``linear_in``,
+    computed here from ``num_features``). 5210 parameters with the defaults on MNIST-1D.
+
+    Args:
+        num_features: the sequence length L (MNIST-1D: 40), >= 5.
+        num_classes: number of classes C.
+        channels: output channels of each convolution (the authors': 25).
+        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+
+    Raises:
+        ValueError: if a size is not a positive int or the sequence is too short for the convolutions.
+
+    Shape:
+        - Input: (N, L), one channel.
+        - Output: (N, num_classes) logits.
+
+    Example:
+        >>> model = MNIST1DCNN(num_features=40, num_classes=10)
+        >>> model(torch.zeros(2, 40)).shape, sum(p.numel() for p in model.parameters())
+        (torch.Size([2, 10]), 5210)
+    """
+
+    def __init__(self, num_features: int, num_classes: int, channels: int = 25, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name, value in [("num_features", num_features), ("num_classes", num_classes), ("channels", channels)]:
+            _check_positive(name, value)
+        length = _conv_length(_conv_length(_conv_length(num_features, 5), 3), 3)
+        if length < 1:
+            raise ValueError(f"Expected `num_features` >= 5 for the three convolutions, but got {num_features}")
+        self.save_hyperparameters(ignore=["prior"])
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (1, num_features)),
+            nn.Conv1d(1, channels, 5, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(channels * length, num_classes),
+        )
+
+
+class MNIST1DGRU(Classifier):
+    """The MNIST-1D paper's GRU (the authors' ``GRUBase``): a (bidirectional) GRU over the sequence, one value per
+    step, then a linear classifier on all its outputs, flattened.
+
+    The initial hidden state is zero. 5134 parameters with the defaults on MNIST-1D.
+
+    Args:
+        num_features: the sequence length T (MNIST-1D: 40; the authors' ``time_steps``).
+        num_classes: number of classes C.
+        hidden_size: the GRU's hidden size per direction (the authors': 6).
+        bidirectional: run the GRU both ways (the authors': yes).
+        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+
+    Raises:
+        ValueError: if a size is not a positive int.
+
+    Shape:
+        - Input: (N, T).
+        - Output: (N, num_classes) logits.
+
+    Example:
+        >>> model = MNIST1DGRU(num_features=40, num_classes=10)
+        >>> model(torch.zeros(2, 40)).shape, sum(p.numel() for p in model.parameters())
+        (torch.Size([2, 10]), 5134)
+    """
+
+    def __init__(
+        self, num_features: int, num_classes: int, hidden_size: int = 6, bidirectional: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        for name, value in [("num_features", num_features), ("num_classes", num_classes), ("hidden_size", hidden_size)]:
+            _check_positive(name, value)
+        self.save_hyperparameters(ignore=["prior"])
+        self.gru = nn.GRU(input_size=1, hidden_size=hidden_size, batch_first=True, bidirectional=bidirectional)
+        self.linear = nn.Linear((2 if bidirectional else 1) * hidden_size * num_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        output, _ = self.gru(x.unsqueeze(-1))  # (N, T, 1) -> (N, T, directions · hidden)
+        return self.linear(output.flatten(1))
+
+    def _fsdp_blocks(self) -> Iterable[nn.Module]:
+        return [self.gru, self.linear]

@@ -7,7 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ls_lightning.cli.config import MissingDependencyError, register_configs, validate_config
+from ls_lightning.cli.config import register_configs, validate_config
+from ls_lightning.cli.errors import MissingDependencyError
 from ls_lightning.cli.launch import continued_metrics, hydra_job_launch, keep_earlier_metrics, quiet_rank_overrides
 from ls_lightning.cli.run import build_run, collect_metrics, finish_runs, print_summary, run_main
 from ls_lightning.cli.search import check_sweeper_plugins

@@ -6,4 +6,6 @@ only needs ``hydra.searchpath: [pkg://ls_lightning.conf]`` (Hydra imports this p
 
 from ls_lightning.cli.config import register_configs
 
+__all__: list[str] = []
+
 register_configs()

@@ -13,19 +13,31 @@ from torch import Tensor, nn
 from torch.utils.data.distributed import DistributedSampler
 from torchmetrics import Metric
 
+from ls_lightning.integration.normalization import (
+    LossNormalization,
+    StepNormalizer,
+    check_loss_normalization,
+    check_step_normalization,
+)
 from ls_lightning.losses import (
+    SCHEDULED_NAMES,
     BinaryLossStats,
     LabelSmoothedCE,
     LossStats,
-    binary_label_smoothed_cross_entropy_with_stats,
-    label_smoothed_cross_entropy_with_stats,
+    Objective,
+    Reduction,
+    binary_objective_with_stats,
+    check_objective,
     linear_label_smoothed_cross_entropy_with_stats,
+    objective_with_stats,
 )
+from ls_lightning.losses.checks import check_non_negative
 from ls_lightning.metrics import (
     AdaptiveCalibrationError,
     BinnedCalibrationError,
     BinStats,
     BrierScore,
+    ClasswiseCalibrationError,
     Overconfidence,
     Perplexity,
     UnpaddedDistributedSampler,
@@ -44,9 +56,9 @@ MetricGroup = Literal["loss", "terms", "acc", "calibration", "perplexity"]
 # Lightning's running stage (``trainer.state.stage``) -> our key prefix. Sanity checking and prediction log nothing.
 _STAGE_PREFIX: dict[str, Stage] = {"train": "train", "validate": "val", "test": "test"}
 _STAGES: tuple[Stage, ...] = ("train", "val", "test")
-_LOSS_TERMS = ("loss", "h_pq", "h_uq")
-# Logged on step (training) and epoch: the loss terms and the z-loss's term, the latter only for losses that have one.
-_STEP_KEYS = (*_LOSS_TERMS, "z_loss")
+# Logged on step (training) and epoch: the loss terms (the fields of the objective's result: h_uq for label smoothing,
+# entropy for the confidence penalty, margin_penalty for MbLS) and the z-loss's term, only for losses that have one.
+_STEP_KEYS = frozenset(("loss", "h_pq", "h_uq", "entropy", "margin_penalty", "z_loss"))
 # The module's step methods: the mixin logs a batch's keys as the outermost step call returns, when the module's own
 # `self.log` calls for the batch are known (and before any batch-end hook reads `trainer.callback_metrics`).
 _STEP_METHODS = ("training_step", "validation_step", "test_step")
@@ -54,9 +66,12 @@ _STEP_METHODS = ("training_step", "validation_step", "test_step")
 # logged for val and test only.
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "loss": ("loss",),
-    "terms": ("h_pq", "h_uq", "z_loss"),  # z_loss: only for a loss called with z_loss > 0
+    # each objective's own: h_uq (label smoothing), margin_penalty (MbLS); z_loss for a loss called with z_loss > 0
+    "terms": ("h_pq", "h_uq", "margin_penalty", "z_loss"),
     "acc": ("acc",),
-    "calibration": ("ece", "mce", "rmsce", "ece_adaptive", "brier", "overconfidence"),
+    # entropy: the mean predictive entropy (the confidence penalty's own term, so for it also in training);
+    # ece_classwise: multi-class tasks only
+    "calibration": ("ece", "mce", "rmsce", "ece_adaptive", "ece_classwise", "brier", "overconfidence", "entropy"),
     "perplexity": ("perplexity",),
 }
 DEFAULT_LOG_METRICS: tuple[MetricGroup, ...] = ("loss", "terms", "acc", "calibration")
@@ -115,7 +130,7 @@ def _check_epsilon(value: Any) -> float:
     return float(value)
 
 
-_TRAIN_KEYS = frozenset(("loss", "h_pq", "h_uq", "z_loss", "acc", "ece", "perplexity"))
+_TRAIN_KEYS = frozenset(("loss", "h_pq", "h_uq", "margin_penalty", "z_loss", "acc", "ece", "perplexity"))
 # Rows of logits built at a time for the callbacks that need them from the fused linear loss (online prior, TS).
 _LOGIT_CHUNK_ELEMENTS = 1 << 22
 
@@ -156,11 +171,14 @@ def _check_gathered(linear_weight: Tensor) -> None:
         )
 
 
-def _new_metrics(stage: Stage, n_bins: int) -> nn.ModuleDict:
-    """One torchmetrics ``Metric`` per key the mixin can log for ``stage``; ``ece`` also serves ``calibration_bins``."""
-    metrics: dict[str, Metric] = {name: WeightedMean() for name in (*_STEP_KEYS, "acc")}
+def _new_metrics(stage: Stage, n_bins: int, num_classes: int | None, ignore_index: int) -> nn.ModuleDict:
+    """One torchmetrics ``Metric`` per key the mixin can log for ``stage``; ``ece`` also serves ``calibration_bins``.
+    ``num_classes``: C of a multi-class loss (for the class-wise ECE), ``None`` for binary and multi-label tasks."""
+    metrics: dict[str, Metric] = {name: WeightedMean() for name in (*sorted(_STEP_KEYS), "acc")}
     metrics.update(perplexity=Perplexity(), ece=BinnedCalibrationError(n_bins=n_bins, norm="l1"))
     if stage != "train":
+        if num_classes is not None and num_classes > 1:
+            metrics.update(ece_classwise=ClasswiseCalibrationError(num_classes, n_bins, ignore_index=ignore_index))
         metrics.update(
             mce=BinnedCalibrationError(n_bins=n_bins, norm="max"),
             rmsce=BinnedCalibrationError(n_bins=n_bins, norm="l2"),
@@ -174,27 +192,32 @@ def _new_metrics(stage: Stage, n_bins: int) -> nn.ModuleDict:
 def _update_metrics(
     metrics: nn.ModuleDict,
     names: Sequence[str],
-    loss: LabelSmoothedCE,
+    loss: NamedTuple,
     stats: LossStats | BinaryLossStats,
+    logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
     *,
     step: bool,
 ) -> None:
     """Add one batch to the metrics of ``names`` (and always to ``ece``, the calibration bins).
 
-    Loss terms enter as batch means weighted by the batch's count of positions (the mixin uses no class weights),
-    so the epoch value is the mean over positions, exact across batches and processes. ``step``: the loss terms go
+    Loss terms enter as batch means weighted by the batch's count of positions (Σ w_y with class weights), so the
+    epoch value is the mean over positions, exact across batches and processes. ``step``: the loss terms go
     through the metric's ``forward``, whose batch value Lightning logs on step.
     """
     count = stats.weight_sum
     metric = cast("Mapping[str, Metric]", metrics)
-    for name, value in zip(_LOSS_TERMS, loss, strict=True):
+    terms: dict[str, Tensor] = loss._asdict()
+    for name, value in terms.items():
         if name in names:
             (metric[name] if step else metric[name].update)(value.detach(), count)
+    entropy = getattr(stats, "entropy", None)
+    if "entropy" in names and "entropy" not in terms and entropy is not None and entropy.numel():
+        metric["entropy"].update(entropy, stats.valid)  # the mean predictive entropy over the counted positions
     z_values = _z_values(stats)
     if "z_loss" in names and z_values is not None:  # 0 with weight 0 where ignored
         (metric["z_loss"] if step else metric["z_loss"].update)(z_values, stats.valid)
     if "perplexity" in names:
-        metric["perplexity"].update(loss.h_pq.detach(), count)
+        metric["perplexity"].update(terms["h_pq"].detach(), count)
     if "acc" in names:
         metric["acc"].update(stats.correct, stats.valid)
     if isinstance(stats, BinaryLossStats):
@@ -205,6 +228,28 @@ def _update_metrics(
             metric[name].update(stats.confidence, stats.correct, weight=stats.valid)
     if "brier" in names and "brier" in metric and stats.brier.numel():
         metric["brier"].update(stats.brier, weight=stats.valid)
+    if "ece_classwise" in names and "ece_classwise" in metric:
+        for part, target, mask in logits(stats.valid):  # every class's probability: a softmax of its own
+            if not target.is_floating_point():
+                metric["ece_classwise"].update(part.detach(), target, weight=mask.reshape(target.shape).float())
+
+
+def _logged_in(stage: Stage, name: str, objective: Objective) -> bool:
+    """Training logs the loss terms, accuracy, ECE and perplexity; the confidence penalty's term (the entropy) too."""
+    return stage != "train" or name in _TRAIN_KEYS or (name == "entropy" and objective == "confidence_penalty")
+
+
+def _available(name: str, loss: Any, stats: LossStats | BinaryLossStats, metrics: nn.ModuleDict) -> bool:
+    """Whether the batch has a value for key ``name``: a term of its loss's result (the objective's fields, the
+    z-loss's where it has one), the predictive entropy where the pass computed it, or a metric of the stage."""
+    if name in loss._fields:
+        return True
+    if name == "z_loss":
+        return _z_values(stats) is not None
+    if name == "entropy":
+        entropy = getattr(stats, "entropy", None)
+        return entropy is not None and entropy.numel() > 0
+    return name not in _STEP_KEYS and name in metrics
 
 
 def _update_binary_calibration(metric: Mapping[str, Metric], names: Sequence[str], stats: BinaryLossStats) -> None:
@@ -235,13 +280,24 @@ class MixinSettings(NamedTuple):
     task: Task
     log_metrics: tuple[MetricGroup, ...]
     log_prefix: str
+    objective: Objective = "label_smoothing"
+    focal_gamma: float = 3.0
+    margin: float = 10.0
 
 
 _SETTINGS_CHECKS: dict[str, Callable[[Any], Any]] = {
     "task": check_task,
     "log_metrics": check_log_metrics,
     "log_prefix": check_log_prefix,
+    "objective": check_objective,
+    "focal_gamma": lambda value: _check_number("focal_gamma", value),
+    "margin": lambda value: _check_number("margin", value),
 }
+
+
+def _check_number(name: str, value: Any) -> float:
+    check_non_negative(name, value)
+    return float(value)
 
 
 def _settings_from_callbacks(own: MixinSettings, callbacks: Iterable[Any]) -> MixinSettings:
@@ -293,6 +349,18 @@ class LossBatch(NamedTuple):
         return self.logit_parts(self.stats.valid if mask is None else mask)
 
 
+def _normalizes_first(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A module's own ``on_before_optimizer_step``, after the mixin's normalisation of the step (idempotent)."""
+
+    @functools.wraps(hook)
+    def normalized(self: LabelSmoothingMixin, optimizer: Any) -> Any:
+        self._ls_normalize_step()
+        return hook(self, optimizer)
+
+    normalized.ls_normalizes_first = True  # type: ignore[attr-defined]
+    return normalized
+
+
 def _logs_after(step: Callable[..., Any]) -> Callable[..., Any]:
     """``step`` followed by the mixin's logging of the batch (see ``LabelSmoothingMixin.__init_subclass__``).
 
@@ -320,17 +388,29 @@ class _LoggingState:
     """The mixin's bookkeeping of logging, one object per module: its fields change every step, and a plain object's
     attributes cost less to set than a module's (``nn.Module.__setattr__`` checks for parameters and submodules)."""
 
-    __slots__ = ("epochs", "logging_own", "padding_checked", "pending", "settings", "step_depth", "user_keys", "z_loss")
+    __slots__ = (
+        "epochs",
+        "logging_own",
+        "normalizer",
+        "padding_checked",
+        "pending",
+        "settings",
+        "soft_checked",
+        "step_depth",
+        "user_keys",
+    )
 
     def __init__(self) -> None:
         self.user_keys: set[str] = set()  # keys the module logs itself
-        self.pending: tuple[Stage, frozenset[str]] | None = None  # the batch waiting to be logged
+        # the batch waiting to be logged: its stage, the keys new to this epoch, and the keys it logs
+        self.pending: tuple[Stage, frozenset[str], tuple[str, ...]] | None = None
         self.epochs: dict[Stage, Any] = {}  # each stage's current epoch (or evaluation run)
         self.logging_own = False
         self.step_depth = 0
         self.padding_checked: set[str] = set()
-        self.z_loss = False  # the pending batch's loss has a z-loss term: its key is logged
         self.settings: MixinSettings | None = None  # the settings the pending batch was recorded with
+        self.normalizer: StepNormalizer | None = None  # loss_normalization="step": the optimizer step's count
+        self.soft_checked = 0  # id of the trainer whose fit was checked for soft targets that are smoothed already
 
 
 class LabelSmoothingMixin:
@@ -378,6 +458,14 @@ class LabelSmoothingMixin:
             the same keys with every label position one sample: ``acc`` at threshold 0.5; ``ece``, ``mce``,
             ``rmsce`` equal to torchmetrics' ``BinaryCalibrationError`` on σ(logits) (label positions pooled);
             ``brier`` the mean (σ(z) − t)². Kept in the attribute ``ls_task``; takes no ``prior``.
+        weight: class weights w (C,) of the multi-class loss, as ``F.cross_entropy``'s ``weight``: the loss terms
+            are weighted means (Σ w_y over the counted positions), accuracy and calibration stay per position.
+        loss_normalization: ``"batch"`` (default): a training step's loss is its batch's mean, as
+            ``F.cross_entropy``'s. ``"step"``: the gradient of each optimizer step is that of the mean loss over all
+            counted positions of all its micro-batches on all processes (gradient accumulation, DDP and FSDP,
+            padded or variable-length sequences; :mod:`ls_lightning.integration.normalization`). It costs one
+            all-reduce of a count and one pass over the gradients per optimizer step; the logged values are the same
+            global means either way, but the returned training loss is then the batch's share of the step's mean.
 
     Raises:
         TypeError, ValueError: for an ε outside [0, 1], a prior that is not a tensor, an unknown metric group, a
@@ -402,6 +490,10 @@ class LabelSmoothingMixin:
     _ls_log_metrics: tuple[MetricGroup, ...] = DEFAULT_LOG_METRICS
     _ls_log_prefix: str = ""
     _ls_task: Task = "multiclass"
+    _ls_loss_normalization: LossNormalization = "batch"
+    _ls_objective: Objective = "label_smoothing"
+    _ls_focal_gamma: float = 3.0
+    _ls_margin: float = 10.0
     _ls_epsilon_tensor: Tensor | None = None
     # The logging state: keys the module logs itself, the batch waiting to be logged, each stage's epoch.
     _ls_logging_state: _LoggingState | None = None
@@ -418,12 +510,22 @@ class LabelSmoothingMixin:
         log_metrics: Sequence[MetricGroup] = DEFAULT_LOG_METRICS,
         log_prefix: str = "",
         task: Task = "multiclass",
+        class_weight: Tensor | None = None,
+        loss_normalization: LossNormalization = "batch",
+        objective: Objective = "label_smoothing",
+        focal_gamma: float = 3.0,
+        margin: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.ls_task = task
         self.label_smoothing = label_smoothing
         self.label_smoothing_prior = prior
+        self.ls_class_weight = class_weight
+        self._ls_objective = check_objective(objective)
+        self._ls_focal_gamma = _check_number("focal_gamma", focal_gamma)
+        self._ls_margin = _check_number("margin", margin)
+        self.ls_loss_normalization = loss_normalization
         self.ls_ignore_index = ignore_index
         self.ls_n_bins = n_bins
         self.ls_log_metrics = log_metrics
@@ -438,6 +540,10 @@ class LabelSmoothingMixin:
             step = getattr(cls, name, None)
             if step is not None and not getattr(step, "ls_logs_after", False):
                 setattr(cls, name, _logs_after(step))
+        # loss_normalization="step" rescales the gradients before anything in the module's own hook reads them
+        hook = vars(cls).get("on_before_optimizer_step")
+        if hook is not None and not getattr(hook, "ls_normalizes_first", False):
+            cls.on_before_optimizer_step = _normalizes_first(hook)  # type: ignore[method-assign]
 
     @property
     def label_smoothing(self) -> float:
@@ -500,7 +606,14 @@ class LabelSmoothingMixin:
         Raises:
             ValueError: if two callbacks pass different values for one setting, or a value is malformed.
         """
-        own = MixinSettings(self._ls_task, self._ls_log_metrics, self._ls_log_prefix)
+        own = MixinSettings(
+            self._ls_task,
+            self._ls_log_metrics,
+            self._ls_log_prefix,
+            self._ls_objective,
+            self._ls_focal_gamma,
+            self._ls_margin,
+        )
         trainer = self._ls_trainer()
         return own if trainer is None else _settings_from_callbacks(own, _callbacks(trainer))
 
@@ -515,6 +628,52 @@ class LabelSmoothingMixin:
         if prior is not None and not isinstance(prior, Tensor):
             raise TypeError(f"Expected argument `prior` to be a Tensor of shape (C,) or (C, C), but got {prior!r}")
         cast(nn.Module, self).register_buffer("_ls_prior", prior)
+
+    @property
+    def ls_class_weight(self) -> Tensor | None:
+        """Class weights w (C,) of the multi-class losses, as ``F.cross_entropy``'s ``weight``; ``None``: unweighted.
+        A buffer (it follows the module's device and, when set, is saved in its checkpoints)."""
+        return cast("Tensor | None", getattr(self, "_ls_class_weight", None))
+
+    @ls_class_weight.setter
+    def ls_class_weight(self, weight: Tensor | None) -> None:
+        if weight is not None and (
+            not isinstance(weight, Tensor) or weight.dim() != 1 or not weight.is_floating_point()
+        ):
+            raise TypeError(
+                f"Expected argument `class_weight` to be None or a floating point (C,) tensor, but got {weight!r}"
+            )
+        cast(nn.Module, self).register_buffer("_ls_class_weight", weight)
+
+    @property
+    def ls_objective(self) -> Objective:
+        """The loss: ``"label_smoothing"`` or one of its relatives (``"confidence_penalty"``, ``"focal"``,
+        ``"flsd53"``, ``"mbls"``; :mod:`ls_lightning.losses.objectives`): the module's own (its ``objective``), or
+        what a callback passes (see :attr:`ls_settings`)."""
+        return self.ls_settings.objective
+
+    @property
+    def ls_scheduled_name(self) -> str | None:
+        """What :attr:`label_smoothing` weighs under the current objective, as its logged key's name: ``"epsilon"``
+        (label smoothing's ε), ``"beta"`` (the confidence penalty's β), ``"margin_weight"`` (MbLS's λ), or ``None``
+        (the focal losses schedule nothing)."""
+        return SCHEDULED_NAMES[self.ls_objective]
+
+    @property
+    def ls_loss_normalization(self) -> LossNormalization:
+        """``"batch"``: each training step's loss is its batch's mean, as ``F.cross_entropy``'s. ``"step"``: the mean
+        over all counted positions of all micro-batches of the optimizer step on all processes (see
+        :mod:`ls_lightning.integration.normalization`)."""
+        return self._ls_loss_normalization
+
+    @ls_loss_normalization.setter
+    def ls_loss_normalization(self, value: LossNormalization) -> None:
+        self._ls_loss_normalization = check_loss_normalization(value)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Lightning's hook; with ``loss_normalization="step"`` first rescales the step's gradients to its mean."""
+        self._ls_normalize_step()
+        super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
 
     def label_smoothed_loss(
         self,
@@ -541,10 +700,13 @@ class LabelSmoothingMixin:
                 Both are multi-class terms (of the softmax's normaliser): binary and multi-label tasks refuse them.
 
         Returns:
-            The scalar loss (``reduction="mean"``), with gradient.
+            The scalar loss (``reduction="mean"``; with ``loss_normalization="step"`` in training, the batch's share
+            of the optimizer step's mean), with gradient.
 
         Raises:
-            ValueError: if ``z_loss`` or ``softcap`` is set for a binary or multi-label task.
+            ValueError: if ``z_loss`` or ``softcap`` is set for a binary or multi-label task, class weights or a prior
+                are set for one, or ``loss_normalization="step"`` meets a z-loss with class weights or manual
+                optimization.
         """
         stage = self._ls_resolve_stage(stage)
         task = self.ls_task
@@ -555,19 +717,27 @@ class LabelSmoothingMixin:
                     f" classes), but got z_loss={z_loss!r}, softcap={softcap!r}"
                 )
             return self._ls_binary_loss(logits, target, stage, task)
-        loss, stats = label_smoothed_cross_entropy_with_stats(
+        reduction = self._ls_reduction(stage, z_loss)
+        self._ls_check_soft_targets(target, 1 if target.dim() > 1 else 0, stage)
+        settings = self.ls_settings
+        loss, stats = objective_with_stats(
+            settings.objective,
             logits,
             target,
             self._ls_epsilon(),
+            focal_gamma=settings.focal_gamma,
+            margin=settings.margin,
+            weight=self.ls_class_weight,
             ignore_index=self.ls_ignore_index,
+            reduction=reduction,
             prior=self.label_smoothing_prior,
-            brier=stage not in (None, "train"),  # the Brier score is a val/test measure
+            brier=stage not in (None, "train"),  # the Brier score (and the entropy) are val/test measures
             z_loss=z_loss,
             softcap=softcap,
         )
-        if stage is not None:
-            self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
-        return loss.loss
+        classes = logits.shape[1] if logits.dim() > 1 else logits.shape[0]
+        parts = lambda mask: iter(((logits.detach(), target, mask),))  # noqa: E731
+        return self._ls_finish_loss(stage, loss, stats, parts, classes)
 
     def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None, task: Task) -> Tensor:
         """``label_smoothed_loss`` of the binary and multi-label tasks: the label-smoothed BCE, one sample per logit."""
@@ -576,13 +746,25 @@ class LabelSmoothingMixin:
                 f"Expected no label-smoothing prior for task={task!r} (the smoothing target of a binary label"
                 " is 1/2), but the module has one; set `label_smoothing_prior = None` or use task='multiclass'"
             )
+        if self.ls_class_weight is not None:
+            raise ValueError(
+                f"Expected no class weights for task={task!r} (they weigh the classes of a softmax), but the module has"
+                " some; use task='multiclass', or weigh the positive labels with the binary loss's `pos_weight`"
+            )
         logits, target = _binary_inputs(task, logits, target)
-        loss, stats = binary_label_smoothed_cross_entropy_with_stats(
-            logits, target, self._ls_epsilon(), brier=stage not in (None, "train")
+        reduction = self._ls_reduction(stage, 0.0)
+        self._ls_check_soft_targets(target, None, stage)
+        settings = self.ls_settings
+        loss, stats = binary_objective_with_stats(
+            settings.objective,
+            logits,
+            target,
+            self._ls_epsilon(),
+            focal_gamma=settings.focal_gamma,
+            reduction=reduction,
+            brier=stage not in (None, "train"),
         )
-        if stage is not None:
-            self._ls_record(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)))
-        return loss.loss
+        return self._ls_finish_loss(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)), None)
 
     def label_smoothed_linear_loss(
         self,
@@ -622,23 +804,95 @@ class LabelSmoothingMixin:
         """
         stage = self._ls_resolve_stage(stage)
         _check_gathered(linear_weight)
+        if self.ls_objective != "label_smoothing":
+            raise ValueError(
+                "Expected objective 'label_smoothing' with `label_smoothed_linear_loss` (the fused linear loss is"
+                f" label smoothing's), but the module's is {self.ls_objective!r}: compute the logits and call"
+                " `label_smoothed_loss`"
+            )
+        reduction = self._ls_reduction(stage, z_loss)
         loss, stats = linear_label_smoothed_cross_entropy_with_stats(
             hidden,
             linear_weight,
             target,
             self._ls_epsilon(),
             linear_bias=linear_bias,
+            weight=self.ls_class_weight,
             ignore_index=self.ls_ignore_index,
+            reduction=reduction,
             prior=self.label_smoothing_prior,
             brier=stage not in (None, "train"),
             z_loss=z_loss,
             softcap=softcap,
         )
-        if stage is not None:
-            self._ls_record(
-                stage, loss, stats, lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)
+        logits = lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)  # noqa: E731
+        return self._ls_finish_loss(stage, loss, stats, logits, linear_weight.shape[0])
+
+    def _ls_check_soft_targets(self, target: Tensor, class_dim: int | None, stage: Stage | None) -> None:
+        """Warn, once per fit, when ε > 0 meets soft targets that already give every class a share (smoothed twice).
+
+        Read on the first training batch of a fit with probability targets (one reduction and one host read then).
+        ``class_dim``: the class dimension of multi-class targets; ``None``: binary targets, smoothed towards ½.
+        """
+        state, trainer = self._ls_state, self._ls_trainer()
+        if stage != "train" or not target.is_floating_point() or trainer is None or state.soft_checked == id(trainer):
+            return
+        state.soft_checked = id(trainer)
+        epsilon = self._label_smoothing
+        if class_dim is None:  # binary: a target strictly inside (0, 1) everywhere
+            share = torch.minimum(target, 1 - target).amin()
+            estimate, num_classes = 2 * float(share), 2
+        else:
+            num_classes = target.shape[class_dim]
+            share = target.amin()
+            estimate = num_classes * float(share)
+        if epsilon > 0 and estimate > 0:
+            rank_zero_warn(
+                f"`label_smoothing={epsilon:g}` smooths soft targets that already give every class a share (at least"
+                f" {estimate / num_classes:.3g} of each of {num_classes}: smoothed by about {estimate:.3g}, as timm's"
+                f" `Mixup(label_smoothing={estimate:.2g})` does by default), so they are smoothed twice. Smooth once:"
+                " give the mixup `label_smoothing=0`, or set the module's (or the LabelSmoothing callback's) ε to 0."
             )
-        return loss.loss
+
+    def _ls_reduction(self, stage: Stage | None, z_loss: float) -> Reduction:
+        """``"sum"`` for a training loss normalised over the optimizer step, else ``"mean"``."""
+        if stage != "train" or self._ls_loss_normalization != "step":
+            return "mean"
+        check_step_normalization(
+            cast(nn.Module, self), self._ls_trainer(), bool(z_loss) and self.ls_class_weight is not None
+        )
+        return "sum"
+
+    def _ls_finish_loss(
+        self,
+        stage: Stage | None,
+        loss: Any,
+        stats: LossStats | BinaryLossStats,
+        logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
+        num_classes: int | None,
+    ) -> Tensor:
+        """Record the batch (its terms as means) and return the loss to differentiate: the batch mean, or under
+        ``loss_normalization="step"`` the summed loss's share of the step's mean. ``num_classes``: C of a
+        multi-class loss, ``None`` for binary and multi-label tasks."""
+        summed = stage == "train" and self._ls_loss_normalization == "step"
+        if stage is not None:
+            means = type(loss)(*(t.detach() / stats.weight_sum.clamp(min=1) for t in loss)) if summed else loss
+            self._ls_record(stage, means, stats, logits, num_classes)
+        if not summed:
+            return loss.loss
+        return self._ls_step_normalizer.share(loss.loss, stats.weight_sum)
+
+    @property
+    def _ls_step_normalizer(self) -> StepNormalizer:
+        state = self._ls_state
+        if state.normalizer is None:
+            state.normalizer = StepNormalizer()
+        return state.normalizer
+
+    def _ls_normalize_step(self) -> None:
+        state, trainer = self._ls_state, self._ls_trainer()
+        if state.normalizer is not None and trainer is not None:
+            state.normalizer.finish(cast(nn.Module, self), trainer)
 
     def calibration_bins(self, stage: Stage, *, sync: bool = True) -> BinStats | None:
         """Per-bin sums (count, confidence, correct) of ``stage``'s ECE state for the current epoch.
@@ -684,10 +938,10 @@ class LabelSmoothingMixin:
         trainer = self._ls_trainer()
         if pending is None or trainer is None or trainer.barebones:
             return
-        stage, fresh = pending
+        stage, fresh, names = pending
         settings = state.settings or self.ls_settings
-        for name in self._ls_logged_names(stage, settings):
-            if name == "z_loss" and not state.z_loss:
+        for name in names:
+            if _key(stage, settings.log_prefix, name) in state.user_keys:  # the module's step logged it itself
                 continue
             on_step = stage == "train" and name in _STEP_KEYS
             if on_step or name in fresh:
@@ -730,9 +984,10 @@ class LabelSmoothingMixin:
     def _ls_record(
         self,
         stage: Stage,
-        loss: LabelSmoothedCE,
+        loss: Any,
         stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
+        num_classes: int | None = None,
     ) -> None:
         """Add the batch to the stage's metrics (logged as the step returns), then hand it to every callback of the
         trainer that has an ``on_loss_batch`` hook, as a :class:`LossBatch` (``logits(mask)`` yields ``(logits,
@@ -741,7 +996,7 @@ class LabelSmoothingMixin:
         if trainer is None:
             return
         settings = self.ls_settings
-        self._ls_update(stage, trainer, loss, stats, settings)
+        self._ls_update(stage, trainer, loss, stats, settings, logits, num_classes)
         if self._ls_state.step_depth == 0:  # called outside the module's steps (e.g. from a hook): log at once
             self.ls_log_batch()
         hooks = [hook for callback in _callbacks(trainer) if (hook := getattr(callback, "on_loss_batch", None))]
@@ -754,27 +1009,26 @@ class LabelSmoothingMixin:
         self,
         stage: Stage,
         trainer: Trainer,
-        loss: LabelSmoothedCE,
+        loss: Any,
         stats: LossStats | BinaryLossStats,
         settings: MixinSettings,
+        logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
+        num_classes: int | None,
     ) -> None:
         if stage != "train":
             self._ls_warn_if_padded(stage, trainer)
-        metrics = self._ls_metrics_for(stage, loss.loss.device)
+        metrics = self._ls_metrics_for(stage, loss.loss.device, num_classes)
         self._ls_start_epoch(stage, trainer, metrics)
-        names = self._ls_logged_names(stage, settings)
-        z_loss = _z_values(stats) is not None
-        if not z_loss:
-            names = [name for name in names if name != "z_loss"]
+        names = [name for name in self._ls_logged_names(stage, settings) if _available(name, loss, stats, metrics)]
         # A metric without updates is new to this epoch (Lightning resets the logged ones at the epoch's end): it is
         # handed to `self.log` once, and Lightning computes it at the epoch's end.
         fresh = frozenset(name for name in names if cast(Metric, metrics[name]).update_count == 0)
-        _update_metrics(metrics, names, loss, stats, step=stage == "train")
+        _update_metrics(metrics, names, loss, stats, logits, step=stage == "train")
         state = self._ls_state
         if state.pending is not None and state.pending[0] == stage:  # a second loss in the same step (two heads)
             fresh |= state.pending[1]
-            z_loss |= state.z_loss
-        state.pending, state.z_loss, state.settings = (stage, fresh), z_loss, settings
+            names = [*state.pending[2], *(name for name in names if name not in state.pending[2])]
+        state.pending, state.settings = (stage, fresh, tuple(names)), settings
 
     def _ls_logged_names(self, stage: Stage, settings: MixinSettings) -> list[str]:
         """Names of the keys the mixin logs for ``stage``: its groups, less those the module logs itself."""
@@ -783,7 +1037,12 @@ class LabelSmoothingMixin:
             name
             for group in settings.log_metrics
             for name in METRIC_GROUPS[group]
-            if (stage != "train" or name in _TRAIN_KEYS) and _key(stage, settings.log_prefix, name) not in user_keys
+            if (
+                stage != "train"
+                or name in _TRAIN_KEYS
+                or (name == "entropy" and settings.objective == "confidence_penalty")
+            )
+            and _key(stage, settings.log_prefix, name) not in user_keys
         ]
 
     def _ls_warn_if_padded(self, stage: Stage, trainer: Trainer) -> None:
@@ -827,13 +1086,13 @@ class LabelSmoothingMixin:
         for metric in metrics.values():
             cast(Metric, metric).reset()
 
-    def _ls_metrics_for(self, stage: Stage, device: torch.device) -> nn.ModuleDict:
+    def _ls_metrics_for(self, stage: Stage, device: torch.device, num_classes: int | None) -> nn.ModuleDict:
         # Created on first use rather than in __init__, so a module whose __init__ never reached ours still works;
         # the states are not persistent, so checkpoints do not change.
         name = f"ls_{stage}_metrics"
         metrics = getattr(self, name, None)
         if metrics is None:
-            metrics = _new_metrics(stage, self.ls_n_bins).to(device)
+            metrics = _new_metrics(stage, self.ls_n_bins, num_classes, self.ls_ignore_index).to(device)
             cast(nn.Module, self).add_module(name, metrics)
         return cast(nn.ModuleDict, metrics)
 

@@ -21,12 +21,16 @@ __all__ = [
     "PRIOR_TOLERANCE",
     "REDUCTIONS",
     "assert_on_device",
+    "check_alpha",
     "check_class_indices",
+    "check_gamma",
     "check_label_smoothing",
     "check_linear_arguments",
     "check_loss_arguments",
+    "check_non_negative",
     "check_prior",
     "check_reduction",
+    "check_regularizer_weight",
     "check_shapes",
     "check_softcap",
     "check_weight",
@@ -254,3 +258,50 @@ def check_linear_arguments(
         )
     logits = h.new_zeros(()).expand(target.numel(), num_classes)  # stand-in of the (M, V) logits: no memory
     check_loss_arguments(logits, target.reshape(-1), eps, weight, ignore_index, reduction, prior)
+
+
+def check_regularizer_weight(name: str, value: float | Tensor) -> None:
+    """A finite float ≥ 0 or a 0-d floating point tensor; a tensor's value is read only on the CPU, and no value
+    under ``torch.compile`` (a traced comparison would guard on it and recompile when it changes)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(
+                f"Expected argument `{name}` to be a float or a 0-d floating point tensor, "
+                f"but got {value.dtype} of shape {tuple(value.shape)}"
+            )
+        if value.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        number = float(value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"Expected argument `{name}` to be a finite float >= 0, but got {value!r}")
+    else:
+        number = value
+    if not torch.compiler.is_compiling() and not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"Expected argument `{name}` to be a finite float >= 0, but got {number}")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    """A finite Python number ≥ 0 (its value is not read under ``torch.compile``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"Expected argument `{name}` to be a finite float >= 0, but got {value!r}")
+    if not torch.compiler.is_compiling() and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"Expected argument `{name}` to be a finite float >= 0, but got {value!r}")
+
+
+def check_gamma(gamma: float | str, allow_flsd: bool) -> None:
+    """The focal loss's γ: a finite number ≥ 0, or ``"flsd53"`` (Mukhoti et al.) where ``allow_flsd``."""
+    if isinstance(gamma, str):
+        if allow_flsd and gamma == "flsd53":
+            return
+        expected = 'a finite float >= 0 or "flsd53"' if allow_flsd else "a finite float >= 0"
+        raise ValueError(f"Expected argument `gamma` to be {expected}, but got {gamma!r}")
+    check_non_negative("gamma", gamma)
+
+
+def check_alpha(alpha: float | None) -> None:
+    """The binary focal loss's α: None, -1 (no weighting, as torchvision) or a number in [0, 1]."""
+    if alpha is None:
+        return
+    ok = not isinstance(alpha, bool) and isinstance(alpha, (int, float))
+    if not ok or (not torch.compiler.is_compiling() and not (0 <= alpha <= 1 or alpha == -1)):
+        raise ValueError(f"Expected argument `alpha` to be None, -1 or a float in [0, 1], but got {alpha!r}")

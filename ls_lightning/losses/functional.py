@@ -57,6 +57,7 @@ class LossStats(NamedTuple):
     brier: Tensor  # (M,) float32: Σ_c (q_c − onehot_c)², onehot of the target class
     weight_sum: Tensor  # 0-d float32: the denominator of reduction="mean"
     z_loss: Tensor | None = None  # (M,) float32: z_loss·lse² (0 where ignored); empty (or None) without a z-loss
+    entropy: Tensor | None = None  # (M,) float32: predictive entropy H(q) = −Σ_c q_c log q_c; empty without Brier
 
 
 def label_smoothed_cross_entropy(
@@ -88,7 +89,8 @@ def label_smoothed_cross_entropy(
     denominator Σ w_y (the soft-target call divides by the number of positions). Probability targets follow
     PyTorch: smoothing applies on top of the given p, ``mean`` divides by the number of positions.
 
-    Unlike PyTorch, ``mean`` over positions that are all ignored is 0 with zero gradient, not NaN.
+    Unlike PyTorch, ``mean`` over a zero total weight (every position ignored, an empty batch, or class weights that
+    are 0 at every counted label) is 0 with zero gradient, not NaN; docs/existing-projects.md lists every difference.
 
     ``torch.compile(label_smoothed_cross_entropy, fullgraph=True)`` compiles without a graph break, to one fused
     reduction forward and one pointwise pass backward. A 0-d tensor ε never recompiles when its value changes
@@ -192,6 +194,8 @@ def _compute(
     check_loss_arguments(input, target, eps, weight, ignore_index, reduction, prior)
     check_z_loss(z_loss)
     check_softcap(softcap)
+    if isinstance(eps, int) or _readable(eps):  # the float paths: label_smoothing=0 (an int), a CPU tensor's value
+        eps = float(eps)
     unbatched = input.dim() == 1
     x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
     if softcap is not None:
@@ -214,6 +218,13 @@ def _compute(
     if unbatched and reduction == "none":
         loss, h_pq, h_uq = loss.squeeze(0), h_pq.squeeze(0), h_uq.squeeze(0)
     return LabelSmoothedCE(loss, h_pq, h_uq), LossStats(*stats)
+
+
+def _readable(eps: float | Tensor) -> bool:
+    """A tensor ε whose value costs nothing to read (on the CPU, outside torch.compile) and that needs no gradient."""
+    if not isinstance(eps, Tensor) or eps.requires_grad or torch.compiler.is_compiling():
+        return False
+    return eps.device.type == "cpu"
 
 
 def _fused_no_grad(
@@ -259,27 +270,48 @@ def _small(
     denominator = weight_sum.clamp(min=1)  # all ignored: every term is 0, and so is the mean
     scale = valid / denominator if reduction == "mean" else valid
     y = torch.where(keep, target, 0).unsqueeze(1)
-    if isinstance(eps, float):  # −ε/C everywhere, −(1 − ε + ε/C) at the label, times the row's scale
-        smoothed = torch.full_like(logp, -eps / num_classes).scatter_(1, y, eps - 1.0 - eps / num_classes)
-    else:
-        e = eps.to(acc)
-        smoothed = (-e / num_classes).expand(logp.shape).scatter_add(1, y, (e - 1).expand(y.shape))
-    smoothed.mul_(scale.unsqueeze(1))
+    # Ignored rows are masked, not multiplied by 0: a −inf logit there would make 0·inf = NaN (PyTorch masks them).
+    # On the CPU, where the read costs no synchronisation, a batch without ignored rows skips the masks (4 ops).
+    mask = keep if x.device.type != "cpu" or not bool(keep.all()) else None
+    h_uq_rows = logp.sum(1) if mask is None else torch.where(mask, logp.sum(1), 0.0)
     if reduction == "none":
-        loss = (logp * smoothed).sum(1)
         h_pq = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="none")  # 0 where ignored
-        h_uq = logp.sum(1) * (scale / -num_classes)
+        h_uq = h_uq_rows * (scale / -num_classes)
     else:
-        loss = (logp * smoothed).sum()
         h_pq = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="sum")
-        h_uq = torch.dot(logp.sum(1).reshape(-1), scale.reshape(-1)) / -num_classes
+        h_uq = torch.dot(h_uq_rows.reshape(-1), scale.reshape(-1)) / -num_classes
         if reduction == "mean":
             h_pq = h_pq / denominator
+    if isinstance(eps, float) and eps == 0:  # PyTorch's loss at ε = 0 has no H(u,q) term (infinite with a −inf logit)
+        loss = h_pq.clone()  # a tensor of its own: a caller may scale the loss in place
+    else:
+        loss = _smoothed_loss(logp, y, mask, scale, eps, reduction)
+        if isinstance(eps, Tensor):  # at ε = 0, the rows' zeros times a −inf logit are NaN
+            loss = torch.where(eps.to(acc) == 0, h_pq, loss)
     loss, z_rows = _add_z_loss(loss, x, valid, z_loss, reduction, with_stats)
     if not with_stats:
         empty = [x.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)]
-        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows)
-    return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), target, keep, weight_sum, brier), z_rows)
+        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows, x.new_empty(0, dtype=torch.float32))
+    *stats, entropy = _composite_stats(logp.detach(), target, keep, weight_sum, brier)
+    return (loss, h_pq, h_uq, *stats, z_rows, entropy)
+
+
+def _smoothed_loss(
+    logp: Tensor, y: Tensor, mask: Tensor | None, scale: Tensor, eps: float | Tensor, reduction: str
+) -> Tensor:
+    """``Σ log q · t`` per row (``none``) or summed, t = −scale·((1 − ε)·onehot + ε/C) built without autograd; rows
+    outside ``mask`` (ignored) are 0."""
+    num_classes = logp.shape[1]
+    if isinstance(eps, float):  # −ε/C everywhere, −(1 − ε + ε/C) at the label, times the row's scale
+        smoothed = torch.full_like(logp, -eps / num_classes).scatter_(1, y, eps - 1.0 - eps / num_classes)
+    else:
+        e = eps.to(logp.dtype)
+        smoothed = (-e / num_classes).expand(logp.shape).scatter_add(1, y, (e - 1).expand(y.shape))
+    smoothed.mul_(scale.unsqueeze(1))
+    if mask is None:
+        return (logp * smoothed).sum(1) if reduction == "none" else (logp * smoothed).sum()
+    rows = torch.where(mask, (logp * smoothed).sum(1), 0.0)
+    return rows if reduction == "none" else rows.sum()
 
 
 def _add_z_loss(
@@ -315,8 +347,9 @@ def _composite(
     shape, denominator = h_pq.shape, _fused.mean_denominator(wsum, reduction)
     h_pq = _fused.reduce_rows(h_pq.reshape(-1), reduction, denominator, shape)
     h_uq = _fused.reduce_rows(h_uq.reshape(-1), reduction, denominator, shape)
-    loss, z_rows = _add_z_loss((1 - eps) * h_pq + eps * h_uq, x, valid.to(acc), z_loss, reduction, True)
-    return (loss, h_pq, h_uq, *_composite_stats(logp.detach(), label, valid, wsum), z_rows)
+    loss, z_rows = _add_z_loss(_fused.mix_terms(h_pq, h_uq, eps), x, valid.to(acc), z_loss, reduction, True)
+    *stats, entropy = _composite_stats(logp.detach(), label, valid, wsum)
+    return (loss, h_pq, h_uq, *stats, z_rows, entropy)
 
 
 def _class_view(t: Tensor, logp: Tensor) -> Tensor:
@@ -363,12 +396,21 @@ def _index_terms(
 def _composite_stats(
     logp: Tensor, label: Tensor, valid: Tensor, wsum: Tensor, brier: bool = True
 ) -> tuple[Tensor, ...]:
-    """LossStats fields from log-probabilities (Brier against the one-hot of ``label``; empty unless ``brier``)."""
+    """LossStats fields but z_loss from log-probabilities: confidence, correct, valid, Brier (against the one-hot of
+    ``label``), weight_sum and the predictive entropy (Brier and entropy empty unless ``brier``)."""
     top, argmax = logp.max(1)
     confidence, correct = top.exp().reshape(-1).float(), (argmax == label).reshape(-1)
     if not brier:
-        return confidence, correct, valid.reshape(-1), confidence.new_empty(0), wsum.float()
+        return confidence, correct, valid.reshape(-1), confidence.new_empty(0), wsum.float(), confidence.new_empty(0)
     q = logp.exp()
     q_y = q.gather(1, torch.where(valid, label, 0).long().unsqueeze(1)).squeeze(1)
     brier_values = q.square().sum(1) - 2 * q_y + 1
-    return confidence, correct, valid.reshape(-1), brier_values.reshape(-1).float(), wsum.float()
+    entropy = -torch.special.xlogy(q, q).sum(1)  # 0·log 0 = 0 where a −inf logit makes q = 0
+    return (
+        confidence,
+        correct,
+        valid.reshape(-1),
+        brier_values.reshape(-1).float(),
+        wsum.float(),
+        entropy.reshape(-1).float(),
+    )

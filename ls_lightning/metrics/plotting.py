@@ -1,4 +1,5 @@
-"""Reliability diagrams drawn from a binned calibration state (no pass over the data); needs the ``plot`` extra."""
+"""Reliability diagrams drawn from a binned calibration state (no pass over the data), and the penultimate layer's
+projection onto the plane of three class templates; needs the ``plot`` extra."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
+from torch import Tensor
 
 from ls_lightning.metrics.calibration import BinStats
+from ls_lightning.metrics.penultimate import template_classes_arg_validation
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
 _OVER = ("#f4b6b6", "#c0392b")  # over-confident gap: fill, hatch/edge; hatched "//"
 _UNDER = ("#b9e4b2", "#2e8b3a")  # under-confident gap; hatched "\\"
 _ACC = "#1f77b4"
+# The three classes of a penultimate-layer projection (colour-blind safe: Okabe and Ito's palette).
+_CLASS_COLOURS = ("#0072b2", "#e69f00", "#009e73")
 
 
 def _require_matplotlib() -> None:
@@ -194,6 +199,76 @@ def plot_reliability_curves(
     return cast("Figure", ax.figure)
 
 
+def plot_penultimate_projection(
+    panels: Sequence[tuple[str, Tensor, Tensor]],
+    classes: Sequence[int],
+    *,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Side-by-side scatter plots of penultimate-layer activations projected onto the plane of three templates.
+
+    Each panel draws the points of the three classes in their own colours, with each class's mean as a large cross
+    (Müller, Kornblith and Hinton, 2019, Figure 1: without label smoothing the clusters are broad, with it tight and
+    equidistant). The coordinates come from :func:`~ls_lightning.metrics.project_to_template_plane`.
+
+    Args:
+        panels: ``(panel title, points, labels)`` triples: (M, 2) coordinates and (M,) class indices among
+            ``classes`` (other labels are not drawn). A panel with no point says so.
+        classes: The three classes (a, b, c) whose templates span the plane.
+        class_names: Legend names of the three classes; ``"class a"`` etc. when ``None``.
+        title: Figure title.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: When ``panels`` is empty, ``classes`` are not three distinct indices, or ``class_names`` does not
+            hold three names.
+        ModuleNotFoundError: Without matplotlib.
+
+    Example:
+        >>> points, labels = torch.randn(30, 2), torch.arange(30) % 3
+        >>> fig = plot_penultimate_projection([("train", points, labels), ("val", points, labels)], (0, 1, 2))
+    """
+    if not panels:
+        raise ValueError("Expected argument `panels` to hold at least one (title, points, labels) triple, but got none")
+    chosen = template_classes_arg_validation(classes)
+    names = [f"class {c}" for c in chosen] if class_names is None else list(class_names)
+    if len(names) != 3:
+        raise ValueError(f"Expected argument `class_names` to hold three names, but got {class_names!r}")
+    _require_matplotlib()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.2 * len(panels), 5.0), 4.6), layout="constrained")
+    for ax, (panel_title, points, labels) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        _draw_projection(ax, points.detach().cpu().double(), labels.detach().cpu(), chosen, names)
+        ax.set_title(panel_title, fontsize="small")
+    if title is not None:
+        fig.suptitle(title, fontsize="small", wrap=True)
+    return fig
+
+
+def _draw_projection(ax: Axes, points: Tensor, labels: Tensor, classes: Sequence[int], names: Sequence[str]) -> None:
+    drawn = False
+    for cls, name, colour in zip(classes, names, _CLASS_COLOURS, strict=True):
+        mine = points[labels == cls]
+        if not len(mine):
+            continue
+        drawn = True
+        ax.scatter(mine[:, 0].numpy(), mine[:, 1].numpy(), s=6, alpha=0.45, color=colour, linewidths=0, label=name)
+        centre = mine.mean(0)
+        ax.plot(centre[0].item(), centre[1].item(), "X", color=colour, markersize=11, markeredgecolor="k")
+    if drawn:
+        ax.legend(loc="best", fontsize="x-small", markerscale=2.5, frameon=False)
+        ax.set_aspect("equal", adjustable="datalim")
+    else:
+        ax.text(0.5, 0.5, "no samples of these classes", ha="center", va="center", transform=ax.transAxes)
+        ax.set(xticks=[], yticks=[])
+    a, b, c = classes
+    ax.set(xlabel=rf"along $w_{{{a}}} - w_{{{c}}}$", ylabel=rf"in the plane of $w_{{{a}}}, w_{{{b}}}, w_{{{c}}}$")
+
+
 def save_reliability_diagram(
     stats_or_metric: StatsLike, path: str | Path, *, title: str | None = None, dpi: int = 150
 ) -> Path:
@@ -232,4 +307,10 @@ def save_figure(figure: Figure, path: str | Path, *, dpi: int = 150) -> Path:
     return path
 
 
-__all__ = ["plot_reliability_curves", "plot_reliability_diagram", "save_figure", "save_reliability_diagram"]
+__all__ = [
+    "plot_penultimate_projection",
+    "plot_reliability_curves",
+    "plot_reliability_diagram",
+    "save_figure",
+    "save_reliability_diagram",
+]

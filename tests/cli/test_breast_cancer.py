@@ -10,8 +10,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from ls_lightning.cli.config import ConfigValueError
 from ls_lightning.cli.data import BreastCancerDataModule
+from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.train import train
 
 QUIET = [

@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ls_lightning.cli.data import DigitsDataModule, SyntheticDataModule, UnpaddedDistributedSampler, _UnpaddedBatches
+from ls_lightning.cli.data import DigitsDataModule, SyntheticDataModule, _UnpaddedBatches
 from ls_lightning.cli.errors import MissingDependencyError
+from ls_lightning.metrics import UnpaddedDistributedSampler
 
 
 def _rows(x: torch.Tensor) -> np.ndarray:

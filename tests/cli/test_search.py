@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from ls_lightning.cli.config import MissingDependencyError
+from ls_lightning.cli.errors import MissingDependencyError
 from ls_lightning.cli.search import EPSILON_RANGE, PEAK_KEYS, check_sweeper_plugins, suggest_epsilon
 
 BIN = Path(sys.executable).parent

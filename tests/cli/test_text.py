@@ -73,7 +73,7 @@ def test_processes_started_together_write_one_tokenizer_that_later_processes_reu
     cache: Path, trainings: list[int]
 ) -> None:
     code = (
-        "import hashlib; from ls_lightning.data import TextDataModule;"
+        "import hashlib; from ls_lightning.cli.data import TextDataModule;"
         f" dm = TextDataModule(**{TINY!r}); dm.setup();"
         " print(hashlib.sha256(dm.tokenizer.to_str().encode()).hexdigest())"
     )

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from ls_lightning.cli.config import ConfigValueError
+from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.eval import evaluate
 from ls_lightning.cli.train import train
 

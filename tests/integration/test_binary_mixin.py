@@ -194,11 +194,13 @@ def test_epoch_states_of_two_processes_sum_to_the_whole_data(task):
 
     torch.manual_seed(0)
     z, t = torch.randn(45, LABELS[task]) * 2, (torch.rand(45, LABELS[task]) < 0.4).float()
-    ranks, whole = [_new_metrics("val", n_bins=15), _new_metrics("val", n_bins=15)], _new_metrics("val", n_bins=15)
+    ranks = [_new_metrics("val", 15, None, -100) for _ in range(2)]
+    whole = _new_metrics("val", 15, None, -100)
     names = list(whole.keys())
     for metrics, rows in [(ranks[0], slice(0, 30)), (ranks[1], slice(30, 45)), (whole, slice(0, 45))]:
         for part_z, part_t in zip(z[rows].split(8), t[rows].split(8), strict=True):  # uneven: 30 and 15 samples
-            _update_metrics(metrics, names, *binary_label_smoothed_cross_entropy_with_stats(part_z, part_t), step=False)
+            loss, stats = binary_label_smoothed_cross_entropy_with_stats(part_z, part_t)
+            _update_metrics(metrics, names, loss, stats, lambda mask: iter(()), step=False)
     for name in names:
         other = ranks[1][name].metric_state
         by_id = {id(state): other[key] for key, state in ranks[0][name].metric_state.items()}

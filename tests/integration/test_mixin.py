@@ -94,11 +94,14 @@ def test_loss_terms_add_each_batch_weighted_and_reset_drops_them() -> None:
 
     torch.manual_seed(0)
     batches = [(torch.randn(n, C), torch.randint(0, C, (n,))) for n in (6, 3, 7)]
-    metrics = _new_metrics("val", n_bins=15)
+    metrics = _new_metrics("val", n_bins=15, num_classes=C, ignore_index=-100)
     names = list(metrics.keys())
     for logits, target in batches:
-        _update_metrics(metrics, names, *label_smoothed_cross_entropy_with_stats(logits, target, 0.2), step=False)
-    assert all(metrics[name].update_count == 3 for name in names if name not in ("brier", "z_loss"))
+        loss, stats = label_smoothed_cross_entropy_with_stats(logits, target, 0.2)
+        parts = lambda mask, logits=logits, target=target: iter(((logits, target, mask),))  # noqa: E731
+        _update_metrics(metrics, names, loss, stats, parts, step=False)
+    unused = ("brier", "z_loss", "margin_penalty")  # not terms of label smoothing's result or of these calls
+    assert all(metrics[name].update_count == 3 for name in names if name not in unused)
     assert metrics["z_loss"].update_count == 0  # no z-loss in these calls
 
     logits, target = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -23,7 +23,8 @@ from ls_lightning.integration.mixin import (
     check_log_prefix,
     check_task,
 )
-from ls_lightning.losses import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy
+from ls_lightning.losses import BinaryLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropy, Objective, check_objective
+from ls_lightning.losses.checks import check_non_negative
 from ls_lightning.smoothing import Constant, Schedule
 
 __all__ = ["LabelSmoothing"]
@@ -84,6 +85,12 @@ class LabelSmoothing(Callback):
         task: ``"multiclass"``, ``"binary"`` or ``"multilabel"``, the task of a ``LabelSmoothingMixin`` module (its
             ``task``), passed likewise; ``None`` leaves the module's. ε is scheduled alike for every task; binary and
             multi-label tasks take no ``prior`` other than uniform.
+        objective: the loss of a ``LabelSmoothingMixin`` module, passed likewise: ``"label_smoothing"``, or a
+            relative whose weight the schedule then sets (``"confidence_penalty"``: β; ``"mbls"``: λ) or that has
+            none (``"focal"``, ``"flsd53"``); the scheduled value is logged as ``train/epsilon``, ``train/beta`` or
+            ``train/margin_weight``. ``None`` leaves the module's. Needs the mixin unless ``"label_smoothing"``.
+        focal_gamma: γ of ``objective="focal"``, passed likewise; ``None`` leaves the module's (3).
+        margin: m of ``objective="mbls"``, passed likewise; ``None`` leaves the module's (10).
 
     Raises:
         TypeError: if ``schedule`` is neither a float nor a ``Schedule``, or ``total_steps`` is not an int.
@@ -113,6 +120,9 @@ class LabelSmoothing(Callback):
         log_metrics: Sequence[MetricGroup] | None = None,
         log_prefix: str | None = None,
         task: Task | None = None,
+        objective: Objective | None = None,
+        focal_gamma: float | None = None,
+        margin: float | None = None,
     ) -> None:
         self.schedule = self._check_schedule(schedule)
         if interval not in get_args(_INTERVAL):
@@ -131,6 +141,11 @@ class LabelSmoothing(Callback):
         self.log_metrics = None if log_metrics is None else check_log_metrics(log_metrics)
         self.log_prefix = None if log_prefix is None else check_log_prefix(log_prefix)
         self.task = None if task is None else check_task(task)
+        self.objective = None if objective is None else check_objective(objective)
+        for name, value in (("focal_gamma", focal_gamma), ("margin", margin)):
+            if value is not None:
+                check_non_negative(name, value)
+        self.focal_gamma, self.margin = focal_gamma, margin
 
     def __repr__(self) -> str:
         prior = self.prior_callback
@@ -139,6 +154,8 @@ class LabelSmoothing(Callback):
         extra += "" if self.log_metrics is None else f", log_metrics={self.log_metrics!r}"
         extra += "" if self.log_prefix is None else f", log_prefix={self.log_prefix!r}"
         extra += "" if self.task is None else f", task={self.task!r}"
+        for name in ("objective", "focal_gamma", "margin"):
+            extra += "" if getattr(self, name) is None else f", {name}={getattr(self, name)!r}"
         return (
             f"{type(self).__name__}(schedule={self.schedule!r}, interval={self.interval!r},"
             f" total_steps={self.total_steps!r}{extra})"
@@ -157,9 +174,11 @@ class LabelSmoothing(Callback):
         return cached[2]
 
     def label_smoothing_settings(self) -> dict[str, Any]:
-        """The mixin settings this callback passes for its fits (``log_metrics``, ``log_prefix``, ``task``: those
-        given); :class:`~ls_lightning.integration.LabelSmoothingMixin` reads them from the trainer's callbacks."""
-        given = {"log_metrics": self.log_metrics, "log_prefix": self.log_prefix, "task": self.task}
+        """The mixin settings this callback passes for its fits (``log_metrics``, ``log_prefix``, ``task``,
+        ``objective``, ``focal_gamma``, ``margin``: those given); :class:`~ls_lightning.integration.LabelSmoothingMixin`
+        reads them from the trainer's callbacks."""
+        names = ("log_metrics", "log_prefix", "task", "objective", "focal_gamma", "margin")
+        given = {name: getattr(self, name) for name in names}
         return {name: value for name, value in given.items() if value is not None}
 
     @override
@@ -301,6 +320,12 @@ class LabelSmoothing(Callback):
             )
 
     def _collect_targets(self, pl_module: pl.LightningModule) -> list[Any]:
+        if self.objective not in (None, "label_smoothing") and not isinstance(pl_module, LabelSmoothingMixin):
+            raise ValueError(
+                f"`LabelSmoothing(objective={self.objective!r})` needs a module derived from"
+                " `ls_lightning.LabelSmoothingMixin` (its loss switches to the relative), but"
+                f" {type(pl_module).__name__} is not one: derive it from the mixin, or leave `objective` unset"
+            )
         targets = _smoothing_targets(pl_module)
         if not targets:
             raise ValueError(
@@ -350,11 +375,11 @@ class LabelSmoothing(Callback):
         if trainer.barebones:  # Lightning warns on every `log`
             return
         log: Callable[..., None] = pl_module.log
-        prefix = self.log_prefix or ""
-        if isinstance(pl_module, LabelSmoothingMixin):
-            prefix, log = pl_module.ls_log_prefix, pl_module.ls_log  # not taken for a key of the module's
-        # the same value on every rank, so no sync; batch_size given since it cannot be inferred from a float
-        log(f"train/{prefix}epsilon", epsilon, on_step=True, on_epoch=False, batch_size=1)
+        prefix, name = self.log_prefix or "", cast("str | None", "epsilon")
+        if isinstance(pl_module, LabelSmoothingMixin):  # ε, β or λ by the objective; the focal losses have none
+            prefix, log, name = pl_module.ls_log_prefix, pl_module.ls_log, pl_module.ls_scheduled_name
+        if name is not None:  # the same value on every rank, so no sync; batch_size given as a float has none
+            log(f"train/{prefix}{name}", epsilon, on_step=True, on_epoch=False, batch_size=1)
 
     def _warn_if_state_missing(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("callbacks") or {}

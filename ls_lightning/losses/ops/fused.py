@@ -83,6 +83,7 @@ class RowStats(NamedTuple):
     argmax: Tensor | None  # index of the max probability, for correctness; None when not asked for
     vz: Tensor  # v_i · z_i (before the 1/C factor when v is uniform)
     sqnorm: Tensor | None  # ‖q‖, for Σ q² (Brier); None when not asked for
+    plogp: Tensor | None = None  # Σ q log q = −H(q), the predictive entropy's negative; asked for with ``sqnorm``
 
 
 class Smoothing(NamedTuple):
@@ -147,6 +148,7 @@ def row_pass(
         torch.empty(y.numel(), dtype=torch.long, device=x.device) if argmax else None,
         x.new_empty(y.numel(), dtype=acc),
         x.new_empty(y.numel(), dtype=acc) if sqnorm else None,
+        x.new_empty(y.numel(), dtype=acc) if sqnorm else None,
     )
     direct = grad is not None and inner == 1 and grad.dtype == acc  # the gradient rows serve as workspace
     budget = CACHE_CHUNK_ELEMENTS if x.device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
@@ -182,6 +184,7 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
     else:
         torch.sum(xc * v.index_select(0, yc), 1, out=out.vz[r])
     qmax, top, norm = out.qmax[r], out.top[r], None if out.sqnorm is None else out.sqnorm[r]
+    plogp = None if out.plogp is None else out.plogp[r]
     index = None if out.argmax is None else out.argmax[r]
     if xc.shape[1] >= SOFTMAX_MIN_CLASSES:
         # One fused kernel (max, exp and sum, scale); lse = top − log q_top for a (top logit, its probability) pair.
@@ -206,6 +209,8 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
             torch.max(work, 1, out=(qmax, index))
         if norm is not None:
             torch.linalg.vector_norm(work, dim=1, out=norm)
+        if plogp is not None:  # xlogy: 0 where q = 0 (a −inf logit), where q·log q would be NaN
+            torch.sum(torch.special.xlogy(work, work), 1, out=plogp)
         return True
     # Few classes: that kernel's per-row overhead dominates, separate ops are several times faster.
     if index is None:
@@ -217,6 +222,8 @@ def _chunk(xc: Tensor, work: Tensor, yc: Tensor, smoothing: Smoothing, out: RowS
     qmax.reciprocal_()  # the top probability is exp(0) / Σ exp(z − max)
     if norm is not None:
         torch.linalg.vector_norm(work, dim=1, out=norm).mul_(qmax)
+    if plogp is not None:  # q = qmax·w with w = exp(z − max): Σ q log q = qmax·Σ w log w + log qmax
+        torch.sum(torch.special.xlogy(work, work), 1, out=plogp).mul_(qmax).add_(qmax.log())
     return False
 
 
@@ -306,8 +313,16 @@ def row_terms(x: Tensor, prep: Prepared, rows: RowStats) -> Terms:
     h_pq = prep.wy * (lse - z_y)
     v = prep.smoothing.v
     if isinstance(v, float):  # v = 1/C: no weights, uniform prior, V_i = valid
-        return Terms(h_pq, prep.valid * torch.add(lse, rows.vz, alpha=-v), lse, z_y, rows)
-    return Terms(h_pq, prep.total * lse - prep.valid * rows.vz, lse, z_y, rows)
+        h_uq = prep.valid * torch.add(lse, rows.vz, alpha=-v)
+    else:
+        h_uq = prep.total * lse - prep.valid * rows.vz
+    return Terms(counted(h_pq, prep.valid), counted(h_uq, prep.valid), lse, z_y, rows)
+
+
+def counted(rows: Tensor, valid: Tensor) -> Tensor:
+    """``rows`` with ignored rows set to 0: multiplying by ``valid`` leaves 0·inf = NaN where an ignored row holds a
+    −inf logit (PyTorch masks those rows out)."""
+    return torch.where(valid != 0, rows, 0.0)
 
 
 class Outputs(NamedTuple):
@@ -325,7 +340,7 @@ class Outputs(NamedTuple):
 def z_loss_term(lse: Tensor, valid: Tensor, z_loss: float, reduction: str, shape: torch.Size) -> tuple[Tensor, Tensor]:
     """``z_loss·lse²`` per row (0 where ignored) and reduced like the loss over the counted rows, unweighted: the
     mean divides by their number (0 when there are none)."""
-    rows = z_loss * lse.square() * valid
+    rows = counted(z_loss * lse.square(), valid)
     return rows, reduce_rows(rows, reduction, mean_denominator(valid.sum(), reduction), shape)
 
 
@@ -349,10 +364,12 @@ def reduce_rows(rows: Tensor, reduction: str, denominator: Tensor | None, shape:
 
 
 def mean_denominator(weight_sum: Tensor, reduction: str) -> Tensor | None:
-    """Σ w[y] over valid rows with 0 replaced by 1 (every row is then 0: the mean is 0, not NaN); None unless mean."""
+    """Σ w[y] over counted rows, the mean's divisor as PyTorch's (negative too, with negative class weights), with 0
+    replaced by inf: when nothing is counted, or the counted rows' weights are all 0, the mean is 0 with zero gradient
+    (PyTorch: NaN). None unless mean."""
     if reduction != "mean":
         return None
-    return torch.where(weight_sum > 0, weight_sum, torch.ones_like(weight_sum))
+    return torch.where(weight_sum != 0, weight_sum, torch.full_like(weight_sum, float("inf")))
 
 
 def fused_forward(
@@ -407,8 +424,17 @@ def uniform_coefficients(x: Tensor, prep: Prepared, coefs: tuple[Tensor, Tensor,
 
 
 def mix_terms(h_pq: Tensor, h_uq: Tensor, eps: float | Tensor) -> Tensor:
-    """(1 − ε)·h_pq + ε·h_uq, as one ``lerp`` for a float ε."""
-    return torch.lerp(h_pq, h_uq, eps) if isinstance(eps, float) else (1 - eps) * h_pq + eps * h_uq
+    """(1 − ε)·h_pq + ε·h_uq as PyTorch sums it, and h_pq itself at ε = 0.
+
+    A −inf logit makes H(u,q) infinite: at ε = 0 PyTorch has no H(u,q) term, and 0·inf would be NaN. Not ``lerp``:
+    h_pq + ε·(h_uq − h_pq) is NaN where both are infinite (a −inf logit at the label), PyTorch's sum is inf. A tensor
+    ε is compared on the terms' device (a CPU ε is read as a scalar there, never copied: no synchronisation).
+    """
+    if not isinstance(eps, Tensor):
+        loss = h_pq * (1 - eps)
+        return loss if eps == 0 else loss + h_uq * eps
+    e = h_pq.new_zeros(()) + eps.to(h_pq.dtype)
+    return torch.where(e == 0, h_pq, (1 - e) * h_pq + e * h_uq)
 
 
 def loss_and_row_stats(
@@ -502,21 +528,25 @@ def _recompute_grad(ctx: Any, g_loss: Tensor | None, g_pq: Tensor | None, g_uq: 
 
 
 def row_stats(out: Outputs, target: Tensor, prep: Prepared, with_stats: bool) -> tuple[Tensor, ...]:
-    """confidence, correct, valid, brier, weight_sum and z_loss, float32 where real-valued (all but weight_sum empty
-    unless with_stats; brier empty unless the pass kept ‖q‖, z_loss unless there is one)."""
+    """confidence, correct, valid, brier, weight_sum, z_loss and entropy, float32 where real-valued (all but
+    weight_sum empty unless with_stats; brier and entropy empty unless the pass kept ‖q‖, z_loss unless there is
+    one)."""
     rows = out.terms.rows
     if out.z_rows is None or not with_stats:
         z_rows = rows.qmax.new_empty(0, dtype=torch.float32)
     else:
         z_rows = out.z_rows.detach().float()
+
+    def none() -> Tensor:  # a tensor of its own each: outputs of the linear loss's custom op may not alias
+        return rows.qmax.new_empty(0, dtype=torch.float32)
+
     if not with_stats:
-        empty = [
-            rows.qmax.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)
-        ]
-        return (*empty, out.weight_sum.float(), z_rows)
+        empty = [rows.qmax.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool)]
+        return (*empty, none(), out.weight_sum.float(), z_rows, none())
     if rows.sqnorm is None:
-        brier = rows.qmax.new_empty(0, dtype=torch.float32)
+        brier, entropy = none(), none()
     else:
         brier = (rows.sqnorm.square() - 2 * (out.terms.z_y - out.terms.lse).exp() + 1).float()
+        entropy = (-cast(Tensor, rows.plogp)).float()
     correct = cast(Tensor, rows.argmax) == target.reshape(-1)
-    return rows.qmax.float(), correct, prep.valid.bool(), brier, out.weight_sum.float(), z_rows
+    return rows.qmax.float(), correct, prep.valid.bool(), brier, out.weight_sum.float(), z_rows, entropy

@@ -366,8 +366,9 @@ def _linear_ce(
     need_b: bool,
     z_loss: float,
     softcap: float | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """loss, h_pq, h_uq, dh, dW, db (empty where not made), confidence, correct, valid, brier, weight_sum, z_loss."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """loss, h_pq, h_uq, dh, dW, db (empty where not made), confidence, correct, valid, brier, weight_sum, z_loss,
+    entropy."""
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     need = (need_h, need_w, need_b and b is not None) if reduction != "none" else (False, False, False)
     e = eps.to(device=h.device, dtype=acc)
@@ -412,6 +413,7 @@ def _linear_ce_fake(
         h.new_empty(m if brier else 0, dtype=torch.float32),
         h.new_empty((), dtype=torch.float32),
         h.new_empty(m if z_loss else 0, dtype=torch.float32),
+        h.new_empty(m if brier else 0, dtype=torch.float32),
     )
 
 

@@ -65,8 +65,8 @@ class _RowTermsFunction(torch.autograd.Function):
         top = top.squeeze(1)
         lse = top + log_sum
         z_y = xf.gather(1, y.unsqueeze(1)).squeeze(1)
-        h_pq = (valid if wy is None else wy) * (lse - z_y)
-        h_uq = (valid if total is None else total) * log_sum - valid * v_shifted
+        h_pq = _fused.counted((valid if wy is None else wy) * (lse - z_y), valid)
+        h_uq = _fused.counted((valid if total is None else total) * log_sum - valid * v_shifted, valid)
         ctx.save_for_backward(x, y, valid, wy, total, v, lse)
         ctx.mark_non_differentiable(*([] if lse_grad else [lse]), top, *([] if index is None else [index]))
         ctx.lse_grad = lse_grad
@@ -119,25 +119,30 @@ def traced_loss_and_stats(
     denominator = _fused.mean_denominator(weight_sum, reduction)
     h_pq = _fused.reduce_rows(h_pq, reduction, denominator, shape)
     h_uq = _fused.reduce_rows(h_uq, reduction, denominator, shape)
-    e = eps.to(h_pq.dtype) if isinstance(eps, Tensor) else eps
-    loss = (1 - e) * h_pq + e * h_uq
+    # ε as a tensor: _fused.mix_terms's test of a float ε for 0 would put a guard on its value (a recompilation)
+    e = eps if isinstance(eps, Tensor) else torch.scalar_tensor(eps, dtype=h_pq.dtype, device=h_pq.device)
+    loss = _fused.mix_terms(h_pq, h_uq, e)
     z_rows = x.new_empty(0, dtype=torch.float32)
     if z_loss:
         rows, z_term = _fused.z_loss_term(lse.reshape(-1), prep.valid, z_loss, reduction, shape)
         loss, z_rows = loss + z_term, rows.detach().float() if with_stats else z_rows
     if not with_stats:
         empty = [x.new_empty(0, dtype=dtype) for dtype in (torch.float32, torch.bool, torch.bool, torch.float32)]
-        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows)
+        return (loss, h_pq, h_uq, *empty, weight_sum.float(), z_rows, x.new_empty(0, dtype=torch.float32))
     lse = lse.detach()
     confidence = (top - lse).exp().reshape(-1).float()
     correct = (argmax == target).reshape(-1)
-    values = _brier(x.detach(), target, prep, lse) if brier else confidence.new_empty(0)
-    return (loss, h_pq, h_uq, confidence, correct, prep.valid.bool(), values, weight_sum.float(), z_rows)
+    none = (confidence.new_empty(0), confidence.new_empty(0))
+    values, entropy = _brier_and_entropy(x.detach(), target, prep, lse) if brier else none
+    return (loss, h_pq, h_uq, confidence, correct, prep.valid.bool(), values, weight_sum.float(), z_rows, entropy)
 
 
-def _brier(x: Tensor, target: Tensor, prep: _fused.Prepared, lse: Tensor) -> Tensor:
-    """Σ_c (q_c − onehot_c)² per position, flattened: a pass over the logits of its own (Σ q² needs lse first)."""
+def _brier_and_entropy(x: Tensor, target: Tensor, prep: _fused.Prepared, lse: Tensor) -> tuple[Tensor, Tensor]:
+    """Σ_c (q_c − onehot_c)² and the entropy −Σ_c q_c log q_c per position, flattened: a pass over the logits of its
+    own (both need lse first)."""
     xf = x.to(lse.dtype)
     z_y = xf.gather(1, prep.y.view(target.shape).unsqueeze(1)).squeeze(1)
-    square_sum = (2 * (xf - lse.unsqueeze(1))).exp().sum(1)
-    return (square_sum - 2 * (z_y - lse).exp() + 1).reshape(-1).float()
+    q = (xf - lse.unsqueeze(1)).exp()
+    entropy = -torch.special.xlogy(q, q).sum(1)  # 0·log 0 = 0 where a −inf logit makes q = 0
+    brier = q.square().sum(1) - 2 * (z_y - lse).exp() + 1
+    return brier.reshape(-1).float(), entropy.reshape(-1).float()
