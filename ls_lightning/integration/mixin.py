@@ -234,22 +234,25 @@ def _update_metrics(
                 metric["ece_classwise"].update(part.detach(), target, weight=mask.reshape(target.shape).float())
 
 
+def _optional_keys(stage: Stage | None, z_loss: float) -> frozenset[str]:
+    """The keys a multi-class loss call adds to its result's: the z-loss's term when asked for, and the predictive
+    entropy, which the validation and test statistics compute."""
+    return frozenset(("z_loss",) if z_loss else ()) | frozenset(("entropy",) if stage in ("val", "test") else ())
+
+
 def _logged_in(stage: Stage, name: str, objective: Objective) -> bool:
     """Training logs the loss terms, accuracy, ECE and perplexity; the confidence penalty's term (the entropy) too."""
     return stage != "train" or name in _TRAIN_KEYS or (name == "entropy" and objective == "confidence_penalty")
 
 
-def _available(name: str, loss: Any, stats: LossStats | BinaryLossStats, metrics: nn.ModuleDict) -> bool:
-    """Whether the batch has a value for key ``name``: a term of its loss's result (the objective's fields, the
-    z-loss's where it has one), the predictive entropy where the pass computed it, or a metric of the stage."""
-    if name in loss._fields:
+def _available(name: str, loss: Any, optional: frozenset[str], metrics: nn.ModuleDict) -> bool:
+    """Whether the loss has a value for key ``name``: a term of its result (the objective's fields), one of the
+    ``optional`` keys its call computes (the z-loss's term when asked for, the entropy with the val/test statistics),
+    or a metric of the stage. Decided by the call, never by the batch's content: every process must log the same keys
+    (an epoch-end sync is collective), a process with an empty batch too."""
+    if name in loss._fields or name in optional:
         return True
-    if name == "z_loss":
-        return _z_values(stats) is not None
-    if name == "entropy":
-        entropy = getattr(stats, "entropy", None)
-        return entropy is not None and entropy.numel() > 0
-    return name not in _STEP_KEYS and name in metrics
+    return name not in _STEP_KEYS and name != "entropy" and name in metrics
 
 
 def _update_binary_calibration(metric: Mapping[str, Metric], names: Sequence[str], stats: BinaryLossStats) -> None:
@@ -737,7 +740,7 @@ class LabelSmoothingMixin:
         )
         classes = logits.shape[1] if logits.dim() > 1 else logits.shape[0]
         parts = lambda mask: iter(((logits.detach(), target, mask),))  # noqa: E731
-        return self._ls_finish_loss(stage, loss, stats, parts, classes)
+        return self._ls_finish_loss(stage, loss, stats, parts, classes, _optional_keys(stage, z_loss))
 
     def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None, task: Task) -> Tensor:
         """``label_smoothed_loss`` of the binary and multi-label tasks: the label-smoothed BCE, one sample per logit."""
@@ -764,7 +767,8 @@ class LabelSmoothingMixin:
             reduction=reduction,
             brier=stage not in (None, "train"),
         )
-        return self._ls_finish_loss(stage, loss, stats, lambda mask: iter(((logits.detach(), target, mask),)), None)
+        parts = lambda mask: iter(((logits.detach(), target, mask),))  # noqa: E731
+        return self._ls_finish_loss(stage, loss, stats, parts, None, frozenset())
 
     def label_smoothed_linear_loss(
         self,
@@ -826,7 +830,8 @@ class LabelSmoothingMixin:
             softcap=softcap,
         )
         logits = lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)  # noqa: E731
-        return self._ls_finish_loss(stage, loss, stats, logits, linear_weight.shape[0])
+        optional = _optional_keys(stage, z_loss)
+        return self._ls_finish_loss(stage, loss, stats, logits, linear_weight.shape[0], optional)
 
     def _ls_check_soft_targets(self, target: Tensor, class_dim: int | None, stage: Stage | None) -> None:
         """Warn, once per fit, when ε > 0 meets soft targets that already give every class a share (smoothed twice).
@@ -870,6 +875,7 @@ class LabelSmoothingMixin:
         stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
         num_classes: int | None,
+        optional: frozenset[str],
     ) -> Tensor:
         """Record the batch (its terms as means) and return the loss to differentiate: the batch mean, or under
         ``loss_normalization="step"`` the summed loss's share of the step's mean. ``num_classes``: C of a
@@ -877,7 +883,7 @@ class LabelSmoothingMixin:
         summed = stage == "train" and self._ls_loss_normalization == "step"
         if stage is not None:
             means = type(loss)(*(t.detach() / stats.weight_sum.clamp(min=1) for t in loss)) if summed else loss
-            self._ls_record(stage, means, stats, logits, num_classes)
+            self._ls_record(stage, means, stats, logits, num_classes, optional)
         if not summed:
             return loss.loss
         return self._ls_step_normalizer.share(loss.loss, stats.weight_sum)
@@ -988,6 +994,7 @@ class LabelSmoothingMixin:
         stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
         num_classes: int | None = None,
+        optional: frozenset[str] = frozenset(),
     ) -> None:
         """Add the batch to the stage's metrics (logged as the step returns), then hand it to every callback of the
         trainer that has an ``on_loss_batch`` hook, as a :class:`LossBatch` (``logits(mask)`` yields ``(logits,
@@ -996,7 +1003,7 @@ class LabelSmoothingMixin:
         if trainer is None:
             return
         settings = self.ls_settings
-        self._ls_update(stage, trainer, loss, stats, settings, logits, num_classes)
+        self._ls_update(stage, trainer, loss, stats, settings, logits, num_classes, optional)
         if self._ls_state.step_depth == 0:  # called outside the module's steps (e.g. from a hook): log at once
             self.ls_log_batch()
         hooks = [hook for callback in _callbacks(trainer) if (hook := getattr(callback, "on_loss_batch", None))]
@@ -1014,12 +1021,13 @@ class LabelSmoothingMixin:
         settings: MixinSettings,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
         num_classes: int | None,
+        optional: frozenset[str],
     ) -> None:
         if stage != "train":
             self._ls_warn_if_padded(stage, trainer)
         metrics = self._ls_metrics_for(stage, loss.loss.device, num_classes)
         self._ls_start_epoch(stage, trainer, metrics)
-        names = [name for name in self._ls_logged_names(stage, settings) if _available(name, loss, stats, metrics)]
+        names = [name for name in self._ls_logged_names(stage, settings) if _available(name, loss, optional, metrics)]
         # A metric without updates is new to this epoch (Lightning resets the logged ones at the epoch's end): it is
         # handed to `self.log` once, and Lightning computes it at the epoch's end.
         fresh = frozenset(name for name in names if cast(Metric, metrics[name]).update_count == 0)

@@ -82,6 +82,8 @@ def _multiclass_tensor_validation(preds: Tensor, target: Tensor, ignore_index: i
 
 def _normalize_probabilities(preds: Tensor) -> Tensor:
     """Softmax over dim 1 when ``preds`` are not all in [0, 1], the rule torchmetrics applies to multiclass input."""
+    if preds.numel() == 0:  # a process without samples (uneven DDP shares): nothing to normalise
+        return preds
     if preds.device.type == "cpu":
         # On CPU a Python branch is free and saves the softmax when ``preds`` already are probabilities; one
         # aminmax pass is about 7× faster than torchmetrics' two comparisons and ``all`` (1M × 10, 2 threads).

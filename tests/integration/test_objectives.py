@@ -5,37 +5,29 @@ torchmetrics; the scheduled weight is logged under its own name; what an objecti
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from helpers import Net, quiet_trainer
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
-from trainers import quiet_trainer
 
-from ls_lightning import LabelSmoothing, LabelSmoothingMixin
+from ls_lightning import LabelSmoothing
 
 C, FEATURES, WEIGHT, GAMMA, MARGIN = 4, 6, 0.2, 2.0, 1.5
 
 
-class Net(LabelSmoothingMixin, L.LightningModule):
+class Sharpened(Net):
+    """The same initial weights in every test; the layer's logits × 3, confident enough that some logit gaps pass the
+    margin."""
+
     def __init__(self, **mixin: object) -> None:
-        super().__init__(**mixin)
         torch.manual_seed(0)
-        self.layer = nn.Linear(FEATURES, C)
+        super().__init__(FEATURES, C, **mixin)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x) * 3  # confident enough that some logit gaps pass the margin
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.label_smoothed_loss(self(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        return super().forward(x) * 3
 
 
 def _data(n: int, seed: int) -> TensorDataset:
@@ -81,7 +73,7 @@ def _reference(objective: str, logits: Tensor, y: Tensor) -> dict[str, float]:
 def test_each_objective_logs_the_comparable_keys_and_its_own(objective: str, tmp_path) -> None:
     callback = LabelSmoothing(WEIGHT, objective=objective, focal_gamma=GAMMA, margin=MARGIN)
     trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[callback], num_sanity_val_steps=0)
-    model = Net()
+    model = Sharpened()
     val = _data(50, seed=1)
     trainer.fit(model, DataLoader(_data(64, seed=0), batch_size=16), DataLoader(val, batch_size=16))
     logged = {key: value.item() for key, value in trainer.callback_metrics.items()}
@@ -104,7 +96,7 @@ def test_each_objective_logs_the_comparable_keys_and_its_own(objective: str, tmp
 
 def test_label_smoothing_logs_the_entropy_and_classwise_ece_too(tmp_path) -> None:
     trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[LabelSmoothing(0.1)], num_sanity_val_steps=0)
-    model, val = Net(), _data(50, seed=1)
+    model, val = Sharpened(), _data(50, seed=1)
     trainer.fit(model, DataLoader(_data(32, seed=0), batch_size=16), DataLoader(val, batch_size=16))
     with torch.no_grad():
         expected = _reference("focal", model(val.tensors[0]), val.tensors[1])
@@ -115,22 +107,24 @@ def test_label_smoothing_logs_the_entropy_and_classwise_ece_too(tmp_path) -> Non
 
 def test_refusals_name_the_cause() -> None:
     with pytest.raises(ValueError, match=r"`objective` to be one of .*'entropy'"):
-        Net(objective="entropy")
+        Sharpened(objective="entropy")
     with pytest.raises(ValueError, match=r"`margin` to be a finite float >= 0, but got -1"):
         LabelSmoothing(0.1, objective="mbls", margin=-1.0)
-    model = Net(objective="confidence_penalty", prior=torch.full((C,), 1 / C))
+    model = Sharpened(objective="confidence_penalty", prior=torch.full((C,), 1 / C))
     with pytest.raises(ValueError, match=r"no `prior`, `z_loss` or `softcap` with objective='confidence_penalty'"):
         model.label_smoothed_loss(torch.randn(3, C), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"objective 'label_smoothing' with `label_smoothed_linear_loss`"):
-        Net(objective="mbls").label_smoothed_linear_loss(torch.randn(3, 5), torch.randn(C, 5), torch.tensor([0, 1, 2]))
+        Sharpened(objective="mbls").label_smoothed_linear_loss(
+            torch.randn(3, 5), torch.randn(C, 5), torch.tensor([0, 1, 2])
+        )
     with pytest.raises(ValueError, match=r"objective 'label_smoothing' or 'focal' for a binary .* 'flsd53'"):
-        Net(objective="flsd53", task="binary").label_smoothed_loss(torch.randn(3), torch.tensor([0.0, 1.0, 1.0]))
+        Sharpened(objective="flsd53", task="binary").label_smoothed_loss(torch.randn(3), torch.tensor([0.0, 1.0, 1.0]))
 
 
 def test_binary_focal_through_the_mixin(tmp_path) -> None:
     """The binary task's focal loss (no α weighting): its loss and h_pq equal the formula on the model's outputs."""
 
-    class Binary(Net):
+    class Binary(Sharpened):
         def forward(self, x: Tensor) -> Tensor:
             return self.layer(x)[:, 0] * 3
 

@@ -21,11 +21,11 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 from template_module import DenseNet, TemplateLitModule
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer
 
 from ls_lightning.integration import PenultimateProjection
 

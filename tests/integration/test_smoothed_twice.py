@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import warnings
 
-import lightning as L
 import pytest
 import torch
-from torch import Tensor, nn
+from helpers import Net, quiet_trainer
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer
-
-from ls_lightning import LabelSmoothingMixin
 
 C, N = 5, 16
 
@@ -25,24 +22,12 @@ def mixup_targets(labels: Tensor, smoothing: float, lam: float) -> Tensor:
     return lam * rows + (1 - lam) * rows.flip(0)
 
 
-class Net(LabelSmoothingMixin, L.LightningModule):
-    def __init__(self, epsilon: float) -> None:
-        super().__init__(label_smoothing=epsilon)
-        self.layer = nn.Linear(3, C)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self.label_smoothed_loss(self.layer(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def _fit_warnings(epsilon: float, target: Tensor, tmp_path) -> list[str]:
     data = TensorDataset(torch.randn(N, 3), target)
     trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(Net(epsilon), DataLoader(data, batch_size=8))
+        trainer.fit(Net(3, C, label_smoothing=epsilon), DataLoader(data, batch_size=8))
     return [str(w.message) for w in caught if "smoothed twice" in str(w.message)]
 
 

@@ -11,9 +11,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-from trainers import quiet_trainer
 
 from ls_lightning import LabelSmoothingMixin
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_data import grad_of_sum as _grad
-from loss_data import logits_and_target as _data
+from helpers import grad_of_sum as _grad
+from helpers import logits_and_target as _data
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 from ls_lightning.losses import relatives
