@@ -71,7 +71,14 @@ OPTIONAL_COLUMNS: tuple[Column, ...] = (
     Column("val/ece_ts", "val ECE after T (%)", 100.0, 2, "lower"),
     Column("val/perplexity", "val perplexity", 1.0, 2, "lower"),
     Column("test/perplexity", "test perplexity", 1.0, 2, "lower"),
+    # the comparisons of label smoothing with its relatives (experiment=relatives)
+    Column("test/ece_classwise", "test class-wise ECE (%)", 100.0, 2, "lower"),
+    Column("test/entropy", "test entropy", 1.0, 3),
+    Column("val/penultimate_within_between", "val within/between", 1.0, 3),
 )
+# A sweep parameter whose values are separate comparisons (experiment=relatives: regime=digits,noisy_labels): the report
+# ranks the settings within each of its values, with a figure each.
+GROUP_KEY = "regime"
 # a job without these final values did not finish
 REQUIRED = ("val/acc", "test/acc")
 SEED_KEY = "seed"
@@ -91,6 +98,11 @@ class Job:
     def setting(self) -> tuple[str, ...]:
         """The overrides that define the job's setting: all but the seed."""
         return tuple(o for o in self.overrides if _override_key(o) != SEED_KEY)
+
+    @property
+    def group(self) -> str | None:
+        """The value of the job's :data:`GROUP_KEY` override (its comparison), ``None`` without one."""
+        return next((o.split("=", 1)[1] for o in self.overrides if _override_key(o) == GROUP_KEY), None)
 
 
 @dataclass
@@ -298,6 +310,8 @@ RANK_LEGEND = (
 
 
 FIGURE_ALT = "ECE and accuracy per setting, reliability curves, ECE against H(p,q) per job"
+PENULTIMATE_ALT = "each setting's penultimate-layer activations projected on the plane of three classes' templates"
+_ALT = {"report": FIGURE_ALT, "penultimate": PENULTIMATE_ALT}
 
 
 def _jobs_table(jobs: Sequence[Job], root: Path, columns: Sequence[Column]) -> str:
@@ -324,24 +338,34 @@ def _write_csv(path: Path, jobs: Sequence[Job], root: Path, columns: Sequence[Co
             writer.writerow(row + [repr(job.metrics[c.key]) if c.key in job.metrics else "" for c in columns])
 
 
-def _markdown_report(
-    root: Path, jobs: Sequence[Job], settings: Sequence[Setting], common: Sequence[str], with_figure: bool
-) -> str:
+class Comparison(NamedTuple):
+    """The settings compared with each other: all of a sweep's, or those of one value of :data:`GROUP_KEY`."""
+
+    name: str | None  # ``regime=digits``; None: the whole sweep
+    settings: list[Setting]
+    common: list[str]
+    figures: list[str]  # file names of its figures (report.png, penultimate.png), relative to the sweep directory
+
+
+def _markdown_report(root: Path, jobs: Sequence[Job], comparisons: Sequence[Comparison]) -> str:
     columns = _columns_of(jobs)
     finished = [job for job in jobs if job.error is None]
     parts = [
         f"# Sweep report: {root}",
-        f"{len(finished)} of {len(jobs)} jobs finished; overrides common to all jobs: "
-        + (", ".join(f"`{o}`" for o in common) or "none")
-        + ". Final validation (end of fit) and test values; mean ± sample standard deviation over seeds. "
-        "conf − acc is the signed over-confidence (negative: under-confident).",
-        summary_table(settings, columns),
-        RANK_LEGEND,
-        rank_table(settings, columns),
-        *([f"![{FIGURE_ALT}](report.png)"] if with_figure else []),
-        "## Jobs",
-        _jobs_table(finished, root, columns),
+        f"{len(finished)} of {len(jobs)} jobs finished. Final validation (end of fit) and test values; mean ± sample"
+        " standard deviation over seeds. conf − acc is the signed over-confidence (negative: under-confident).",
     ]
+    for comparison in comparisons:
+        if comparison.name is not None:
+            parts.append(f"## {comparison.name}")
+        parts += [
+            "Overrides common to its jobs: " + (", ".join(f"`{o}`" for o in comparison.common) or "none") + ".",
+            summary_table(comparison.settings, columns),
+            RANK_LEGEND,
+            rank_table(comparison.settings, columns),
+            *(f"![{_ALT.get(name.split('_')[0].split('.')[0], FIGURE_ALT)}]({name})" for name in comparison.figures),
+        ]
+    parts += ["## Jobs", _jobs_table(finished, root, columns)]
     failed = [job for job in jobs if job.error is not None]
     if failed:
         parts += ["## Failed jobs", *(f"- {job.path.relative_to(root)} ({' '.join(job.overrides)}): {job.error}"
@@ -418,6 +442,34 @@ def report_figure(settings: Sequence[Setting]) -> Figure:
     return figure
 
 
+def penultimate_figure(settings: Sequence[Setting]) -> Figure | None:
+    """Each setting's penultimate-layer picture side by side (its first seed's final ``penultimate_projection.png``,
+    written by :class:`~ls_lightning.integration.PenultimateProjection`); ``None`` when no job drew one."""
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+
+    from ls_lightning.integration import PROJECTION_FILE
+
+    found = [(s.label, p) for s in settings for p in [_first_file(s, PROJECTION_FILE)] if p is not None]
+    if not found:
+        return None
+    columns = 2 if len(found) > 1 else 1
+    rows = -(-len(found) // columns)
+    figure = Figure(figsize=(9 * columns, 4.6 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).reshape(-1)
+    for ax, (label, path) in zip(axes, found, strict=False):
+        ax.imshow(imread(path))
+        ax.set_title(label)
+        ax.set_axis_off()
+    for ax in axes[len(found) :]:
+        ax.set_axis_off()
+    return figure
+
+
+def _first_file(setting: Setting, name: str) -> Path | None:
+    return next((path for job in setting.jobs if (path := job.path / name).is_file()), None)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command
 # ----------------------------------------------------------------------------------------------------------------
@@ -457,25 +509,61 @@ def report(root: str | Path, *, figure: bool = True, loggers: bool = True) -> Re
     if not jobs:
         raise FileNotFoundError(f"no job found in {root}: expected job directories holding .hydra/overrides.yaml")
     finished = [job for job in jobs if job.error is None]
-    settings, common = _settings(finished)
     columns = _columns_of(jobs)
+    comparisons = _comparisons(finished)
     written = [root / "report.md", root / "report.csv"]
     sent: list[str] = []
-    if figure and settings and _has_matplotlib():
-        from ls_lightning.metrics.plotting import save_figure
-
-        drawn = report_figure(settings)
-        written.append(save_figure(drawn, root / "report.png", dpi=110))
-        if loggers:
-            from ls_lightning.cli.loggers import send_report_figure, sweep_loggers
-
-            sent = send_report_figure(sweep_loggers(root, [job.path for job in jobs]), drawn)
-    elif figure and settings:
+    drawn = figure and any(c.settings for c in comparisons) and _has_matplotlib()
+    if figure and not drawn and any(c.settings for c in comparisons):
         print("ls-report: warning: report.png needs matplotlib: pip install 'ls-lightning[plot]'", file=sys.stderr)
-    (root / "report.md").write_text(_markdown_report(root, jobs, settings, common, len(written) > 2))
+    report_figures = [_draw(root, comparison, written) for comparison in (comparisons if drawn else ())]
+    if loggers and len(report_figures) == 1 and report_figures[0] is not None:  # one comparison: its figure
+        from ls_lightning.cli.loggers import send_report_figure, sweep_loggers
+
+        sent = send_report_figure(sweep_loggers(root, [job.path for job in jobs]), report_figures[0])
+    (root / "report.md").write_text(_markdown_report(root, jobs, comparisons))
     _write_csv(root / "report.csv", jobs, root, columns)
-    table, ranks = summary_table(settings, columns), rank_table(settings, columns)
+    settings = [setting for comparison in comparisons for setting in comparison.settings]
+    table = "\n\n".join(_titled(c, summary_table(c.settings, columns)) for c in comparisons)
+    ranks = "\n\n".join(_titled(c, rank_table(c.settings, columns)) for c in comparisons)
     return ReportResult(jobs, settings, table, written, ranks, tuple(sent))
+
+
+def _comparisons(jobs: Sequence[Job]) -> list[Comparison]:
+    """One comparison of all jobs, or one per value of :data:`GROUP_KEY` when the sweep varies it (in sweep order)."""
+    groups: dict[str | None, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.group, []).append(job)
+    if len(groups) < 2:
+        settings, common = _settings(jobs)
+        return [Comparison(None, settings, common, [])]
+    comparisons = []
+    for value, members in groups.items():
+        settings, common = _settings(members)
+        comparisons.append(Comparison(f"{GROUP_KEY}={value}", settings, common, []))
+    return comparisons
+
+
+def _draw(root: Path, comparison: Comparison, written: list[Path]) -> Figure | None:
+    """Save ``report.png`` and ``penultimate.png`` of a comparison (``report_<value>.png``, ... for a group's) and
+    append their paths to ``written`` and their names to ``comparison.figures``; return its report figure."""
+    from ls_lightning.metrics.plotting import save_figure
+
+    if not comparison.settings:
+        return None
+    suffix = "" if comparison.name is None else "_" + comparison.name.split("=", 1)[1]
+    drawn = report_figure(comparison.settings)
+    paths = [save_figure(drawn, root / f"report{suffix}.png", dpi=110)]
+    picture = penultimate_figure(comparison.settings)
+    if picture is not None:
+        paths.append(save_figure(picture, root / f"penultimate{suffix}.png", dpi=110))
+    written += paths
+    comparison.figures.extend(path.name for path in paths)
+    return drawn
+
+
+def _titled(comparison: Comparison, table: str) -> str:
+    return table if comparison.name is None else f"{comparison.name}\n{table}"
 
 
 def _has_matplotlib() -> bool:

@@ -6,7 +6,12 @@ priors in :mod:`ls_lightning.losses`, the metrics it logs in :mod:`ls_lightning.
 
 from ls_lightning.integration.callbacks.label_smoothing import LabelSmoothing
 from ls_lightning.integration.callbacks.label_smoothing_prior import LabelSmoothingPrior
-from ls_lightning.integration.callbacks.penultimate import PROJECTION_IMAGE, RATIO_KEY, PenultimateProjection
+from ls_lightning.integration.callbacks.penultimate import (
+    PROJECTION_FILE,
+    PROJECTION_IMAGE,
+    RATIO_KEY,
+    PenultimateProjection,
+)
 from ls_lightning.integration.callbacks.reliability_diagram import RELIABILITY_JSON, ReliabilityDiagram
 from ls_lightning.integration.callbacks.temperature_scaling import TemperatureScaling
 from ls_lightning.integration.figures import log_figure
@@ -25,6 +30,7 @@ from ls_lightning.integration.normalization import LossNormalization
 __all__ = [
     "DEFAULT_LOG_METRICS",
     "METRIC_GROUPS",
+    "PROJECTION_FILE",
     "PROJECTION_IMAGE",
     "RATIO_KEY",
     "RELIABILITY_JSON",

@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
     from torch.utils.hooks import RemovableHandle
 
-__all__ = ["PROJECTION_IMAGE", "RATIO_KEY", "PenultimateProjection"]
+__all__ = ["PROJECTION_FILE", "PROJECTION_IMAGE", "RATIO_KEY", "PenultimateProjection"]
 
 # The logged number, per stage: f"{stage}/{RATIO_KEY}" (train, val).
 RATIO_KEY = "penultimate_within_between"
 # The tag (TensorBoard), artifact folder (MLflow) or key (W&B) of the figure.
 PROJECTION_IMAGE = "val/penultimate_projection"
+# The latest picture in the run directory (ls-report puts the settings' side by side).
+PROJECTION_FILE = "penultimate_projection.png"
 _STAGES = ("train", "val")
 _DEFAULT_CLASSES = (0, 1, 2)
 
@@ -354,7 +356,7 @@ class PenultimateProjection(Callback):
         figure = plot_penultimate_projection(panels, self.classes, title=title)
         folder = Path(str(self.dirpath))
         path = save_figure(figure, folder / "penultimate" / f"val_epoch{epoch}.png", dpi=self.dpi)
-        shutil.copyfile(path, folder / "penultimate_projection.png")
+        shutil.copyfile(path, folder / PROJECTION_FILE)
         if self.log_image:
             log_figure(trainer, PROJECTION_IMAGE, figure, step=step)
 
