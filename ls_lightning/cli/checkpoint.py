@@ -6,10 +6,11 @@ import os
 import pickle
 import re
 import zipfile
+from typing import Any
 
 from ls_lightning.cli.errors import CheckpointError
 
-__all__ = ["LIGHTNING_CKPT_NAMES", "check_checkpoint"]
+__all__ = ["LIGHTNING_CKPT_NAMES", "callback_states", "check_checkpoint"]
 
 # values of `ckpt_path` that Lightning resolves itself (the newest last*.ckpt, the best model, an HPC checkpoint)
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")
@@ -47,6 +48,36 @@ def check_checkpoint(path: str) -> None:
     cause = _why_not_loadable(path)
     if cause is not None:
         raise CheckpointError(f"ckpt_path={path}: {cause}")
+
+
+def callback_states(path: str) -> dict[str, Any]:
+    """The callbacks' states saved in the checkpoint ``path`` (its ``"callbacks"`` entry, keyed by ``state_key``).
+
+    Read like :func:`check_checkpoint` (``weights_only=True``; a zip archive memory-mapped, so that the weights are not
+    read; a folder of shards through its ``meta.pt``), after it: the file is known to load. ``last``, ``best`` and
+    ``hpc``, which Lightning resolves, give ``{}``.
+
+    Args:
+        path: the value of ``ckpt_path``, accepted by :func:`check_checkpoint`.
+
+    Returns:
+        ``{state_key: state}``; ``{}`` when the checkpoint saved no callback state.
+
+    Example:
+        >>> callback_states("last")
+        {}
+    """
+    if path in LIGHTNING_CKPT_NAMES:
+        return {}
+    if os.path.isdir(path):
+        path = os.path.join(path, _SHARDED_METADATA)
+    import torch
+
+    with open(path, "rb") as file:
+        mmap = file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    states = checkpoint.get("callbacks")
+    return dict(states) if isinstance(states, dict) else {}
 
 
 def _why_not_loadable(path: str, *, state_dict: bool = True) -> str | None:

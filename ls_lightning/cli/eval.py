@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 import hydra
 from omegaconf import DictConfig
 
+from ls_lightning.cli.checkpoint import callback_states
 from ls_lightning.cli.config import register_configs, validate_config
 from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.launch import continued_metrics, hydra_job_launch, quiet_rank_overrides
@@ -36,6 +37,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         CheckpointError: if ``ckpt_path`` is no readable checkpoint of plain data.
     """
     validate_config(cfg, require_ckpt=True)
+    different = _loss_differences(cfg)
+    if different:
+        raise ConfigValueError([different])
     from lightning.pytorch import seed_everything  # after validation: a bad value is reported without the wait
 
     seed_everything(cfg.seed, workers=True, verbose=False)
@@ -60,6 +64,29 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         finish_runs(run.trainer)
     print_summary(metrics, cfg.paths.output_dir, prefix)
     return metrics
+
+
+def _loss_differences(cfg: DictConfig) -> str | None:
+    """The loss settings (``label_smoothing.objective`` and its parameter) in which the configuration differs from
+    the training run that saved ``cfg.ckpt_path``, as one line; ``None`` when they agree or the checkpoint does not
+    say (no ``LabelSmoothing`` state, or one from before the relatives)."""
+    saved = next(
+        (state for key, state in callback_states(cfg.ckpt_path).items() if key.startswith("LabelSmoothing{")), {}
+    )
+    different = [
+        f"label_smoothing.{name}={saved[name]} (configured: {cfg.label_smoothing[name]})"
+        for name in ("objective", "focal_gamma", "margin")
+        if name in saved and saved[name] != cfg.label_smoothing[name]
+    ]
+    if not different:
+        return None
+    variant = f"label_smoothing/variant={saved['objective']}" if "objective" in saved else ""
+    hint = f" (e.g. {variant})" if variant.endswith(("confidence_penalty", "focal", "flsd53", "mbls")) else ""
+    return (
+        f"ckpt_path={cfg.ckpt_path} was trained with {', '.join(different)}: pass the training run's loss"
+        f" settings{hint}, listed in its .hydra/overrides.yaml, so that the loss and its logged terms are those of the"
+        " training run"
+    )
 
 
 def _mismatch_message(cfg: DictConfig, error: RuntimeError) -> str:

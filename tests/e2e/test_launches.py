@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
+from ls_lightning.cli.errors import ConfigValueError
 from ls_lightning.cli.eval import evaluate
 from ls_lightning.cli.train import train
 
@@ -62,13 +63,13 @@ def last_values(path: Path, prefix: tuple[str, ...]) -> dict[str, float]:
     return values
 
 
-def assert_one_run_directory(run_dir: Path, tree: Path) -> None:
+def assert_one_run_directory(run_dir: Path, tree: Path, keys: set[str] = DESIGN_KEYS) -> None:
     """``tree`` holds exactly one run: one metrics.csv, one .hydra/, one job log (rank 0's), the checkpoint."""
     assert sorted(p.parent for p in tree.rglob("metrics.csv")) == [run_dir]
     assert sorted(p.parent for p in tree.rglob(".hydra")) == [run_dir]
     assert [p.name for p in tree.rglob("*.log")] in ([], ["train.log"])  # no train_ddp_process_1.log
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"]
-    assert logged_keys(run_dir / "metrics.csv") >= DESIGN_KEYS
+    assert logged_keys(run_dir / "metrics.csv") >= keys
 
 
 @pytest.mark.slow
@@ -85,19 +86,53 @@ def test_multi_process_run_writes_one_run_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_multirun_with_ddp_puts_each_jobs_ranks_in_that_jobs_directory(tmp_path: Path) -> None:
-    result = run([str(BIN / "ls-train"), "-m", "seed=0,1", *DDP, *SMALL], tmp_path, timeout=180)
+def test_multirun_with_ddp_puts_each_jobs_ranks_in_that_jobs_directory_and_each_variant_logs_what_ls_eval_does(
+    tmp_path: Path,
+) -> None:
+    """A sweep of the relatives of label smoothing under ``trainer=ddp_cpu`` (2 processes): each job's ranks write
+    into that job's directory, and the final validation logged by the 2 processes equals, key for key, a 1-process
+    ``ls-eval`` of the job's checkpoint with the same variant (7 validation samples: 4 and 3 per rank)."""
+    variants = ("confidence_penalty", "focal", "flsd53", "mbls")
+    command = [str(BIN / "ls-train"), "-m", f"label_smoothing/variant={','.join(variants)}", "trainer=ddp_cpu", *SMALL]
+    result = run(command, tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["multirun"]  # no rank started a sweep or a run of its own
     (sweep_dir,) = {p.parent for p in tmp_path.rglob("multirun.yaml")}
-    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0", "1", "multirun.yaml"]
-    for seed in (0, 1):
-        job = sweep_dir / str(seed)
-        assert_one_run_directory(job, job)
-        assert (job / ".hydra" / "overrides.yaml").read_text().count(f"seed={seed}") == 1
+    assert sorted(p.name for p in sweep_dir.iterdir()) == [*map(str, range(len(variants))), "multirun.yaml"]
     # rank 1 joined each job (Lightning logs the membership on every rank)
     output = result.stdout + result.stderr
-    assert output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == output.count("GLOBAL_RANK: 0, MEMBER: 1/2") >= 2
+    assert output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == output.count("GLOBAL_RANK: 0, MEMBER: 1/2") >= len(variants)
+    own_key = {"confidence_penalty": "val/entropy", "mbls": "val/margin_penalty"}
+    for index, variant in enumerate(variants):
+        job = sweep_dir / str(index)
+        # the relatives' keys: label smoothing's but its own term (h_uq) and weight (epsilon)
+        assert_one_run_directory(job, job, {key for key in DESIGN_KEYS if not key.endswith(("h_uq", "epsilon"))})
+        assert (job / ".hydra" / "overrides.yaml").read_text().count(f"label_smoothing/variant={variant}") == 1
+        trained = last_values(job / "metrics.csv", ("val/",))
+        assert {
+            "val/loss",
+            "val/h_pq",
+            "val/acc",
+            "val/ece",
+            "val/ece_classwise",
+            own_key.get(variant, "val/h_pq"),
+        } <= set(trained)
+        assert "val/h_uq" not in trained  # label smoothing's term: no relative has it
+        ckpt, out = job / "checkpoints" / "last.ckpt", tmp_path / f"eval_{variant}"
+        overrides = [f"ckpt_path={ckpt}", f"paths.output_dir={out}", "logger=csv", *TINY]
+        with initialize_config_module("ls_lightning.conf", version_base="1.3"):
+            evaluate(compose("eval", overrides=[*overrides, f"label_smoothing/variant={variant}"]))
+        evaluated = last_values(out / "metrics.csv", ("val/",))
+        assert set(evaluated) == set(trained), variant
+        for key, value in trained.items():
+            assert evaluated[key] == pytest.approx(value, abs=1e-6), (variant, key)
+        # evaluated as label smoothing, the numbers would be another loss's: refused, naming the training run's
+        refused = f"label_smoothing.objective={variant} .configured: label_smoothing"
+        with (
+            initialize_config_module("ls_lightning.conf", version_base="1.3"),
+            pytest.raises(ConfigValueError, match=refused),
+        ):
+            evaluate(compose("eval", overrides=overrides))
 
 
 @pytest.mark.slow

@@ -199,6 +199,20 @@ def test_load_state_with_other_settings_warns():
         callback.load_state_dict(LabelSmoothing(Linear(0.2, 0.0), total_steps=10).state_dict())
 
 
+def test_state_holds_the_loss_it_chose_and_a_different_loss_warns_on_load():
+    assert "objective" not in LabelSmoothing(0.1).state_dict()  # the mixin's own loss: the state is as before
+    mbls = LabelSmoothing(0.1, objective="mbls", margin=5.0, focal_gamma=2.0).state_dict()
+    assert {k: mbls[k] for k in ("objective", "margin")} == {"objective": "mbls", "margin": 5.0}
+    assert "focal_gamma" not in mbls  # a parameter the objective does not read
+    focal = LabelSmoothing(0.0, objective="focal", focal_gamma=2.0).state_dict()
+    assert (focal["objective"], focal["focal_gamma"], "margin" in focal) == ("focal", 2.0, False)
+    LabelSmoothing(0.1, objective="mbls", margin=5.0).load_state_dict(mbls)  # the same loss: no warning
+    with pytest.warns(UserWarning, match=r"differ from the checkpoint's .*'margin': \(5.0, 10.0\)"):
+        LabelSmoothing(0.1, objective="mbls", margin=10.0).load_state_dict(mbls)
+    with pytest.warns(UserWarning, match=r"'objective': \('mbls', 'confidence_penalty'\)"):
+        LabelSmoothing(0.1, objective="confidence_penalty").load_state_dict(mbls)
+
+
 def test_resume_from_checkpoint_without_our_state_warns(tmp_path):
     trainer = quiet_trainer(tmp_path, callbacks=[], max_epochs=1)
     trainer.fit(CEModel())

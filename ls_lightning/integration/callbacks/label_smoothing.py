@@ -238,25 +238,42 @@ class LabelSmoothing(Callback):
         }
         if self.prior_callback is not None:  # without a prior the state is what it was before priors existed
             state.update(self.prior_callback.state_dict())
+        # the loss, where this callback chooses it (without, the state is what it was before the relatives existed)
+        state.update({name: value for name, value in self._loss_settings().items() if value is not None})
         return state
+
+    def _loss_settings(self) -> dict[str, Any]:
+        """The objective and, where it reads one, its parameter (γ of ``focal``, m of ``mbls``)."""
+        settings: dict[str, Any] = {"objective": self.objective}
+        if self.objective == "focal":
+            settings["focal_gamma"] = self.focal_gamma
+        if self.objective == "mbls":
+            settings["margin"] = self.margin
+        return settings
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epsilon = self._restored_epsilon = state_dict.get("epsilon")
         if self.prior_callback is not None:
             self.prior_callback.load_state_dict(state_dict)
-        saved = {key: state_dict.get(key) for key in ("schedule", "interval", "total_steps", "prior")}
         current = {
             "schedule": repr(self.schedule),
             "interval": self.interval,
             "total_steps": self.total_steps,
             "prior": None if self.prior_callback is None else self.prior_callback.describe(),
+            "objective": self.objective,
+            "focal_gamma": self.focal_gamma,
+            "margin": self.margin,
         }
-        changed = {key: (saved[key], current[key]) for key in saved if key in state_dict and saved[key] != current[key]}
+        changed = {
+            key: (state_dict[key], value)
+            for key, value in current.items()
+            if key in state_dict and state_dict[key] != value
+        }
         if changed:
             rank_zero_warn(
-                f"`LabelSmoothing` resumes with settings that differ from the checkpoint's ({changed}, as"
-                " (checkpoint, now)); ε follows the new settings from the restored global step."
+                f"`LabelSmoothing` has settings that differ from the checkpoint's ({changed}, as (checkpoint, now));"
+                " the loss and ε follow the new settings (ε from the restored global step)."
             )
 
     @override
