@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 from omegaconf import DictConfig
@@ -70,7 +70,7 @@ def _loss_differences(cfg: DictConfig) -> str | None:
     """The loss settings (``label_smoothing.objective`` and its parameter) in which the configuration differs from
     the training run that saved ``cfg.ckpt_path``, as one line; ``None`` when they agree or the checkpoint does not
     say (no ``LabelSmoothing`` state, or one from before the relatives)."""
-    saved = next(
+    saved: dict[str, Any] = next(
         (state for key, state in callback_states(cfg.ckpt_path).items() if key.startswith("LabelSmoothing{")), {}
     )
     different = [
