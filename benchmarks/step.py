@@ -5,14 +5,19 @@
 - ``lm``: a realistic step, a small decoder-only transformer language model built here (random tokens, 8192 classes by
   default, float32), where the model's own work dominates.
 
-Each workload compares ours with two plain modules that compute ``F.cross_entropy(..., label_smoothing=0.1)``: one
+- ``normalization``: the cost of ``loss_normalization="step"`` on the ``lm`` model with padded sequences (each
+  sequence's targets past a random length are ``ignore_index``) and 2 micro-batches per optimizer step, on 1 process
+  and on 2 (``ddp_spawn``, gloo): the step's count all-reduced once and the gradients rescaled, against the default
+  ``"batch"``; the time per optimizer step is measured inside the fit (rank 0), after 2 warm-up steps.
+
+The first two compare ours with two plain modules that compute ``F.cross_entropy(..., label_smoothing=0.1)``: one
 logs only its loss (step and epoch), the usual minimum; one logs the keys ours logs (loss, H(p,q), H(u,q) on step and
 epoch, ε on step, accuracy and torchmetrics' ECE on epoch) the way Lightning's and torchmetrics' documentation show, a
 ``self.log`` per key and step. On ``lm`` a second row of ours uses the fused linear loss
 (``label_smoothed_linear_loss``, which never builds the logits). Fits are interleaved and the median of each is
 compared, in one process.
 
-    python benchmarks/step.py [--workload digits lm] [--repeats 7]
+    python benchmarks/step.py [--workload digits lm normalization] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning.pytorch as L
 import torch
@@ -187,6 +194,94 @@ def _lm_runs(args: argparse.Namespace) -> tuple[dict[str, Callable[[], float]], 
     return runs, f"transformer LM ({shape}), {args.steps} steps per fit"
 
 
+# --- loss_normalization="step" -------------------------------------------------------------------------------------
+
+
+class NormalizedLM(LabelSmoothingMixin, TinyLM):
+    def __init__(self, normalization: str, *args: int) -> None:
+        super().__init__(*args, loss_normalization=normalization)  # type: ignore[call-arg]
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self.logits(x)
+        return self.label_smoothed_loss(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+class _StepClock(L.Callback):
+    """Seconds per optimizer step from the end of warm-up steps to the end of the fit, written by global rank 0."""
+
+    def __init__(self, path: str, warmup: int) -> None:
+        self.path, self.warmup, self.start = path, warmup, 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.warmup and not self.start:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            seconds = (time.perf_counter() - self.start) / (trainer.global_step - self.warmup)
+            Path(self.path).write_text(str(seconds))
+
+
+def _normalization_runs(args: argparse.Namespace) -> tuple[dict[str, Callable[[], float]], str]:
+    accumulate, warmup = 2, 2
+    generator = torch.Generator().manual_seed(0)
+    sequences = (args.steps + warmup) * accumulate * args.batch * 2  # enough for 2 processes
+    tokens = torch.randint(0, args.vocab, (sequences, args.block + 1), generator=generator)
+    lengths = torch.randint(args.block // 4, args.block + 1, (sequences, 1), generator=generator)
+    targets = tokens[:, 1:].masked_fill(torch.arange(args.block) >= lengths, -100)  # padded: uneven counts
+    dataset = TensorDataset(tokens[:, :-1], targets)
+
+    def fit(normalization: str, devices: int) -> Callable[[], float]:
+        def run() -> float:
+            with tempfile.TemporaryDirectory() as folder:
+                path = str(Path(folder) / "seconds")
+                trainer = L.Trainer(
+                    accelerator="cpu",
+                    devices=devices,
+                    strategy="ddp_spawn" if devices > 1 else "auto",
+                    max_steps=args.steps + warmup,
+                    accumulate_grad_batches=accumulate,
+                    limit_val_batches=0,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    callbacks=[LabelSmoothing(EPS), _StepClock(path, warmup)],
+                )
+                model = NormalizedLM(normalization, args.vocab, args.d_model, args.layers, args.block)
+                trainer.fit(model, DataLoader(dataset, batch_size=args.batch))
+                return float(Path(path).read_text())
+
+        return run
+
+    runs = {
+        f"{devices} process{'es' if devices > 1 else ''}, loss_normalization={normalization!r}": fit(
+            normalization, devices
+        )
+        for devices in (1, 2)
+        for normalization in ("batch", "step")
+    }
+    shape = f"{args.batch}×{args.block} tokens per micro-batch, {args.vocab} classes, 2 micro-batches per step"
+    return runs, f"transformer LM, padded ({shape}), {args.steps} timed steps per fit"
+
+
+def _compare_normalization(runs: dict[str, Callable[[], float]], title: str, repeats: int) -> None:
+    for run in runs.values():  # warm-up of every path
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"\n{title}: median of {repeats} interleaved fits")
+    print(f"{'run':<48} {'ms / step':>12} {'step / batch':>13}")
+    names = list(median)
+    for index, name in enumerate(names):
+        ratio = f"{median[name] / median[names[index - 1]]:>13.3f}" if index % 2 else ""
+        print(f"{name:<48} {median[name] * 1e3:>12.2f} {ratio}")
+
+
 # --- timing -------------------------------------------------------------------------------------------------------
 
 
@@ -226,7 +321,7 @@ def _compare(runs: dict[str, Callable[[], float]], title: str, repeats: int, uni
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", nargs="+", choices=("digits", "lm"), default=["digits", "lm"])
+    parser.add_argument("--workload", nargs="+", choices=("digits", "lm", "normalization"), default=["digits", "lm"])
     parser.add_argument("--repeats", type=int, default=7, help="interleaved fits of each module")
     parser.add_argument("--vocab", type=int, default=8192, help="lm: classes (vocabulary size)")
     parser.add_argument("--d-model", type=int, default=256, help="lm: model width")
@@ -242,6 +337,8 @@ def main() -> None:
         _compare(*_digits_runs(), args.repeats, "ms / epoch")
     if "lm" in args.workload:
         _compare(*_lm_runs(args), args.repeats, "ms / step")
+    if "normalization" in args.workload:
+        _compare_normalization(*_normalization_runs(args), args.repeats)
 
 
 if __name__ == "__main__":
