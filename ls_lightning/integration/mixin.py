@@ -449,10 +449,11 @@ class LabelSmoothingMixin:
         prior: u, a (C,) distribution or a (C, C) matrix whose row y is u(·|y); ``None`` is uniform.
         ignore_index: target value whose positions count in neither the loss nor the metrics.
         n_bins: number of equal-width confidence bins of the expected calibration error.
-        log_metrics: the groups of keys to log, from ``"loss"`` (loss), ``"terms"`` (h_pq, h_uq, and z_loss for a
-            loss called with ``z_loss`` > 0), ``"acc"``,
-            ``"calibration"`` (ece; for val/test also mce, rmsce, ece_adaptive, brier, overconfidence) and
-            ``"perplexity"`` (exp of the epoch's H(p,q); off by default).
+        log_metrics: the groups of keys to log, from ``"loss"`` (loss), ``"terms"`` (h_pq and the objective's own
+            term: h_uq for label smoothing, margin_penalty for MbLS; z_loss for a loss called with ``z_loss`` > 0),
+            ``"acc"``, ``"calibration"`` (ece; for val/test also mce, rmsce, ece_adaptive, ece_classwise (multi-class),
+            brier, overconfidence and entropy, the mean predictive entropy, which the confidence penalty also logs in
+            training) and ``"perplexity"`` (exp of the epoch's H(p,q); off by default).
         log_prefix: put between ``{stage}/`` and each key's name.
         task: ``"multiclass"`` (default): softmax over class logits, the loss above. ``"binary"``: (N,) or (N, 1)
             logits with 0/1 (or soft) targets, and ``"multilabel"``: (N, L) logits with multi-hot targets; both take
@@ -461,14 +462,21 @@ class LabelSmoothingMixin:
             the same keys with every label position one sample: ``acc`` at threshold 0.5; ``ece``, ``mce``,
             ``rmsce`` equal to torchmetrics' ``BinaryCalibrationError`` on σ(logits) (label positions pooled);
             ``brier`` the mean (σ(z) − t)². Kept in the attribute ``ls_task``; takes no ``prior``.
-        weight: class weights w (C,) of the multi-class loss, as ``F.cross_entropy``'s ``weight``: the loss terms
-            are weighted means (Σ w_y over the counted positions), accuracy and calibration stay per position.
+        class_weight: class weights w (C,) of the multi-class loss, as ``F.cross_entropy``'s ``weight``: the loss
+            terms are weighted means (Σ w_y over the counted positions), accuracy and calibration stay per position.
         loss_normalization: ``"batch"`` (default): a training step's loss is its batch's mean, as
             ``F.cross_entropy``'s. ``"step"``: the gradient of each optimizer step is that of the mean loss over all
             counted positions of all its micro-batches on all processes (gradient accumulation, DDP and FSDP,
             padded or variable-length sequences; :mod:`ls_lightning.integration.normalization`). It costs one
             all-reduce of a count and one pass over the gradients per optimizer step; the logged values are the same
             global means either way, but the returned training loss is then the batch's share of the step's mean.
+        objective: the loss: ``"label_smoothing"`` (default) or one of its train-time relatives,
+            ``"confidence_penalty"`` (CE − β·H(q)), ``"focal"`` (γ = ``focal_gamma``), ``"flsd53"`` or ``"mbls"``
+            (margin-based label smoothing, m = ``margin``); see :mod:`ls_lightning.losses.objectives`. ε (set by the
+            :class:`~ls_lightning.LabelSmoothing` callback) is the regulariser's weight: β, λ, unused by the focal
+            losses. Every objective logs h_pq (the NLL, one scale for all) and its own term.
+        focal_gamma: γ ≥ 0 of ``objective="focal"``.
+        margin: m ≥ 0 of ``objective="mbls"``.
 
     Raises:
         TypeError, ValueError: for an ε outside [0, 1], a prior that is not a tensor, an unknown metric group, a
