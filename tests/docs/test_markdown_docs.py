@@ -9,6 +9,7 @@
   before it trains; ``ls-eval`` lines the same against ``eval.yaml``; ``ls-report`` lines are parsed by its own
   argument parser; the extras of a ``pip install`` exist; a script run with ``python``/``bash`` exists.
   A renamed key, group, option, extra or file in the guides fails here.
+- A yaml block parses, and each of its top-level entries with a ``_target_`` instantiates.
 - A block that needs a GPU, several machines, a plugin the package does not bring or minutes is marked skipped with
   the reason in the marker, an HTML comment invisible on GitHub and in the built site:
   ``<!-- skip: next "needs a GPU" -->``.
@@ -53,11 +54,22 @@ def _check_shell_block(example: Example) -> None:
         _check_command(cwd, argv)
 
 
+def _check_yaml_block(example: Example) -> None:
+    """A YAML block parses; each top-level node with a ``_target_`` (a Hydra config entry) instantiates."""
+    import yaml
+    from hydra.utils import instantiate
+
+    for node in (yaml.safe_load(example.parsed) or {}).values():
+        if isinstance(node, dict) and "_target_" in node:
+            instantiate(node)
+
+
 SYBIL = Sybil(
     parsers=[
         SkipParser(),
         PythonCodeBlockParser(),
         *(CodeBlockParser(language, _check_shell_block) for language in SHELLS),
+        CodeBlockParser("yaml", _check_yaml_block),
     ]
 )
 
@@ -100,7 +112,7 @@ def _own_examples(document: Document, line: int) -> list[Example]:
 
 def test_every_guide_has_its_blocks_found() -> None:
     """No fenced python or shell block escapes the parsers (an unclosed fence, a language spelt otherwise)."""
-    fence = re.compile(r"^```(python|" + "|".join(SHELLS) + r")$", re.MULTILINE)
+    fence = re.compile(r"^```(python|yaml|" + "|".join(SHELLS) + r")$", re.MULTILINE)
     for path in GUIDES:
         text = path.read_text()
         found = {line for guide, line in BLOCKS if guide == str(path.relative_to(ROOT))}
