@@ -1,9 +1,13 @@
 """Train the digits classifier with ``LightningCLI``; label smoothing is chosen in ``lightning_cli.yaml``.
 
-Run from this directory (the YAML next to this file is always read first; command-line flags override it)::
+Needs the ``cli`` and ``lightning-cli`` extras (``pip install -e ".[cli,lightning-cli]"``). Run it from the
+repository's root (the YAML next to this file is always read first; command-line flags override it)::
 
-    python lightning_cli.py fit --trainer.max_epochs=1
-    python lightning_cli.py fit --print_config     # the composed configuration
+    python examples/lightning_cli.py fit --trainer.max_epochs=1
+    python examples/lightning_cli.py fit --print_config     # the composed configuration
+
+Lightning writes its logs and checkpoints under ``outputs/lightning_cli/`` of the working directory
+(``trainer.default_root_dir`` in the YAML; ``--trainer.default_root_dir=DIR`` moves them).
 
 The YAML adds the :class:`~ls_lightning.LabelSmoothing` callback with a cosine ε schedule (``class_path`` /
 ``init_args``) and online label smoothing; the model's input and class counts are taken from the datamodule.

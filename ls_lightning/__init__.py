@@ -1,9 +1,9 @@
 """Label smoothing for PyTorch Lightning: exact fused loss, ε schedules, calibration metrics and Hydra configs.
 
-The package is layered, imports going down only: :mod:`ls_lightning.losses` (torch) → :mod:`ls_lightning.smoothing`
-(ε schedules and priors, torch) → :mod:`ls_lightning.metrics` (torchmetrics) → :mod:`ls_lightning.integration`
-(Lightning) → :mod:`ls_lightning.cli` (Hydra, the ``cli`` extra). Each public name has one home, its layer package;
-the headline names below are also here. They are resolved on first use, so that
+The package is layered, imports going down only: :mod:`ls_lightning.smoothing` (the ε schedules, plain Python) and
+:mod:`ls_lightning.losses` (the losses and their priors, torch) → :mod:`ls_lightning.metrics` (torchmetrics) →
+:mod:`ls_lightning.integration` (Lightning) → :mod:`ls_lightning.cli` (Hydra, the ``cli`` extra). Each public name
+has one home, its layer package; the headline names below are also here. They are resolved on first use, so that
 ``from ls_lightning import label_smoothed_cross_entropy`` does not pay for importing Lightning.
 """
 

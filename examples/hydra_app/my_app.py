@@ -1,7 +1,9 @@
 """A user's own Hydra app: its own LightningModule and config, ls_lightning's groups for data, ε schedule and trainer.
 
 ``conf/config.yaml`` adds ``pkg://ls_lightning.conf`` to the search path and picks ``label_smoothing/schedule: cosine``;
-the composed schedule node instantiates to a :mod:`ls_lightning.schedules` object that the callback follows.
+the composed schedule node instantiates to a :mod:`ls_lightning.smoothing` object that the callback follows.
+
+    python examples/hydra_app/my_app.py label_smoothing/schedule=two_stage   # into outputs/my_app/<date>/<time>/
 """
 
 from __future__ import annotations
