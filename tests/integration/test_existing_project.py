@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from helpers import quiet_trainer, run_once
 from lightning.pytorch.callbacks import Callback
+from template_module import TemplateLitModule
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import Accuracy
 
 from ls_lightning import LabelSmoothing, LabelSmoothingMixin
 from ls_lightning.smoothing import Cosine
@@ -31,63 +30,16 @@ C, FEATURES, EPS = 5, 6, 0.1
 OWN_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc")
 
 
-class LitModule(L.LightningModule):
-    """The template's module, as a user has it (a linear net instead of the template's MLP)."""
+def _sgd(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.05)
+
+
+class LitModule(TemplateLitModule):
+    """The template's module (tests/template_module.py), as a user has it, with a linear net instead of its MLP."""
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
-        super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Linear(FEATURES, C)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.train_acc = Accuracy(task="multiclass", num_classes=C)
-        self.val_acc = Accuracy(task="multiclass", num_classes=C)
-        self.test_acc = Accuracy(task="multiclass", num_classes=C)
-        self.val_acc_best = MaxMetric()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def on_train_start(self) -> None:
-        self.val_loss.reset()
-        self.val_acc.reset()
-        self.val_acc_best.reset()
-
-    def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        x, y = batch
-        logits = self.forward(x)
-        loss = self.criterion(logits, y)
-        return loss, logits.argmax(1), y
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, preds, y = self.model_step(batch)
-        self.train_loss(loss)
-        self.train_acc(preds, y)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, preds, y = self.model_step(batch)
-        self.val_loss(loss)
-        self.val_acc(preds, y)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
-
-    def on_validation_epoch_end(self) -> None:
-        acc = self.val_acc.compute()
-        self.val_acc_best(acc)
-        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, preds, y = self.model_step(batch)
-        self.test_loss(loss)
-        self.test_acc(preds, y)
-        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True, prog_bar=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.05)
+        super().__init__(nn.Linear(FEATURES, C), _sgd, num_classes=C, label_smoothing=label_smoothing)
 
 
 class SmoothedLitModule(LabelSmoothingMixin, LitModule):  # change 1: the mixin first among the bases
