@@ -3,15 +3,17 @@ MNIST-1D, Python's own sources as tokens) and an unpadded sampler."""
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ls_lightning.cli.config import (
@@ -68,6 +70,72 @@ def _is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+class _SeededRandomSampler(RandomSampler):
+    """``RandomSampler`` (one pass, without replacement) that knows the seed of its pass.
+
+    Each pass draws its seed from torch's global generator as ``RandomSampler`` draws it, and shuffles with a
+    generator seeded with it, so that the order is that of ``DataLoader(shuffle=True)``; ``seed`` is the current
+    pass's. ``next_seed``, set when a run resumes, takes the place of the draw for one pass. A subclass of
+    ``RandomSampler``, so that Lightning replaces it with a shuffling ``DistributedSampler`` under DDP as before.
+    """
+
+    def __init__(self, data_source: Sized) -> None:
+        super().__init__(data_source)
+        self.seed: int | None = None
+        self.next_seed: int | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        seed = int(torch.empty((), dtype=torch.int64).random_().item()) if self.next_seed is None else self.next_seed
+        self.seed, self.next_seed = seed, None
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def _skipped(iterator: Iterator[Any], batches: int, rng_state: Tensor) -> Iterator[Any]:
+    """``iterator`` without its first ``batches`` batches, torch's generator set to ``rng_state`` before the next.
+
+    Lazy: the skipping starts at the first ``next``, after Lightning has set the sampler's epoch (``set_epoch``)."""
+    collections.deque(itertools.islice(iterator, batches), maxlen=0)
+    torch.set_rng_state(rng_state)
+    yield from iterator
+
+
+class _ResumableLoader(DataLoader):
+    """The training loader of the built-in data modules: a run resumed from a checkpoint continues its data exactly.
+
+    ``resume`` (the data module's checkpoint state, see :meth:`TensorDataModule.state_dict`) applies to the first pass:
+    a checkpoint written within an epoch gives that pass the epoch's shuffle seed and skips the batches the epoch had
+    trained on; then, or at once for a checkpoint written at an epoch's end, torch's global generator is set to its
+    state at the checkpoint, so that the next epochs shuffle (and dropout draws) as in the uninterrupted run.
+
+    It also declares the ``state_dict``/``load_state_dict`` protocol of Lightning's resumable loaders, empty: the state
+    lives in the data module's, which Lightning saves and restores whether or not the epoch had ended (a loader's only
+    within an epoch).
+    """
+
+    def __init__(self, *args: Any, resume: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume = resume
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        resume, self.resume = self.resume, None
+        if resume is None:
+            return super().__iter__()
+        if not resume["batches"]:  # the checkpoint's epoch had ended: the next one shuffles as it would have
+            torch.set_rng_state(resume["torch_rng_state"])
+            return super().__iter__()
+        if isinstance(self.sampler, _SeededRandomSampler):
+            self.sampler.next_seed = resume["seed"]
+        return _skipped(super().__iter__(), resume["batches"], resume["torch_rng_state"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
 class TensorDataModule(L.LightningDataModule):
     """Base of the built-in data modules: (features, labels) tensors split into train, val and test.
 
@@ -94,6 +162,8 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.splits: dict[str, TensorDataset] = {}
+        self._train_sampler: Sampler[int] | None = None
+        self._resume: Mapping[str, Any] | None = None
 
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
         raise NotImplementedError
@@ -102,23 +172,62 @@ class TensorDataModule(L.LightningDataModule):
         if not self.splits:  # loading is cheap and deterministic: every stage sees the same splits
             self.splits = {name: TensorDataset(x, y) for name, (x, y) in self._load().items()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training data stands, saved in checkpoints so that a resumed run continues it exactly.
+
+        During a fit: the current epoch's shuffle seed (one process; under DDP the ``DistributedSampler``'s order is
+        a function of the run's seed and the epoch), the number of batches the epoch has trained on (0 once it has
+        ended) and the state of torch's global CPU generator. Empty outside a fit.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit" or self._train_sampler is None:
+            return {}
+        # the batches of this epoch whose training step has run: Lightning counts them before on_train_batch_end, where
+        # a step checkpoint is written (tests/cli/test_data.py fails if that changes). Without the count, no state:
+        # a resumed run then restarts the epoch's data, as Lightning does with any loader that cannot resume.
+        done = getattr(trainer.fit_loop.epoch_loop.batch_progress.current, "processed", None)
+        if not isinstance(done, int):
+            return {}
+        batches = 0 if done >= trainer.num_training_batches else done
+        seed = self._train_sampler.seed if isinstance(self._train_sampler, _SeededRandomSampler) else None
+        return {"train_data": {"seed": seed, "batches": batches, "torch_rng_state": torch.get_rng_state()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training data from a checkpoint's :meth:`state_dict` in the next training loader."""
+        self._resume = state_dict.get("train_data")
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._train_loader(_SeededRandomSampler(self.splits["train"]))
+
+    def _train_loader(self, sampler: Sampler[int]) -> DataLoader:
+        """A training loader over ``sampler`` that resumes where a checkpoint left it (:class:`_ResumableLoader`).
+
+        Under DDP Lightning replaces a ``RandomSampler`` with its padded, shuffling ``DistributedSampler`` (every rank
+        must take the same number of steps) and keeps a ``DistributedSampler`` such as ``SequencesPerEpochSampler``.
+        """
+        resume, self._resume, self._train_sampler = self._resume, None, sampler
+        workers = self.num_workers
+        return _ResumableLoader(
+            self.splits["train"],
+            self.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            resume=resume,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
+        """An evaluation loader: in order; under multi-process runs each sample once, unpadded."""
         dataset = self.splits[split]
         workers, persistent = self.num_workers, self.num_workers > 0
-        if shuffle or not _is_distributed():
-            # training keeps Lightning's padded DistributedSampler: every rank must take the same number of steps
-            return DataLoader(
-                dataset, self.batch_size, shuffle=shuffle, num_workers=workers, persistent_workers=persistent
-            )
+        if not _is_distributed():
+            return DataLoader(dataset, self.batch_size, num_workers=workers, persistent_workers=persistent)
         # evaluation must not pad: each sample once, in batches the sampler forms (batch_size=None)
         batches = _UnpaddedBatches(dataset, self.batch_size)
         return DataLoader(dataset, None, sampler=batches, num_workers=workers, persistent_workers=persistent)
@@ -551,10 +660,7 @@ class TextDataModule(TensorDataModule):
         dataset = self.splits["train"]
         # the run's seed (seed_everything) picks the order: the same on every process, and whatever the model's size
         sampler = SequencesPerEpochSampler(dataset, self.train_sequences_per_epoch, seed=torch.initial_seed() % 2**62)
-        workers = self.num_workers
-        return DataLoader(
-            dataset, self.batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
-        )
+        return self._train_loader(sampler)
 
 
 class MNIST1DDataModule(TensorDataModule):
@@ -671,7 +777,4 @@ class MNIST1DDataModule(TensorDataModule):
         dataset = self.splits["train"]
         # the run's seed (seed_everything) picks the order: the same on every process
         sampler = SequencesPerEpochSampler(dataset, self.train_sequences_per_epoch, seed=torch.initial_seed() % 2**62)
-        workers = self.num_workers
-        return DataLoader(
-            dataset, self.batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
-        )
+        return self._train_loader(sampler)

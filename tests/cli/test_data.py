@@ -1,15 +1,20 @@
-"""The built-in data modules: splits, generated data, and the evaluation loaders' unpadded batches."""
+"""The built-in data modules: splits, generated data, the evaluation loaders' unpadded batches, and a training loader
+that a resumed fit continues exactly."""
 
 from __future__ import annotations
 
 import doctest
 import sys
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from helpers import Net, quiet_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ls_lightning.cli.data import DigitsDataModule, SyntheticDataModule, _UnpaddedBatches
@@ -147,3 +152,89 @@ def test_docstring_examples() -> None:
     from ls_lightning.cli import data
 
     assert doctest.testmod(data, raise_on_error=False).failed == 0
+
+
+# ------------------------------------------------------------------------------------- resuming the training data
+
+
+def test_the_training_loader_shuffles_as_a_shuffling_dataloader() -> None:
+    """The built-in training loader gives, epoch after epoch, the batches of PyTorch's ``DataLoader(shuffle=True)``
+    under the same seed: the order of every run made before it was resumable stays."""
+    dm = DigitsDataModule(batch_size=64)
+    dm.setup("fit")
+    dataset = dm.splits["train"]
+    torch.manual_seed(7)
+    ours = [[b[1].tolist() for b in dm.train_dataloader()] for _ in range(3)]
+    torch.manual_seed(7)
+    reference = DataLoader(dataset, 64, shuffle=True)
+    theirs = [[b[1].tolist() for b in reference] for _ in range(3)]
+    assert ours == theirs
+    assert ours[0] != ours[1]
+
+
+class _Batches(L.Callback):
+    """Records, per global step, the labels of the step's batch, and at the end of the fit writes them with the
+    weights into ``{dirpath}/batches_rank{r}.pt`` (from every process of a multi-process fit)."""
+
+    def __init__(self, dirpath: Path) -> None:
+        self.dirpath = dirpath
+        self.labels: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+        self.labels[trainer.global_step] = batch[1].tolist()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        record = {"labels": self.labels, "weights": pl_module.state_dict()}
+        torch.save(record, self.dirpath / f"batches_rank{trainer.global_rank}.pt")
+
+
+def _fit(tmp_path: Path, *, ckpt_path: Path | None = None, devices: int = 1, **checkpoint: Any) -> list[dict]:
+    """``max_epochs=4`` of the helpers' ``Net`` on digits (17 batches of 64 an epoch on one process), seed 0; a
+    ``ModelCheckpoint`` with ``checkpoint``'s options writes into ``tmp_path``. Returns each process's record."""
+    L.seed_everything(0, verbose=False)
+    model = Net(num_features=64, num_classes=10, lr=0.5)
+    callbacks = [_Batches(tmp_path), ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **checkpoint)]
+    if ckpt_path is not None:
+        torch.manual_seed(12345)  # the resumed process's generator is elsewhere: the checkpoint must put it back
+    options: dict[str, Any] = {"devices": devices, "strategy": "ddp_fork"} if devices > 1 else {}
+    trainer = quiet_trainer(tmp_path, callbacks=callbacks, max_epochs=4, limit_val_batches=0, **options)
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=64), ckpt_path=ckpt_path)
+    return [torch.load(tmp_path / f"batches_rank{r}.pt", weights_only=True) for r in range(devices)]
+
+
+def _assert_continues(resumed: dict, straight: dict, step: int) -> None:
+    assert sorted(resumed["labels"]) == [s for s in sorted(straight["labels"]) if s >= step]
+    assert resumed["labels"] == {s: straight["labels"][s] for s in resumed["labels"]}
+    for key, value in straight["weights"].items():
+        assert torch.equal(resumed["weights"][key], value), key
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "name"),
+    [
+        ({"every_n_train_steps": 21}, "epoch=1-step=21.ckpt"),  # within the second epoch (its batch 5 of 17)
+        ({"every_n_epochs": 1, "save_on_train_epoch_end": True}, "epoch=1-step=34.ckpt"),  # at its end
+    ],
+    ids=["within-an-epoch", "at-an-epoch-end"],
+)
+def test_a_fit_resumed_from_a_checkpoint_trains_on_the_uninterrupted_fits_batches(
+    tmp_path: Path, checkpoint: dict[str, Any], name: str
+) -> None:
+    """The reference is the uninterrupted fit: from the checkpoint's step on, the resumed fit (in a process whose
+    generator is elsewhere) trains on the same batches and ends with the same weights, bit for bit."""
+    (straight,) = _fit(tmp_path / "straight", **checkpoint)
+    saved = tmp_path / "straight" / name
+    assert saved.exists(), sorted(p.name for p in saved.parent.iterdir())
+    (resumed,) = _fit(tmp_path / "resumed", ckpt_path=saved, **checkpoint)
+    _assert_continues(resumed, straight, int(torch.load(saved, weights_only=True)["global_step"]))
+
+
+@pytest.mark.slow
+def test_a_two_process_fit_resumed_within_an_epoch_trains_on_the_uninterrupted_fits_batches(tmp_path: Path) -> None:
+    """Under DDP (two forked gloo processes; 9 batches an epoch each, Lightning's ``DistributedSampler``), a fit
+    resumed from a checkpoint within the second epoch continues each process's batches and weights, bit for bit."""
+    straight = _fit(tmp_path / "straight", devices=2, every_n_train_steps=13)
+    saved = tmp_path / "straight" / "epoch=1-step=13.ckpt"  # batch 4 of the second epoch
+    resumed = _fit(tmp_path / "resumed", ckpt_path=saved, devices=2, every_n_train_steps=13)
+    for ours, theirs in zip(resumed, straight, strict=True):
+        _assert_continues(ours, theirs, 13)
