@@ -264,6 +264,8 @@ class MNIST1DDataConfig(DataConfig):
     batch_size: int = _ranged(100, _POSITIVE_INT)
     val_fraction: float = _ranged(0.1, _FRACTION)
     train_sequences_per_epoch: Optional[int] = _ranged(30000, _Range(1, optional=True))
+    # false: every pass over the training split in one fixed order, as the authors' training loop takes it
+    shuffle: bool = True
     num_samples: int = _ranged(
         5000, _Range(10, hint="a multiple of 10: make_dataset takes num_samples // 10 per class")
     )

@@ -20,6 +20,7 @@ from ls_lightning.cli.config import (
     BreastCancerDataConfig,
     DataConfig,
     DigitsDataConfig,
+    MNIST1DDataConfig,
     SyntheticDataConfig,
     TextDataConfig,
     defaults_of,
@@ -39,8 +40,9 @@ __all__ = [
 
 # The defaults of each data module are those of its structured config (ls_lightning.cli.config): one source, which the
 # command line's YAML files do not repeat.
-_BASE, _DIGITS, _BREAST_CANCER, _SYNTHETIC, _TEXT = map(
-    defaults_of, (DataConfig, DigitsDataConfig, BreastCancerDataConfig, SyntheticDataConfig, TextDataConfig)
+_BASE, _DIGITS, _BREAST_CANCER, _SYNTHETIC, _TEXT, _MNIST1D = map(
+    defaults_of,
+    (DataConfig, DigitsDataConfig, BreastCancerDataConfig, SyntheticDataConfig, TextDataConfig, MNIST1DDataConfig),
 )
 
 
@@ -459,8 +461,9 @@ class SequencesPerEpochSampler(DistributedSampler):
     """Each epoch, the next ``samples_per_epoch`` indices of an endless series of shuffles, split across processes.
 
     An epoch is a fixed number of samples rather than a pass over the data set: epoch e takes the positions
-    [e·K, (e+1)·K) of the concatenated permutations (pass p shuffled by ``seed + p``), so consecutive epochs see new
-    samples until the data set is used up, then a fresh shuffle. Rank r takes every W-th index from r; the epoch's
+    [e·K, (e+1)·K) of the concatenated permutations (pass p shuffled by ``seed + p``; in the data set's order for
+    every pass with ``shuffle=False``), so consecutive epochs see new samples until the data set is used up, then a
+    fresh shuffle. Rank r takes every W-th index from r; the epoch's
     K is rounded up to a multiple of W so that every process takes the same number of steps. A subclass of
     ``DistributedSampler``, so Lightning keeps it under DDP and calls its ``set_epoch``.
 
@@ -468,6 +471,7 @@ class SequencesPerEpochSampler(DistributedSampler):
         dataset: the dataset to sample.
         samples_per_epoch: K, the samples of one epoch over all processes, >= 1.
         seed: the seed of the shuffles; must be the same on every process.
+        shuffle: ``False`` takes every pass in the data set's order.
         num_replicas: the number of processes W; the default process group's size when ``None`` (1 without one).
         rank: this process's rank r; the default process group's rank when ``None`` (0 without one).
 
@@ -486,11 +490,12 @@ class SequencesPerEpochSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        shuffle: bool = True,
     ) -> None:
         _check_int("samples_per_epoch", samples_per_epoch, 1)
         if num_replicas is None and not _is_distributed():
             num_replicas, rank = 1, 0 if rank is None else rank
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.num_samples = math.ceil(samples_per_epoch / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
 
@@ -499,7 +504,10 @@ class SequencesPerEpochSampler(DistributedSampler):
         start = self.epoch * self.total_size
         indices: list[int] = []
         for position in range(start // size, -(-(start + self.total_size) // size)):  # the passes this epoch touches
-            order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed + position)).tolist()
+            if self.shuffle:
+                order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed + position)).tolist()
+            else:
+                order = list(range(size))
             low, high = max(start - position * size, 0), min(start + self.total_size - position * size, size)
             indices += order[low:high]
         return iter(indices[self.rank :: self.num_replicas])
@@ -684,6 +692,8 @@ class MNIST1DDataModule(TensorDataModule):
         num_workers: dataloader worker processes.
         val_fraction: share of the generated training split held out for validation, in (0, 1).
         train_sequences_per_epoch: training samples per epoch over all processes, or ``None`` for one pass.
+        shuffle: ``False`` takes every pass over the training split in one fixed order, as the authors' training
+            loop does (with ``train_sequences_per_epoch`` set); ``True`` reshuffles each pass.
         num_samples: samples generated in all, a positive multiple of 10 (the package's default: 5000).
         train_split: share of the generated samples in its training split, in (0, 1) (default 0.8).
         shuffle_seq: permute the positions of every sequence with one fixed permutation (the paper's "shuffled"
@@ -709,16 +719,17 @@ class MNIST1DDataModule(TensorDataModule):
 
     def __init__(
         self,
-        batch_size: int = 100,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        train_sequences_per_epoch: int | None = 30000,
-        num_samples: int = 5000,
-        train_split: float = 0.8,
-        shuffle_seq: bool = False,
-        seed: int = 42,
-        split_seed: int = 0,
-        cache_dir: str | None = None,
+        batch_size: int = _MNIST1D["batch_size"],
+        num_workers: int = _MNIST1D["num_workers"],
+        val_fraction: float = _MNIST1D["val_fraction"],
+        train_sequences_per_epoch: int | None = _MNIST1D["train_sequences_per_epoch"],
+        shuffle: bool = _MNIST1D["shuffle"],
+        num_samples: int = _MNIST1D["num_samples"],
+        train_split: float = _MNIST1D["train_split"],
+        shuffle_seq: bool = _MNIST1D["shuffle_seq"],
+        seed: int = _MNIST1D["seed"],
+        split_seed: int = _MNIST1D["split_seed"],
+        cache_dir: str | None = _MNIST1D["cache_dir"],
     ) -> None:
         from ls_lightning.cli.mnist1d import mnist1d_settings
 
@@ -730,10 +741,12 @@ class MNIST1DDataModule(TensorDataModule):
             raise ValueError(f"Expected argument `num_samples` to be a multiple of 10, but got {num_samples!r}")
         if train_sequences_per_epoch is not None:
             _check_int("train_sequences_per_epoch", train_sequences_per_epoch, 1)
-        if not isinstance(shuffle_seq, bool):
-            raise ValueError(f"Expected argument `shuffle_seq` to be a bool, but got {shuffle_seq!r}")
+        for name, flag in (("shuffle", shuffle), ("shuffle_seq", shuffle_seq)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"Expected argument `{name}` to be a bool, but got {flag!r}")
         mnist1d_settings(num_samples, train_split, shuffle_seq, seed)  # fail at construction if mnist1d is missing
         self.val_fraction, self.train_sequences_per_epoch = val_fraction, train_sequences_per_epoch
+        self.shuffle = shuffle
         self.num_samples, self.train_split, self.shuffle_seq = num_samples, train_split, shuffle_seq
         self.seed, self.split_seed, self.cache_dir = seed, split_seed, cache_dir
 
@@ -776,5 +789,6 @@ class MNIST1DDataModule(TensorDataModule):
             return super().train_dataloader()
         dataset = self.splits["train"]
         # the run's seed (seed_everything) picks the order: the same on every process
-        sampler = SequencesPerEpochSampler(dataset, self.train_sequences_per_epoch, seed=torch.initial_seed() % 2**62)
+        seed = torch.initial_seed() % 2**62
+        sampler = SequencesPerEpochSampler(dataset, self.train_sequences_per_epoch, seed=seed, shuffle=self.shuffle)
         return self._train_loader(sampler)

@@ -10,7 +10,16 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
 
-from ls_lightning.cli.config import CNNConfig, MLPConfig, ModelConfig, TransformerConfig, defaults_of
+from ls_lightning.cli.config import (
+    CNNConfig,
+    MLPConfig,
+    MNIST1DCNNConfig,
+    MNIST1DGRUConfig,
+    MNIST1DMLPConfig,
+    ModelConfig,
+    TransformerConfig,
+    defaults_of,
+)
 from ls_lightning.integration import DEFAULT_LOG_METRICS, LabelSmoothingMixin, LossNormalization, MetricGroup, Task
 
 __all__ = ["CNN", "MLP", "MNIST1DCNN", "MNIST1DGRU", "MNIST1DMLP", "Classifier", "Transformer"]
@@ -18,6 +27,7 @@ __all__ = ["CNN", "MLP", "MNIST1DCNN", "MNIST1DGRU", "MNIST1DMLP", "Classifier",
 # The defaults of each model are those of its structured config (ls_lightning.cli.config): one source, which the
 # command line's YAML files do not repeat.
 _BASE, _MLP, _CNN, _TRANSFORMER = map(defaults_of, (ModelConfig, MLPConfig, CNNConfig, TransformerConfig))
+_MNIST1D_MLP, _MNIST1D_CNN, _MNIST1D_GRU = map(defaults_of, (MNIST1DMLPConfig, MNIST1DCNNConfig, MNIST1DGRUConfig))
 
 
 class Classifier(LabelSmoothingMixin, L.LightningModule):
@@ -132,7 +142,9 @@ class MLP(Classifier):
         num_classes: number of classes C.
         hidden_sizes: widths of the hidden layers; empty gives a linear (logistic regression) model.
         dropout: dropout after each hidden layer, in [0, 1).
-        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior``, ``task`` of :class:`Classifier`.
+        lr: AdamW learning rate, > 0.
+        weight_decay: AdamW decoupled weight decay, >= 0.
+        **kwargs: ``label_smoothing``, ``prior``, ``task``, ``loss_normalization`` of :class:`Classifier`.
 
     Shape:
         - Input: (N, num_features).
@@ -179,7 +191,9 @@ class CNN(Classifier):
         channels: output channels of the conv blocks.
         hidden_size: width of the hidden linear layer.
         dropout: dropout before the classifier, in [0, 1).
-        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+        lr: AdamW learning rate, > 0.
+        weight_decay: AdamW decoupled weight decay, >= 0.
+        **kwargs: ``label_smoothing``, ``prior``, ``task``, ``loss_normalization`` of :class:`Classifier`.
 
     Raises:
         ValueError: if ``num_features != image_size ** 2`` or the image is too small for the pools.
@@ -250,7 +264,9 @@ class Transformer(Classifier):
         dropout: dropout of the blocks and of the embeddings, in [0, 1).
         tie_weights: use the token embedding as the output layer's weight.
         log_metrics: the mixin's groups of logged keys (see :class:`~ls_lightning.LabelSmoothingMixin`).
-        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+        lr: AdamW learning rate, > 0.
+        weight_decay: AdamW decoupled weight decay, >= 0.
+        **kwargs: ``label_smoothing``, ``prior``, ``task``, ``loss_normalization`` of :class:`Classifier`.
 
     Raises:
         ValueError: if ``num_heads`` does not divide ``d_model`` or a size is out of range.
@@ -385,7 +401,9 @@ class MNIST1DMLP(Classifier):
         num_features: input dimension (MNIST-1D: 40).
         num_classes: number of classes C.
         hidden_size: width of both hidden layers (the authors': 100).
-        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+        lr: AdamW learning rate (the authors': Adam, 0.01).
+        weight_decay: AdamW decoupled weight decay (the authors': 0, where AdamW's update is Adam's).
+        **kwargs: ``label_smoothing``, ``prior``, ``task``, ``loss_normalization`` of :class:`Classifier`.
 
     Raises:
         ValueError: if a size is not a positive int.
@@ -400,8 +418,16 @@ class MNIST1DMLP(Classifier):
         (torch.Size([2, 10]), 15210)
     """
 
-    def __init__(self, num_features: int, num_classes: int, hidden_size: int = 100, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        hidden_size: int = _MNIST1D_MLP["hidden_size"],
+        lr: float = _MNIST1D_MLP["lr"],
+        weight_decay: float = _MNIST1D_MLP["weight_decay"],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         for name, value in [("num_features", num_features), ("num_classes", num_classes), ("hidden_size", hidden_size)]:
             _check_positive(name, value)
         self.save_hyperparameters(ignore=["prior"])
@@ -429,7 +455,9 @@ class MNIST1DCNN(Classifier):
         num_features: the sequence length L (MNIST-1D: 40), >= 5.
         num_classes: number of classes C.
         channels: output channels of each convolution (the authors': 25).
-        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+        lr: AdamW learning rate (the authors': Adam, 0.01).
+        weight_decay: AdamW decoupled weight decay (the authors': 0, where AdamW's update is Adam's).
+        **kwargs: ``label_smoothing``, ``prior``, ``task``, ``loss_normalization`` of :class:`Classifier`.
 
     Raises:
         ValueError: if a size is not a positive int or the sequence is too short for the convolutions.
@@ -444,8 +472,16 @@ class MNIST1DCNN(Classifier):
         (torch.Size([2, 10]), 5210)
     """
 
-    def __init__(self, num_features: int, num_classes: int, channels: int = 25, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        channels: int = _MNIST1D_CNN["channels"],
+        lr: float = _MNIST1D_CNN["lr"],
+        weight_decay: float = _MNIST1D_CNN["weight_decay"],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         for name, value in [("num_features", num_features), ("num_classes", num_classes), ("channels", channels)]:
             _check_positive(name, value)
         length = _conv_length(_conv_length(_conv_length(num_features, 5), 3), 3)
@@ -476,7 +512,9 @@ class MNIST1DGRU(Classifier):
         num_classes: number of classes C.
         hidden_size: the GRU's hidden size per direction (the authors': 6).
         bidirectional: run the GRU both ways (the authors': yes).
-        **kwargs: ``lr``, ``weight_decay``, ``label_smoothing``, ``prior`` of :class:`Classifier`.
+        lr: AdamW learning rate (the authors': Adam, 0.01).
+        weight_decay: AdamW decoupled weight decay (the authors': 0, where AdamW's update is Adam's).
+        **kwargs: ``label_smoothing``, ``prior``, ``task``, ``loss_normalization`` of :class:`Classifier`.
 
     Raises:
         ValueError: if a size is not a positive int.
@@ -492,9 +530,16 @@ class MNIST1DGRU(Classifier):
     """
 
     def __init__(
-        self, num_features: int, num_classes: int, hidden_size: int = 6, bidirectional: bool = True, **kwargs: Any
+        self,
+        num_features: int,
+        num_classes: int,
+        hidden_size: int = _MNIST1D_GRU["hidden_size"],
+        bidirectional: bool = _MNIST1D_GRU["bidirectional"],
+        lr: float = _MNIST1D_GRU["lr"],
+        weight_decay: float = _MNIST1D_GRU["weight_decay"],
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(lr=lr, weight_decay=weight_decay, **kwargs)
         for name, value in [("num_features", num_features), ("num_classes", num_classes), ("hidden_size", hidden_size)]:
             _check_positive(name, value)
         self.save_hyperparameters(ignore=["prior"])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from ls_lightning import LabelSmoothing
@@ -61,6 +65,35 @@ def test_defaults(tmp_path: Path) -> None:
     assert list(cfg.logger) == ["csv"]
     assert cfg.callbacks.model_checkpoint.filename == "last" and cfg.callbacks.model_checkpoint.every_n_epochs == 1
     assert cfg.trainer.default_root_dir == str(tmp_path)
+
+
+def _class_default(cls: type, name: str) -> object:
+    """The default of ``cls``'s argument ``name``: from the first class of its MRO whose ``__init__`` names it."""
+    for klass in cls.__mro__:
+        parameter = inspect.signature(klass.__init__).parameters.get(name)
+        if parameter is not None:
+            return parameter.default
+    raise AssertionError(f"{cls.__name__} takes no argument {name!r}")
+
+
+@pytest.mark.parametrize("group", ["data", "model"])
+def test_the_class_the_config_and_the_yaml_agree_on_every_default(group: str, tmp_path: Path) -> None:
+    """One source per default: each built-in class's argument defaults are its structured config's field defaults,
+    and each option's YAML sets only the keys whose value differs from them (e.g. `mnist1d_linear`'s MLP without
+    hidden layers); `ls-train` then builds what the class would be by default."""
+    for option in _options(group):
+        schema = OmegaConf.get_type(make_cfg([f"{group}={option}"], tmp_path)[group])
+        assert dataclasses.is_dataclass(schema), option
+        raw = yaml.safe_load(CONF.joinpath(group, f"{option}.yaml").read_text())
+        cls = get_class(raw["_target_"])
+        for item in dataclasses.fields(schema):
+            if item.name == "_target_":
+                continue
+            default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            ours = _class_default(cls, item.name)
+            assert list(ours) == default if isinstance(default, list) else ours == default, (option, item.name)
+            if item.name in raw:
+                assert raw[item.name] != default, f"{group}/{option}.yaml repeats the default {item.name}={default!r}"
 
 
 # options that cannot run on their defaults alone

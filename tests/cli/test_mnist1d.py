@@ -146,6 +146,29 @@ def test_an_epoch_is_train_sequences_per_epoch(cache: Path) -> None:
     assert len(dm.train_dataloader()) == 36  # one pass over 3600 sequences in batches of 100
 
 
+def test_shuffle_false_takes_the_training_split_in_the_authors_fixed_order(cache: Path) -> None:
+    """The authors' loop (train.py of greydanus/mnist1d, restated): step s trains on the rows
+    [(s·B) mod N, (s·B) mod N + B) of the training set, in its order; ours on the 3600 rows of its training split."""
+    dm = MNIST1DDataModule(cache_dir=str(cache), shuffle=False)
+    dm.setup()
+    x_train = dm.splits["train"].tensors[0]
+    loader = dm.train_dataloader()
+    sampler = loader.sampler
+    steps = []
+    for epoch in range(2):  # 2 × 300 steps: 600 steps cycle through the 36 batches of the split 16 times and more
+        sampler.set_epoch(epoch)
+        steps += [x for x, _ in loader]
+    batch, size = 100, len(x_train)
+    for step, x in enumerate(steps):
+        start = (step * batch) % size
+        assert torch.equal(x, x_train[start : start + batch]), step
+    shuffled = MNIST1DDataModule(cache_dir=str(cache))
+    shuffled.setup()
+    assert not torch.equal(next(iter(shuffled.train_dataloader()))[0], x_train[:batch])
+    with pytest.raises(ValueError, match="`shuffle` to be a bool"):
+        MNIST1DDataModule(cache_dir=str(cache), shuffle="no")
+
+
 def test_generating_leaves_the_global_generators_alone(tmp_path: Path) -> None:
     random.seed(7)
     np.random.seed(7)
