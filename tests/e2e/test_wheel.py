@@ -53,6 +53,10 @@ def test_wheel_ships_the_configs_and_trains_from_another_directory(tmp_path: Pat
         str(p.relative_to(ROOT)) for p in (ROOT / "ls_lightning" / "conf").rglob("*") if p.suffix in (".yaml", ".py")
     }
     assert shipped == source
+    # the license pyproject.toml declares (Apache-2.0), its text in the wheel
+    (license_file,) = (n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/licenses/LICENSE"))
+    assert zipfile.ZipFile(wheel).read(license_file) == (ROOT / "LICENSE").read_bytes()
+    assert b"Apache License" in (ROOT / "LICENSE").read_bytes()[:200]
 
     python = _fresh_venv(tmp_path / "venv")
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel], tmp_path)
