@@ -693,7 +693,7 @@ class MNIST1DDataModule(TensorDataModule):
         val_fraction: share of the generated training split held out for validation, in (0, 1).
         train_sequences_per_epoch: training samples per epoch over all processes, or ``None`` for one pass.
         shuffle: ``False`` takes every pass over the training split in one fixed order, as the authors' training
-            loop does (with ``train_sequences_per_epoch`` set); ``True`` reshuffles each pass.
+            loop does; ``True`` reshuffles each pass.
         num_samples: samples generated in all, a positive multiple of 10 (the package's default: 5000).
         train_split: share of the generated samples in its training split, in (0, 1) (default 0.8).
         shuffle_seq: permute the positions of every sequence with one fixed permutation (the paper's "shuffled"
@@ -785,10 +785,11 @@ class MNIST1DDataModule(TensorDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_sequences_per_epoch is None:
+        if self.train_sequences_per_epoch is None and self.shuffle:
             return super().train_dataloader()
         dataset = self.splits["train"]
         # the run's seed (seed_everything) picks the order: the same on every process
         seed = torch.initial_seed() % 2**62
-        sampler = SequencesPerEpochSampler(dataset, self.train_sequences_per_epoch, seed=seed, shuffle=self.shuffle)
+        per_epoch = len(dataset) if self.train_sequences_per_epoch is None else self.train_sequences_per_epoch
+        sampler = SequencesPerEpochSampler(dataset, per_epoch, seed=seed, shuffle=self.shuffle)
         return self._train_loader(sampler)

@@ -162,6 +162,9 @@ def test_shuffle_false_takes_the_training_split_in_the_authors_fixed_order(cache
     for step, x in enumerate(steps):
         start = (step * batch) % size
         assert torch.equal(x, x_train[start : start + batch]), step
+    one_pass = MNIST1DDataModule(cache_dir=str(cache), shuffle=False, train_sequences_per_epoch=None)
+    one_pass.setup()
+    assert torch.equal(torch.cat([x for x, _ in one_pass.train_dataloader()]), x_train)
     shuffled = MNIST1DDataModule(cache_dir=str(cache))
     shuffled.setup()
     assert not torch.equal(next(iter(shuffled.train_dataloader()))[0], x_train[:batch])
