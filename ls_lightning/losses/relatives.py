@@ -360,13 +360,13 @@ def _compute(
     if t.is_floating_point():
         outputs = _soft(x, t, spec, weight, reduction, with_stats, brier)
     elif torch.compiler.is_compiling():
-        outputs = _ops.traced(x, t.long(), *args)
+        outputs = _ops.traced_relative_loss_and_stats(x, t.long(), *args)
     elif x.numel() <= SMALL_ELEMENTS and x.numel() <= SMALL_ROWS * x.shape[1]:
         outputs = _small(x, t.long(), *args)
     elif torch.is_grad_enabled() and x.requires_grad:
-        outputs = _ops.RelativeFunction.apply(x, t.long(), *args)
+        outputs = _ops.RelativeCEFunction.apply(x, t.long(), *args)
     else:
-        outputs = _ops.no_grad_run(x, t.long(), *args)
+        outputs = _ops.relative_loss_no_grad(x, t.long(), *args)
     loss, h_pq, term, *stats = outputs
     terms = tuple(value for value in (loss, h_pq, term) if value is not None)
     if unbatched and reduction == "none":
@@ -394,21 +394,26 @@ def _small(
     entropy = -(logp.exp() * logp).sum(1) if spec.kind == "penalty" or with_stats else None
     extra = entropy if spec.kind == "penalty" else None
     if spec.kind == "margin":
-        xf = x.to(acc)
-        extra = F.relu((xf.amax(1, keepdim=True) - xf) - spec.margin).mean(1)
+        extra = _margin_rows(x, acc, spec.margin)
     elif spec.kind == "focal" and (isinstance(spec.gamma, str) or spec.gamma >= 1):
         # autograd's derivative of (1 − q_y)^γ is finite for γ ≥ 1 (FLSD-53: 3 and 5), and a few ops cost less
-        # here than an autograd Function; below 1 it is NaN where q_y rounds to 1, and FocalRows takes over
+        # here than an autograd Function; below 1 it is NaN where q_y rounds to 1, and FocalRowsFunction takes over
         extra = (-torch.expm1(-nll)).pow(_ops.focal_gamma(nll, spec.gamma)) * nll
     weight_sum = wy.sum()
     denominator = _fused.mean_denominator(weight_sum, reduction)
-    loss, h_pq, term = _ops.combine(spec, nll, extra, (wy, wy), denominator, reduction, target.shape)
+    loss, h_pq, term = _ops.reduce_relative_terms(spec, nll, extra, (wy, wy), denominator, reduction, target.shape)
     empty = x.new_empty(0, dtype=torch.float32)
     if not with_stats:
         flags = x.new_empty(0, dtype=torch.bool)
         return (loss, h_pq, term, empty, flags, flags, empty, weight_sum.float(), empty, empty)
     stats = _composite_stats(logp.detach(), target, valid, weight_sum, brier)[:5]  # entropy: this loss's own
     return (loss, h_pq, term, *stats, empty, cast(Tensor, entropy).detach().reshape(-1).float())
+
+
+def _margin_rows(x: Tensor, acc: torch.dtype, margin: float) -> Tensor:
+    """MbLS's penalty per position on the composite paths: mean over classes of max(0, max_j z_j − z_k − m)."""
+    xf = x.to(acc)
+    return F.relu((xf.amax(1, keepdim=True) - xf) - margin).mean(1)
 
 
 def _soft(
@@ -423,14 +428,12 @@ def _soft(
     nll = -(logp * weighted).sum(1)
     term_weight = None if weight is None else weighted.sum(1).reshape(-1)
     entropy = -(logp.exp() * logp).sum(1)
-    if spec.kind == "penalty":
-        extra = entropy
-    else:
-        xf = x.to(acc)
-        extra = F.relu((xf.amax(1, keepdim=True) - xf) - spec.margin).mean(1)
+    extra = entropy if spec.kind == "penalty" else _margin_rows(x, acc, spec.margin)
     count = nll.new_full((), float(nll.numel()))
     denominator = _fused.mean_denominator(count, reduction)
-    loss, h_pq, term = _ops.combine(spec, nll, extra, (None, term_weight), denominator, reduction, nll.shape)
+    loss, h_pq, term = _ops.reduce_relative_terms(
+        spec, nll, extra, (None, term_weight), denominator, reduction, nll.shape
+    )
     valid = torch.ones(nll.shape, dtype=torch.bool, device=x.device)
     if not with_stats:
         empty = x.new_empty(0, dtype=torch.float32)

@@ -408,7 +408,7 @@ def test_binary_focal_stats_and_bool_targets():
 @pytest.mark.parametrize("shape", [(10, C), (4, C, 3)])
 @pytest.mark.parametrize("brier", [True, False])
 def test_stats(path, name, shape, brier):
-    """The statistics, and the terms of the ``_with_stats`` form (γ = 0.5: the focal rows of FocalRows)."""
+    """The statistics, and the terms of the ``_with_stats`` form (γ = 0.5: the focal rows of FocalRowsFunction)."""
     kind, param = _kind(name)
     param = 0.5 if kind == "focal" else param
     x, target = _data(shape)

@@ -105,13 +105,13 @@ def make_smoothing(num_classes: int, weight: Tensor | None, prior: Tensor | None
     return Smoothing(v, v.sum(-1))
 
 
-def _rows(x: Tensor) -> tuple[Tensor, int]:
+def sample_rows(x: Tensor) -> tuple[Tensor, int]:
     """(N, C, d1, …) -> (N, C, D) view and D; rows of the flattened problem are (n, d) pairs in that order."""
     inner = x[0, 0].numel() if x.dim() > 2 else 1
     return x.reshape(x.shape[0], x.shape[1], inner), inner
 
 
-def _chunk_view(x3: Tensor, n0: int, n1: int) -> Tensor:
+def chunk_view(x3: Tensor, n0: int, n1: int) -> Tensor:
     """Rows of samples n0:n1 as a (rows, C) tensor: a view for (N, C) input, a chunk-sized copy otherwise."""
     chunk = x3[n0:n1]
     if chunk.shape[2] == 1:
@@ -139,7 +139,7 @@ def row_pass(
     when every row has the same (see :func:`uniform_coefficients`). ``z_coef`` (per row, see :func:`z_coefficient`)
     adds the z-loss's ``z_coef·lse·q`` to the gradient (``uniform`` must then be None).
     """
-    x3, inner = _rows(x)
+    x3, inner = sample_rows(x)
     n, num_classes = x3.shape[0], x3.shape[1]
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = RowStats(
@@ -159,7 +159,7 @@ def row_pass(
         n1 = min(n, n0 + per_chunk)
         r = slice(n0 * inner, n1 * inner)
         work = grad3[n0:n1].squeeze(2) if direct else ws[: (n1 - n0) * inner]  # type: ignore[index]
-        normalised = _chunk(_chunk_view(x3, n0, n1), work, y[r], smoothing, out, r)
+        normalised = _chunk(chunk_view(x3, n0, n1), work, y[r], smoothing, out, r)
         if grad3 is not None and coefs is not None:
             a = coefs[0][r]
             if z_coef is not None:  # z-loss: d lse²/dz = 2·lse·q, lse from this chunk's (logit, probability) pair

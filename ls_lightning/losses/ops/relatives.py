@@ -21,7 +21,7 @@ and their gradients have closed forms with per-row coefficients A and B (δ_y: o
 
 with t_i the indicator of the row's maximum over the number of its ties (one entry of 1 where it is unique).
 
-Eager (:func:`row_pass`, :class:`RelativeFunction`): as :mod:`.fused`, the logits are read once in row chunks that
+Eager (:func:`row_pass`, :class:`RelativeCEFunction`): as :mod:`.fused`, the logits are read once in row chunks that
 stay in cache; each chunk yields the row values and, when a gradient is wanted, writes it into one buffer of the
 logits' size with the mean's denominator folded in, which backward hands to autograd (scaled in place unless
 grad_output is 1). Besides that buffer a pass holds chunk-sized workspaces, each at most an eighth of the logits
@@ -30,9 +30,10 @@ loss, one or two more for (N, C, d1, …) or half-precision input. PyTorch's ``e
 slower than its fused softmax kernel, so q always comes from ``softmax`` and log q from ``z − lse``, with
 ``lse = max z − log max q``.
 
-Traced (:class:`RowTerms`, :func:`traced`): the row values as formulas that Inductor fuses into one reduction
-forward (max, then one loop for Σ exp, Σ q·z, Σ q², the margin sums) and one pointwise pass backward that recomputes
-q from the saved lse. β and λ are only ever multiplied, never compared, so their values are never guarded on.
+Traced (:class:`RelativeRowTermsFunction`, :func:`traced_relative_loss_and_stats`): the row values as formulas that
+Inductor fuses into one reduction forward (max, then one loop for Σ exp, Σ q·z, Σ q², the margin sums) and one
+pointwise pass backward that recomputes q from the saved lse. β and λ are only ever multiplied, never compared, so
+their values are never guarded on.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def focal_terms(nll: Tensor, gamma: float | Tensor) -> tuple[Tensor, Tensor]:
     return ug * nll, ug * (1 + gamma * p * ratio)
 
 
-class FocalRows(torch.autograd.Function):
+class FocalRowsFunction(torch.autograd.Function):
     """``(1 − p)^γ·ℓ`` per row with the stable derivative of :func:`focal_terms` (autograd's own derivative of
     ``u^γ`` is ∞·0 = NaN where p rounds to 1 and γ < 1)."""
 
@@ -134,20 +135,6 @@ class FocalRows(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------------- eager pass
-
-
-def _layout(x: Tensor) -> tuple[Tensor, int]:
-    """(N, C, d1, …) -> (N, C, D) view and D; rows of the flattened problem are (n, d) pairs in that order."""
-    inner = x[0, 0].numel() if x.dim() > 2 else 1
-    return x.reshape(x.shape[0], x.shape[1], inner), inner
-
-
-def _chunk_view(x3: Tensor, n0: int, n1: int) -> Tensor:
-    """Rows of samples n0:n1 as a (rows, C) tensor: a view for (N, C) input, a chunk-sized copy otherwise."""
-    chunk = x3[n0:n1]
-    if chunk.shape[2] == 1:
-        return chunk.squeeze(2)
-    return chunk.transpose(1, 2).reshape(-1, chunk.shape[1])
 
 
 def chunk_samples(x: Tensor, sample_elements: int) -> int:
@@ -170,7 +157,7 @@ def row_pass(
     """Read ``x`` (N, C, d1, …) once in row chunks; return the row values and, given ``grad`` and ``coefs``, write
     the gradient into ``grad``. ``y``: flattened labels, ignored rows set to a valid class. ``stats`` asks for the
     entropy, confidence and argmax of every row, ``brier`` for Σ q² too."""
-    x3, inner = _layout(x)
+    x3, inner = _fused.sample_rows(x)
     n, num_classes = x3.shape[0], x3.shape[1]
     acc = accumulation_dtype(x.dtype)
     m = y.numel()
@@ -192,7 +179,7 @@ def row_pass(
         n1 = min(n, n0 + per_chunk)
         r, k = slice(n0 * inner, n1 * inner), (n1 - n0) * inner
         work = grad3[n0:n1].squeeze(2) if grad3 is not None and direct else ws[:k]  # type: ignore[index]
-        chunk = Chunk(_chunk_view(x3, n0, n1).to(acc), work, None if spare is None else spare[:k], y[r])
+        chunk = Chunk(_fused.chunk_view(x3, n0, n1).to(acc), work, None if spare is None else spare[:k], y[r])
         step(chunk, out, r, None if grad3 is None else coefs, spec.margin)
         if grad3 is not None and not direct:
             grad3[n0:n1].copy_(work.view(n1 - n0, inner, num_classes).transpose(1, 2))
@@ -296,7 +283,7 @@ _STEPS = {"penalty": _penalty_step, "focal": _focal_step, "margin": _margin_step
 # ------------------------------------------------------------------------------------------- losses from the rows
 
 
-def combine(
+def reduce_relative_terms(
     spec: Spec,
     nll: Tensor,
     extra: Tensor | None,
@@ -307,7 +294,8 @@ def combine(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(loss, h_pq, term) from the row values, reduced like ``F.cross_entropy`` (``mean`` divides by
     ``denominator``). ``weights``: those of ℓ and of the regulariser per row (None: weighted already, or 1).
-    ``extra``: H (penalty), S / C (margin) or the focal rows (None: formed here from ℓ by :class:`FocalRows`)."""
+    ``extra``: H (penalty), S / C (margin) or the focal rows (None: formed here from ℓ by
+    :class:`FocalRowsFunction`)."""
     nll_weight, term_weight = weights
 
     def reduce(values: Tensor, weight: Tensor | None) -> Tensor:
@@ -316,7 +304,7 @@ def combine(
 
     h_pq = reduce(nll, nll_weight)
     if spec.kind == "focal":
-        focal = FocalRows.apply(nll, focal_gamma(nll, spec.gamma)) if extra is None else extra
+        focal = FocalRowsFunction.apply(nll, focal_gamma(nll, spec.gamma)) if extra is None else extra
         return reduce(focal, term_weight), h_pq, None
     term = reduce(cast(Tensor, extra), term_weight)
     weight = spec.weight.to(h_pq.dtype) if isinstance(spec.weight, Tensor) else spec.weight
@@ -361,7 +349,7 @@ class Result(NamedTuple):
     scale: Tensor
 
 
-def run(
+def relative_loss_and_row_stats(
     x: Tensor,
     target: Tensor,
     spec: Spec,
@@ -383,7 +371,7 @@ def run(
     if rows.gap_sum is not None:
         extra = rows.gap_sum / x.shape[1]
     weights = (prep.wy, prep.wy)
-    loss, h_pq, term = combine(spec, rows.nll, extra, weights, denominator, reduction, target.shape)
+    loss, h_pq, term = reduce_relative_terms(spec, rows.nll, extra, weights, denominator, reduction, target.shape)
     stats = row_stats(rows, target.reshape(-1), prep.valid.bool(), weight_sum, with_stats)
     return Result(loss, h_pq, term, stats, prep.y, scale)
 
@@ -402,8 +390,9 @@ def row_stats(rows: Rows, label: Tensor, valid: Tensor, weight_sum: Tensor, with
     return (confidence, correct, valid, brier.detach(), weight_sum.detach().float(), empty, entropy)
 
 
-class RelativeFunction(torch.autograd.Function):
-    """Autograd wrapper of :func:`run`: one gradient buffer made in forward, scaled in place by backward.
+class RelativeCEFunction(torch.autograd.Function):
+    """Autograd wrapper of :func:`relative_loss_and_row_stats`: one gradient buffer made in forward, scaled in place
+    by backward.
 
     Outputs: loss, h_pq, the regulariser's term (None for the focal loss), then the LossStats fields (not
     differentiable). A gradient through ``h_pq`` or the term (rare: they are usually logged) recomputes the buffer
@@ -423,7 +412,7 @@ class RelativeFunction(torch.autograd.Function):
         brier: bool,
     ) -> tuple[Tensor | None, ...]:
         grad = torch.empty(x.shape, dtype=x.dtype, device=x.device) if ctx.needs_input_grad[0] else None
-        result = run(x, target, spec, weight, ignore_index, reduction, with_stats, brier, grad)
+        result = relative_loss_and_row_stats(x, target, spec, weight, ignore_index, reduction, with_stats, brier, grad)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(*result.stats)
         ctx.save_for_backward(x)
@@ -449,7 +438,7 @@ class RelativeFunction(torch.autograd.Function):
         return (grad, *nones)
 
 
-def no_grad_run(
+def relative_loss_no_grad(
     x: Tensor,
     target: Tensor,
     spec: Spec,
@@ -460,14 +449,14 @@ def no_grad_run(
     brier: bool,
 ) -> tuple[Tensor | None, ...]:
     """The eager pass without autograd and without a gradient buffer (validation, inference)."""
-    result = run(x, target, spec, weight, ignore_index, reduction, with_stats, brier, None)
+    result = relative_loss_and_row_stats(x, target, spec, weight, ignore_index, reduction, with_stats, brier, None)
     return (result.loss, result.h_pq, result.term, *result.stats)
 
 
 # ------------------------------------------------------------------------------------------------------- traced
 
 
-class RowTerms(torch.autograd.Function):
+class RelativeRowTermsFunction(torch.autograd.Function):
     """Per-position ℓ, H (``entropy``) and S / C (``margin`` not None) of (N, C, d1, …) logits, differentiable, and
     lse, the top logit, its class (``index``, else None) and Σ q² (``square``, else None), not differentiable."""
 
@@ -519,7 +508,7 @@ class RowTerms(torch.autograd.Function):
         return grad.to(x.dtype), None, None, None, None, None
 
 
-def traced(
+def traced_relative_loss_and_stats(
     x: Tensor,
     target: Tensor,
     spec: Spec,
@@ -535,13 +524,13 @@ def traced(
     shape = target.shape
     margin = spec.margin if spec.kind == "margin" else None
     entropy = spec.kind == "penalty" or with_stats
-    nll, h, gap_mean, lse, top, index, squares = RowTerms.apply(
+    nll, h, gap_mean, lse, top, index, squares = RelativeRowTermsFunction.apply(
         x, prep.y.view(shape), entropy, margin, with_stats, with_stats and brier
     )
     weight_sum = prep.wy.sum()
     denominator = _fused.mean_denominator(weight_sum, reduction)
     extra = h if spec.kind == "penalty" else gap_mean
-    loss, h_pq, term = combine(spec, nll, extra, (prep.wy, prep.wy), denominator, reduction, shape)
+    loss, h_pq, term = reduce_relative_terms(spec, nll, extra, (prep.wy, prep.wy), denominator, reduction, shape)
     confidence = None if not with_stats else (top - lse).exp()
     rows = Rows(nll.detach(), None if h is None else h.detach(), None, confidence, index, squares)
     return (loss, h_pq, term, *row_stats(rows, target.reshape(-1), prep.valid.bool(), weight_sum, with_stats))
