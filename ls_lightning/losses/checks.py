@@ -92,24 +92,28 @@ def check_softcap(softcap: float | None) -> None:
         raise ValueError(f"Expected argument `softcap` to be None or a finite float > 0, but got {softcap!r}")
 
 
+def _readable_number(name: str, value: float | Tensor, expected: str) -> float | None:
+    """``value``, a number or a 0-d floating point tensor, as a float to range-check; None where it must not be read:
+    a tensor off the CPU (a host synchronisation) or anything under ``torch.compile`` (a traced comparison would
+    guard on the value and recompile whenever it changes)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(
+                f"Expected argument `{name}` to be a float or a 0-d floating point tensor, "
+                f"but got {value.dtype} of shape {tuple(value.shape)}"
+            )
+        if value.device.type != "cpu" or torch.compiler.is_compiling():
+            return None
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"Expected argument `{name}` to be {expected}, but got {value!r}")
+    return None if torch.compiler.is_compiling() else value
+
+
 def check_label_smoothing(eps: float | Tensor) -> None:
     """ε in [0, 1]; a tensor ε is range-checked only on the CPU, where reading it costs no device sync."""
-    if isinstance(eps, Tensor):
-        if eps.numel() != 1 or not eps.is_floating_point():
-            raise ValueError(
-                f"Expected argument `label_smoothing` to be a float or a 0-d floating point tensor, "
-                f"but got {eps.dtype} of shape {tuple(eps.shape)}"
-            )
-        if eps.device.type != "cpu" or torch.compiler.is_compiling():
-            return
-        value = float(eps)
-    elif isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise ValueError(f"Expected argument `label_smoothing` to be a float in [0, 1], but got {eps!r}")
-    else:
-        value = eps
-    if torch.compiler.is_compiling():
-        return  # a traced comparison of ε would guard on its value and recompile when ε changes
-    if not 0.0 <= value <= 1.0:
+    value = _readable_number("label_smoothing", eps, "a float in [0, 1]")
+    if value is not None and not 0.0 <= value <= 1.0:
         raise ValueError(f"Expected argument `label_smoothing` to be in [0, 1], but got {value}")
 
 
@@ -263,20 +267,8 @@ def check_linear_arguments(
 def check_regularizer_weight(name: str, value: float | Tensor) -> None:
     """A finite float ≥ 0 or a 0-d floating point tensor; a tensor's value is read only on the CPU, and no value
     under ``torch.compile`` (a traced comparison would guard on it and recompile when it changes)."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise ValueError(
-                f"Expected argument `{name}` to be a float or a 0-d floating point tensor, "
-                f"but got {value.dtype} of shape {tuple(value.shape)}"
-            )
-        if value.device.type != "cpu" or torch.compiler.is_compiling():
-            return
-        number = float(value)
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"Expected argument `{name}` to be a finite float >= 0, but got {value!r}")
-    else:
-        number = value
-    if not torch.compiler.is_compiling() and not (math.isfinite(number) and number >= 0):
+    number = _readable_number(name, value, "a finite float >= 0")
+    if number is not None and not (math.isfinite(number) and number >= 0):
         raise ValueError(f"Expected argument `{name}` to be a finite float >= 0, but got {number}")
 
 
