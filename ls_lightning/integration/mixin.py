@@ -720,17 +720,17 @@ class LabelSmoothingMixin:
                 optimization.
         """
         stage = self._ls_resolve_stage(stage)
-        task = self.ls_task
+        settings = self.ls_settings  # once per call: the callbacks' settings are read from the trainer
+        task = settings.task
         if task != "multiclass":
             if z_loss or softcap is not None:
                 raise ValueError(
                     f"Expected `z_loss=0.0` and `softcap=None` with task={task!r} (both act on a softmax over"
                     f" classes), but got z_loss={z_loss!r}, softcap={softcap!r}"
                 )
-            return self._ls_binary_loss(logits, target, stage, task)
+            return self._ls_binary_loss(logits, target, stage, settings)
         reduction = self._ls_reduction(stage, z_loss)
         self._ls_check_soft_targets(target, 1 if target.dim() > 1 else 0, stage)
-        settings = self.ls_settings
         loss, stats = objective_with_stats(
             settings.objective,
             logits,
@@ -748,10 +748,11 @@ class LabelSmoothingMixin:
         )
         classes = logits.shape[1] if logits.dim() > 1 else logits.shape[0]
         parts = lambda mask: iter(((logits.detach(), target, mask),))  # noqa: E731
-        return self._ls_finish_loss(stage, loss, stats, parts, classes, _optional_keys(stage, z_loss))
+        return self._ls_finish_loss(stage, settings, loss, stats, parts, classes, _optional_keys(stage, z_loss))
 
-    def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None, task: Task) -> Tensor:
+    def _ls_binary_loss(self, logits: Tensor, target: Tensor, stage: Stage | None, settings: MixinSettings) -> Tensor:
         """``label_smoothed_loss`` of the binary and multi-label tasks: the label-smoothed BCE, one sample per logit."""
+        task = settings.task
         if self.label_smoothing_prior is not None:
             raise ValueError(
                 f"Expected no label-smoothing prior for task={task!r} (the smoothing target of a binary label"
@@ -765,7 +766,6 @@ class LabelSmoothingMixin:
         logits, target = _binary_inputs(task, logits, target)
         reduction = self._ls_reduction(stage, 0.0)
         self._ls_check_soft_targets(target, None, stage)
-        settings = self.ls_settings
         loss, stats = binary_objective_with_stats(
             settings.objective,
             logits,
@@ -776,7 +776,7 @@ class LabelSmoothingMixin:
             brier=stage not in (None, "train"),
         )
         parts = lambda mask: iter(((logits.detach(), target, mask),))  # noqa: E731
-        return self._ls_finish_loss(stage, loss, stats, parts, None, frozenset())
+        return self._ls_finish_loss(stage, settings, loss, stats, parts, None, frozenset())
 
     def label_smoothed_linear_loss(
         self,
@@ -816,10 +816,11 @@ class LabelSmoothingMixin:
         """
         stage = self._ls_resolve_stage(stage)
         _check_gathered(linear_weight)
-        if self.ls_objective != "label_smoothing":
+        settings = self.ls_settings
+        if settings.objective != "label_smoothing":
             raise ValueError(
                 "Expected objective 'label_smoothing' with `label_smoothed_linear_loss` (the fused linear loss is"
-                f" label smoothing's), but the module's is {self.ls_objective!r}: compute the logits and call"
+                f" label smoothing's), but the module's is {settings.objective!r}: compute the logits and call"
                 " `label_smoothed_loss`"
             )
         reduction = self._ls_reduction(stage, z_loss)
@@ -839,7 +840,7 @@ class LabelSmoothingMixin:
         )
         logits = lambda mask: _logit_chunks(hidden, linear_weight, linear_bias, target, mask)  # noqa: E731
         optional = _optional_keys(stage, z_loss)
-        return self._ls_finish_loss(stage, loss, stats, logits, linear_weight.shape[0], optional)
+        return self._ls_finish_loss(stage, settings, loss, stats, logits, linear_weight.shape[0], optional)
 
     def _ls_check_soft_targets(self, target: Tensor, class_dim: int | None, stage: Stage | None) -> None:
         """Warn, once per fit, when ε > 0 meets soft targets that already give every class a share (smoothed twice).
@@ -879,6 +880,7 @@ class LabelSmoothingMixin:
     def _ls_finish_loss(
         self,
         stage: Stage | None,
+        settings: MixinSettings,
         loss: Any,
         stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
@@ -891,7 +893,7 @@ class LabelSmoothingMixin:
         summed = stage == "train" and self._ls_loss_normalization == "step"
         if stage is not None:
             means = type(loss)(*(t.detach() / stats.weight_sum.clamp(min=1) for t in loss)) if summed else loss
-            self._ls_record(stage, means, stats, logits, num_classes, optional)
+            self._ls_record(stage, settings, means, stats, logits, num_classes, optional)
         if not summed:
             return loss.loss
         return self._ls_step_normalizer.share(loss.loss, stats.weight_sum)
@@ -998,6 +1000,7 @@ class LabelSmoothingMixin:
     def _ls_record(
         self,
         stage: Stage,
+        settings: MixinSettings,
         loss: Any,
         stats: LossStats | BinaryLossStats,
         logits: Callable[[Tensor], Iterator[tuple[Tensor, Tensor, Tensor]]],
@@ -1010,7 +1013,6 @@ class LabelSmoothingMixin:
         trainer = self._ls_trainer()
         if trainer is None:
             return
-        settings = self.ls_settings
         self._ls_update(stage, trainer, loss, stats, settings, logits, num_classes, optional)
         if self._ls_state.step_depth == 0:  # called outside the module's steps (e.g. from a hook): log at once
             self.ls_log_batch()
