@@ -10,7 +10,6 @@ has one home, its layer package; the headline names below are also here. They ar
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import TYPE_CHECKING, Any
 
 from ls_lightning import _graveyard
@@ -65,7 +64,7 @@ def __getattr__(name: str) -> Any:
         return value
     old = f"{__name__}.{name}"
     if old in _graveyard.MOVED:  # an old module path (``ls_lightning.schedules``): its alias, which warns per name
-        return sys.modules[old]
+        return importlib.import_module(old)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

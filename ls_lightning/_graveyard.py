@@ -2,17 +2,19 @@
 
 ``ls_lightning.schedules.Cosine`` and the like (the ``_target_`` of a run directory's saved ``.hydra/config.yaml``,
 user code) still resolve, to the same object as the new home, with a ``FutureWarning`` naming that home. As in
-Lightning's ``_graveyard``, the aliases are modules registered in ``sys.modules`` when ``ls_lightning`` is imported;
-nothing is imported until a name is read. The entry points moved too: ``python -m ls_lightning.cli.train`` (and
-``.cli.eval``, ``.cli.report``) instead of ``python -m ls_lightning.train``.
+Lightning's ``_graveyard``, the aliases are modules made on import (a finder that ``ls_lightning`` installs);
+nothing is imported until a name is read. The entry points moved too, to ``python -m ls_lightning.cli.train`` (and
+``.cli.eval``, ``.cli.report``); ``python -m ls_lightning.train`` still runs, with the same warning.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import sys
 import warnings
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any
 
 _LOSSES = "ls_lightning.losses"
@@ -120,7 +122,42 @@ class MovedModule(ModuleType):
         return list(self.__all__)
 
 
+# old entry point -> the module whose ``main`` it runs (``python -m ls_lightning.train``)
+ENTRY_POINTS = {
+    name: MOVED[name]["main"] for name in ("ls_lightning.train", "ls_lightning.eval", "ls_lightning.report")
+}
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds the old modules (nothing else) and makes each a :class:`MovedModule`; runs an old entry point."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MOVED and fullname not in RENAMED:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self, origin="moved (see CHANGELOG.md)")
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return MovedModule(spec.name)
+
+    def exec_module(self, module: ModuleType) -> None:
+        pass
+
+    def get_code(self, fullname: str) -> CodeType:
+        """What ``python -m <old entry point>`` runs: a warning naming the new one, then its ``main()``."""
+        home = ENTRY_POINTS.get(fullname)
+        if home is None:
+            raise ImportError(f"`{fullname}` has moved and cannot be run: see CHANGELOG.md", name=fullname)
+        message = (
+            f"`python -m {fullname}` has moved to `python -m {home}`; the old path will be removed in a future release"
+        )
+        source = f"import warnings\nwarnings.warn({message!r}, FutureWarning)\nfrom {home} import main\nmain()\n"
+        return compile(source, f"<{fullname}>", "exec")
+
+
+_FINDER = _MovedModuleFinder()
+
+
 def install() -> None:
-    """Register the old modules in ``sys.modules`` (idempotent; a module already there is kept)."""
-    for name in MOVED.keys() | RENAMED.keys():
-        sys.modules.setdefault(name, MovedModule(name))
+    """Let the old modules be imported (idempotent)."""
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.append(_FINDER)

@@ -119,6 +119,15 @@ def test_ls_eval_without_checkpoint_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "ckpt_path is required" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_the_old_entry_point_still_runs_and_names_the_new_one(tmp_path: Path) -> None:
+    """``python -m ls_lightning.eval`` (0.1's path, DESIGN.md's ``python -m ls_lightning.train``) runs ``ls-eval``
+    after a FutureWarning that names ``ls_lightning.cli.eval``."""
+    result = run([sys.executable, "-m", "ls_lightning.eval"], tmp_path)
+    assert result.returncode == 2 and "ckpt_path is required" in result.stderr and "Traceback" not in result.stderr
+    warning = "FutureWarning: `python -m ls_lightning.eval` has moved to `python -m ls_lightning.cli.eval`"
+    assert warning in result.stderr
+
+
 @pytest.mark.slow
 def test_user_hydra_app_composes_our_groups(tmp_path: Path) -> None:
     result = run([sys.executable, str(EXAMPLE), "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], tmp_path)
